@@ -1,0 +1,232 @@
+"""White-box attacks in pixel space ([0,1] inputs), batched, gradients w.r.t. the input only.
+
+One interface, after torchattacks: ``attack(model, x, y, eps, ...) -> x_adv``. The caller chooses
+the model's mode; :func:`run_suite` puts the model in eval mode for evaluation and restores it.
+
+- FGSM (Goodfellow et al. 2015): one signed-gradient step of size eps.
+- PGD-Linf / PGD-L2 (Madry et al. 2018): random start in the ball, ``steps`` steps, projection,
+  ``restarts`` restarts keeping the per-example worst case.
+- CW-Linf: PGD on the margin loss max_{j!=y} z_j - z_y (Carlini & Wagner 2017's loss inside a
+  PGD loop, as in mnist_challenge's ``loss_func: cw``); it does not rely on softmax
+  probabilities, so it sees through the flat softmax that LS/EntM can produce.
+
+During evaluation every iterate is checked: an example that is misclassified at any step counts
+as broken and keeps that adversarial input (the usual "best iterate" of AutoAttack).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> per-example loss
+
+
+@dataclass
+class Cost:
+    """Forward/backward passes counted in examples (a batch of 128 is 128 passes), and seconds."""
+
+    forward: int = 0
+    backward: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: "Cost") -> None:
+        self.forward += other.forward
+        self.backward += other.backward
+        self.seconds += other.seconds
+
+    def as_dict(self) -> dict:
+        return {"forward": self.forward, "backward": self.backward, "seconds": round(self.seconds, 4)}
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """max_{j != y} z_j - z_y per example (positive <=> misclassified)."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    return other.max(1).values - z_y
+
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+LOSSES = {"ce": ce_loss, "margin": margin_loss}
+
+
+def _input_grad(model, x, y, loss_fn: LossFn, cost: Optional[Cost]):
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    loss = loss_fn(logits, y)
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    if cost is not None:
+        cost.forward += len(x)
+        cost.backward += len(x)
+    return g, logits.detach()
+
+
+def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    n = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (delta.dim() - 1))
+    return delta * torch.clamp(eps / n, max=1.0)
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return torch.empty_like(x).uniform_(-eps, eps)
+    d = torch.randn_like(x)
+    n = d.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
+    r = torch.rand(len(x), device=x.device).pow(1.0 / x[0].numel()).view_as(n)  # uniform in the ball
+    return d / n.clamp_min(1e-12) * r * eps
+
+
+def _step(g: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return step_size * g.sign()
+    n = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (g.dim() - 1))
+    return step_size * g / n
+
+
+def pgd(model, x, y, eps: float, steps: int = 20, step_size: Optional[float] = None, norm: str = "linf",
+        restarts: int = 1, random_start: bool = True, loss: str | LossFn = "ce", track_best: bool = True,
+        cost: Optional[Cost] = None) -> torch.Tensor:
+    """Projected gradient ascent on ``loss`` within the eps-ball around x, clipped to [0,1].
+
+    step_size None -> 2.5 * eps / steps. With ``track_best`` (evaluation) every iterate is checked
+    and the first misclassifying one is kept per example; without it (training) the last iterate is
+    returned, as in Madry et al.'s training loop.
+    """
+    if eps <= 0:
+        return x.detach().clone()
+    loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
+    step_size = step_size if step_size is not None else 2.5 * eps / steps
+    x = x.detach()
+    best = x.clone()
+    broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(restarts):
+        idx = (~broken).nonzero().squeeze(1) if track_best else torch.arange(len(x), device=x.device)
+        if len(idx) == 0:
+            break
+        xs, ys = x[idx], y[idx]
+        delta = _random_start(xs, eps, norm) if random_start else torch.zeros_like(xs)
+        delta = (xs + delta).clamp(0, 1) - xs
+        for _ in range(steps):
+            g, logits = _input_grad(model, xs + delta, ys, loss_fn, cost)
+            if track_best:
+                hit = (logits.argmax(1) != ys) & ~broken[idx]
+                best[idx[hit]] = (xs + delta)[hit].detach()
+                broken[idx[hit]] = True
+            delta = _project(delta + _step(g, step_size, norm), eps, norm)
+            delta = (xs + delta).clamp(0, 1) - xs
+        x_last = (xs + delta).detach()
+        if track_best:
+            with torch.no_grad():
+                logits = model(x_last)
+            if cost is not None:
+                cost.forward += len(xs)
+            hit = (logits.argmax(1) != ys) & ~broken[idx]
+            best[idx[hit]] = x_last[hit]
+            broken[idx[hit]] = True
+            still = ~broken[idx]
+            best[idx[still]] = x_last[still]  # not broken: keep the last iterate as the attempt
+        else:
+            best[idx] = x_last
+    return best
+
+
+def fgsm(model, x, y, eps: float, loss: str | LossFn = "ce", cost: Optional[Cost] = None, **_) -> torch.Tensor:
+    """x + eps * sign(grad_x loss), clipped to [0,1]."""
+    if eps <= 0:
+        return x.detach().clone()
+    loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
+    g, _ = _input_grad(model, x, y, loss_fn, cost)
+    return (x.detach() + eps * g.sign()).clamp(0, 1)
+
+
+def pgd_linf(model, x, y, eps, **kw):
+    return pgd(model, x, y, eps, norm="linf", **kw)
+
+
+def pgd_l2(model, x, y, eps, **kw):
+    return pgd(model, x, y, eps, norm="l2", **kw)
+
+
+def cw_linf(model, x, y, eps, **kw):
+    kw.setdefault("loss", "margin")
+    return pgd(model, x, y, eps, norm="linf", **kw)
+
+
+# name -> (function, norm). The norm tells the suite which epsilons are comparable.
+ATTACKS = {"fgsm": (fgsm, "Linf"), "pgd": (pgd_linf, "Linf"), "pgd_l2": (pgd_l2, "L2"), "cw": (cw_linf, "Linf")}
+
+
+def run_attack(model, x, y, spec, eps: float, cost: Optional[Cost] = None) -> torch.Tensor:
+    """Dispatch an :class:`~uncertainty_robust.config.AttackSpec` at one epsilon."""
+    fn, _ = ATTACKS[spec.name]
+    if spec.name == "fgsm":
+        return fn(model, x, y, eps, cost=cost)
+    return fn(model, x, y, eps, steps=spec.steps, step_size=spec.step_size, restarts=spec.restarts,
+              random_start=spec.random_start, cost=cost)
+
+
+@torch.no_grad()
+def predict(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+@dataclass
+class SuiteResult:
+    clean_correct: torch.Tensor  # bool (N,)
+    correct: dict = field(default_factory=dict)  # (attack label, eps) -> bool (N,)
+    worst: dict = field(default_factory=dict)  # eps -> bool (N,)
+    cost: dict = field(default_factory=dict)  # (attack label, eps) -> Cost
+    adv_examples: dict = field(default_factory=dict)  # eps -> a few (x_adv, y, pred) for reports
+
+
+def run_suite(model, x, y, specs, eps_list, batch_size: int = 500, per_attack: bool = True,
+              keep_examples: int = 0) -> SuiteResult:
+    """Evaluate every (attack, eps) and the per-example worst case over attacks at each eps.
+
+    Only points still correctly classified are attacked. With ``per_attack`` each attack runs on
+    every clean-correct point (so per-attack accuracies are exact and comparable, e.g. FGSM vs
+    PGD) and the worst case is their AND; without it attacks run in order on the points that
+    survived the previous ones (AutoAttack's early exit) and only the worst case is exact.
+    The model is put in eval mode and restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        clean = predict(model, x, batch_size) == y
+        res = SuiteResult(clean_correct=clean)
+        for eps in eps_list:
+            worst = clean.clone()
+            for spec in specs:
+                label = spec.label()
+                mask = clean.clone() if per_attack else worst.clone()
+                cost = Cost()
+                if eps > 0:
+                    t0 = time.perf_counter()
+                    idx = mask.nonzero().squeeze(1)
+                    for i in range(0, len(idx), batch_size):
+                        b = idx[i:i + batch_size]
+                        xa = run_attack(model, x[b], y[b], spec, eps, cost)
+                        with torch.no_grad():
+                            pred = model(xa).argmax(1)
+                        cost.forward += len(b)
+                        mask[b] = pred == y[b]
+                        if keep_examples and eps not in res.adv_examples:
+                            k = min(keep_examples, len(b))
+                            res.adv_examples[eps] = (xa[:k].cpu(), y[b][:k].cpu(), pred[:k].cpu(), label)
+                    cost.seconds = time.perf_counter() - t0
+                res.cost[(label, eps)] = cost
+                if per_attack:
+                    res.correct[(label, eps)] = mask
+                worst &= mask
+            res.worst[eps] = worst
+        return res
+    finally:
+        model.train(was_training)

@@ -1,0 +1,216 @@
+"""``fit(config, workdir)``: the epoch loop of one trial, resumable and DDP-aware.
+
+- Checkpoint every epoch (model, optimizer, scheduler, epoch, RNG states, history, cost),
+  written atomically to ``workdir/checkpoint.pt``; a restarted run continues from it and, on the
+  CPU with the same seed, ends with bit-identical weights (the data order is a function of
+  (seed, epoch) alone, and the global RNG that PGD's random start draws from is restored).
+- When ``torch.distributed`` is initialized (Ray Train, torchrun) the model is wrapped in DDP,
+  each rank sees its shard (DistributedSampler), metrics are all-reduced, rank 0 writes files.
+  Training adversaries are generated on the unwrapped module so no DDP reducer is armed by the
+  attack's forward passes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DistributedSampler
+
+from . import checkpoint as ckpt
+from .attacks import Cost
+from .config import TrialConfig
+from .data import dataset_info, load_tensors
+from .defenses import DEFENSES
+from .jacobian import jacobian_norms_estimate
+from .models import build_model
+
+log = logging.getLogger("uncertainty_robust")
+
+EpochCallback = Callable[[int, dict, Path], None]  # (epoch, metrics, checkpoint path)
+
+
+def rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def pick_device(cfg: TrialConfig) -> torch.device:
+    if cfg.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(cfg.device)
+
+
+def make_model(cfg: TrialConfig) -> torch.nn.Module:
+    info = dataset_info(cfg.dataset)
+    return build_model(cfg.model, info.channels, info.num_classes, info.size, info.mean, info.std, cfg.width)
+
+
+def make_optimizer(cfg: TrialConfig, params):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrialConfig, opt):
+    """Stepped once per epoch."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    if cfg.schedule == "step":
+        ms = sorted({max(1, int(round(m * cfg.epochs))) for m in cfg.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=ms, gamma=cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+
+
+def _reduce(values: dict, device) -> dict:
+    """Sum-reduce {name: (sum, count)} across ranks and return means."""
+    names = sorted(values)
+    t = torch.tensor([[values[n][0], values[n][1]] for n in names], dtype=torch.float64, device=device)
+    if rank_world()[1] > 1:
+        dist.all_reduce(t)
+    return {n: (t[i, 0] / t[i, 1]).item() if t[i, 1] > 0 else float("nan") for i, n in enumerate(names)}
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLike] = None,
+        on_epoch_end: Optional[EpochCallback] = None, tensorboard: bool = True,
+        stop_after_epochs: Optional[int] = None) -> tuple[torch.nn.Module, dict]:
+    """Train one trial. Returns the (unwrapped) model and the training summary.
+
+    ``resume_from``: a checkpoint file to start from (e.g. one Ray Train restored); otherwise
+    ``workdir/checkpoint.pt`` if it exists. ``stop_after_epochs`` ends the call early (used to
+    simulate an interruption in tests) exactly as a kill between two epochs would.
+    """
+    workdir = Path(workdir)
+    rank, world = rank_world()
+    if rank == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = pick_device(cfg)
+    _seed_all(cfg.seed)
+    model = make_model(cfg).to(device)
+    opt = make_optimizer(cfg, model.parameters())
+    sched = make_scheduler(cfg, opt)
+    history, cost, start_epoch, train_seconds = [], Cost(), 0, 0.0
+
+    state = ckpt.load(resume_from or workdir / ckpt.CKPT_NAME, map_location=device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+        history = json.loads(state["history"])
+        cost = Cost(**json.loads(state["cost"]))
+        train_seconds = float(state["train_seconds"])
+        if rank == 0:
+            log.info("resumed %s from epoch %d", workdir, start_epoch)
+
+    x_tr, y_tr = load_tensors(cfg.dataset, "train", cfg.data_root, n=cfg.n_train, seed=0, download=cfg.download)
+    x_te, y_te = load_tensors(cfg.dataset, "test", cfg.data_root, n=min(cfg.n_eval, 512), seed=0, download=cfg.download)
+    x_te, y_te = x_te.to(device), y_te.to(device)
+    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    loss_of = DEFENSES[cfg.defense]
+    writer = None
+    if tensorboard and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(workdir / "tb"))
+
+    sampler = DistributedSampler(range(len(x_tr)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
+    last = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
+    for epoch in range(start_epoch, last):
+        t0 = time.perf_counter()
+        net.train()
+        sampler.set_epoch(epoch)  # order = f(seed, epoch): identical after a resume
+        idx = torch.tensor(list(iter(sampler)))
+        sums = {"loss": [0.0, 0], "acc": [0.0, 0], "entropy": [0.0, 0]}
+        for b, i in enumerate(range(0, len(idx), cfg.batch_size)):
+            bi = idx[i:i + cfg.batch_size]
+            x, y = x_tr[bi].to(device, non_blocking=True), y_tr[bi].to(device, non_blocking=True)
+            loss, stats = loss_of(net, x, y, cfg, cost, attack_model=model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            cost.backward += len(x)
+            opt.step()
+            for k in sums:
+                if not math.isnan(stats[k]):
+                    sums[k][0] += stats[k] * len(x)
+                    sums[k][1] += len(x)
+            if cfg.log_every and rank == 0 and b % cfg.log_every == 0:
+                log.info("epoch %d batch %d loss %.4f", epoch + 1, b, stats["loss"])
+        sched.step()
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
+        metrics = {f"train/{k}": v for k, v in _reduce(sums, device).items()}
+        metrics.update(_epoch_probe(model, x_te, y_te, cfg))
+        metrics.update({"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "epoch_seconds": epoch_seconds})
+        history.append(metrics)
+        path = workdir / ckpt.CKPT_NAME
+        if rank == 0:
+            # RNG state after the epoch's probe: a resumed run continues from exactly here
+            ckpt.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict(), "epoch": epoch + 1, "rng": ckpt.rng_state(),
+                              "history": json.dumps(history), "cost": json.dumps(cost.as_dict()),
+                              "train_seconds": train_seconds, "config": json.dumps(cfg.to_dict(), default=str)}, path)
+            if writer is not None:
+                for k, v in metrics.items():
+                    if k != "epoch" and isinstance(v, (int, float)) and not math.isnan(v):
+                        writer.add_scalar(k, v, epoch + 1)
+                writer.flush()
+            log.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
+                     " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch",)))
+        if world > 1:
+            dist.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, metrics, path)
+    if writer is not None:
+        writer.close()
+    summary = {"epochs": len(history), "history": history, "cost": cost.as_dict(), "train_seconds": train_seconds,
+               "world_size": world, "completed": len(history) >= cfg.epochs}
+    return model, summary
+
+
+def _epoch_probe(model, x, y, cfg) -> dict:
+    """Cheap per-epoch signals on a fixed batch of test points: clean accuracy, mean entropy and a
+    one-projection Jacobian-norm estimate. Uses its own generator so the training RNG stream (and
+    hence exact resume) is untouched."""
+    from .defenses import entropy
+
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        z = model(x)
+    g = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    jn = jacobian_norms_estimate(model, x[:128], projections=cfg.jacobian_projections, generator=g)
+    model.train(was)
+    return {"test/clean_acc": (z.argmax(1) == y).float().mean().item(), "test/entropy": entropy(z).mean().item(),
+            "test/jacobian_logits_est": jn["logits"].mean().item(), "test/jacobian_softmax_est": jn["softmax"].mean().item()}
+
+
+if __name__ == "__main__":  # python -m uncertainty_robust.train --defense at_entm --lam 0.5 ...
+    import sys
+
+    from .cli import main
+
+    sys.exit(main())
