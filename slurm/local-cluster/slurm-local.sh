@@ -36,21 +36,29 @@ DBDCONF=/etc/slurm/slurmdbd.conf
 log() { echo "[slurm-local] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-tail_logs() {  # the last lines of every log this script knows about
+tail_logs() {  # the last lines of each daemon log, then the recent real errors (known noise filtered)
   local f
   for f in "$D"/log/*.log /var/log/munge/munged.log; do
     [ -s "$f" ] || continue
-    echo "----- tail -n 25 $f" >&2
-    tail -n 25 "$f" >&2 || true
+    case "$f" in */apt.log) continue ;; esac   # apt failures print their own tail
+    echo "----- tail -n 15 $f" >&2
+    tail -n 15 "$f" >&2 || true
   done
+  echo "----- recent errors (all logs; known harmless noise filtered out)" >&2
+  grep -h -iE 'fatal|error' "$D"/log/slurm*.log 2>/dev/null |
+    grep -vE 'pmix|PMIx|MPI: Cannot create|Could not open .* state file|Trying backup|No fed_mgr|Database settings not recommended' |
+    tail -n 8 >&2 || true
 }
-on_err() {  # ERR trap: say what failed, show the logs, stop
-  local rc=$1 line=$2 what=$3
+fail() {  # fail MESSAGE : say what failed, show the logs, stop
   trap - ERR
-  log "ERROR: '$cmd' failed (exit $rc) at line $line: $what"
+  log "ERROR: $*"
   tail_logs
-  log "state dir: $D  (logs in $D/log; 'slurm-local.sh reset' starts from scratch)"
-  exit "$rc"
+  log "ERROR: $*"
+  log "state dir: $D (logs in $D/log); '$0 reset' then '$0 up' starts from scratch"
+  exit 1
+}
+on_err() {  # ERR trap: an unexpected command failed
+  fail "'$cmd' failed: '$3' exited with $1 (line $2)"
 }
 trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
 
@@ -61,25 +69,47 @@ comm_for() {
     slurmd-*) echo slurmd ;; mariadb) echo mariadbd ;; *) basename "$1" .pid ;;
   esac
 }
+running() {  # running PID: exists and is not a zombie (PID 1 here may reap orphans late)
+  kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
 alive() {
   local p
   [ -s "$1" ] || return 1
   p=$(cat "$1")
-  kill -0 "$p" 2>/dev/null || return 1
+  running "$p" || return 1
   [ "$(cat "/proc/$p/comm" 2>/dev/null)" = "$(comm_for "$1")" ]
 }
-wait_for() {  # wait_for SECONDS WHAT CMD...
-  local t=$1 what=$2 i; shift 2
-  for ((i = 0; i < t * 5; i++)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+wait_for() {  # wait_for SECONDS WHAT CMD... : retry CMD (each try at most 10 s) until it succeeds
+  local t=$1 what=$2 end=$((SECONDS + $1)); shift 2
+  while ((SECONDS < end)); do
+    if [ "$(type -t "$1")" = function ]; then "$@" >/dev/null 2>&1 && return 0
+    else timeout 10 "$@" >/dev/null 2>&1 && return 0; fi
+    sleep 0.2
+  done
   log "timeout after ${t}s waiting for $what"; return 1
 }
+wait_daemon() {  # wait_daemon SECONDS NAME PIDFILE CMD... : like wait_for, but stop early if NAME died
+  local t=$1 name=$2 pf=$3 start=$SECONDS; shift 3
+  while ((SECONDS < start + t)); do
+    timeout 10 "$@" >/dev/null 2>&1 && return 0
+    if ((SECONDS >= start + 2)) && ! alive "$pf"; then fail "$name exited during startup (see its log below)"; fi
+    sleep 0.2
+  done
+  fail "$name did not answer '$*' within ${t}s"
+}
+live_pids() {  # live_pids NAME : PIDs of running (non-zombie) processes called NAME
+  local p
+  for p in $(pgrep -x "$1" || true); do if running "$p"; then echo -n "$p "; fi; done
+}
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 stop_pidfile() {  # stop_pidfile PIDFILE NAME : TERM, wait 20 s, then KILL; only this PID
   local f=$1 p i
   if ! alive "$f"; then rm -f "$f"; return 0; fi
   p=$(cat "$f"); log "stopping $2 (pid $p)"
   kill -TERM "$p" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
-  if kill -0 "$p" 2>/dev/null; then log "$2 still alive after 20 s, SIGKILL"; kill -KILL "$p" 2>/dev/null || true; fi
+  for ((i = 0; i < 100; i++)); do running "$p" || break; sleep 0.2; done
+  if running "$p"; then log "$2 still alive after 20 s, SIGKILL"; kill -KILL "$p" 2>/dev/null || true; fi
+  log "  $2 stopped after $((i / 5)).$((i % 5 * 2)) s"
   rm -f "$f"
 }
 nodenames() { if [ "$NODES" -eq 1 ]; then echo "$HOST"; else for ((i = 1; i <= NODES; i++)); do echo "n$i"; done; fi; }
@@ -103,7 +133,8 @@ install_pkgs() {
   command -v apt-get >/dev/null || die "missing packages:$missing, and no apt-get (this script targets Debian 12)"
   log "apt-get install$missing  (output: $D/log/apt.log)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >"$D/log/apt.log" 2>&1 || die "apt-get update failed; see $D/log/apt.log"
+  apt-get update -q >"$D/log/apt.log" 2>&1 ||
+    { tail -n 20 "$D/log/apt.log" >&2; die "apt-get update failed; see $D/log/apt.log"; }
   # do not install the slurm-wlm metapackage: it pulls ~43 packages (every plugin)
   # shellcheck disable=SC2086
   apt-get install -y -q --no-install-recommends $missing >>"$D/log/apt.log" 2>&1 ||
@@ -111,13 +142,15 @@ install_pkgs() {
 }
 
 fix_hosts() {  # host name and virtual node names must resolve (srun, submitit, torch/Ray rendezvous)
-  local n
-  getent hosts "$HOST" >/dev/null || { log "adding $HOST to /etc/hosts"; echo "127.0.0.1 $HOST  # slurm-local" >>/etc/hosts; }
-  if [ "$NODES" -gt 1 ]; then
-    for n in $(nodenames); do
-      getent hosts "$n" >/dev/null || { log "adding $n to /etc/hosts"; echo "127.0.0.1 $n  # slurm-local" >>/etc/hosts; }
-    done
-  fi
+  local n names=$HOST
+  [ "$NODES" -gt 1 ] && names="$HOST $(nodenames | tr '\n' ' ')"
+  for n in $names; do
+    getent hosts "$n" >/dev/null && continue
+    if [ ! -w /etc/hosts ]; then log "warning: $n does not resolve and /etc/hosts is not writable"; continue; fi
+    [ ! -s /etc/hosts ] || [ -z "$(tail -c 1 /etc/hosts)" ] || echo >>/etc/hosts   # keep lines separate
+    log "adding '127.0.0.1 $n' to /etc/hosts"
+    echo "127.0.0.1 $n  # slurm-local" >>/etc/hosts
+  done
 }
 
 start_munge() {
@@ -127,7 +160,7 @@ start_munge() {
   if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi   # ours or someone's munged is up
   log "starting munged"
   runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid  # forks into the background
-  wait_for 15 munged sh -c 'munge -n | unmunge'
+  wait_daemon 15 munged /run/munge/munged.pid sh -c 'munge -n | unmunge'
   cp /run/munge/munged.pid "$D/run/munged.pid"   # marks it as ours, for 'down'
 }
 
@@ -139,7 +172,7 @@ start_mariadb() {
     nohup /usr/sbin/mariadbd --user=mysql --skip-networking --socket=/run/mysqld/mysqld.sock \
       --pid-file=/run/mysqld/mysqld.pid >>"$D/log/mariadb.log" 2>&1 </dev/null &
     echo $! >"$D/run/mariadb.pid"
-    wait_for 60 mariadbd mariadb-admin ping
+    wait_daemon 60 mariadbd "$D/run/mariadb.pid" mariadb-admin ping
   fi
   if [ ! -e "$D/state/db-initialized" ]; then  # fresh state dir => fresh accounting DB (job ids restart at 1)
     mariadb -e "DROP DATABASE IF EXISTS slurm_acct_db; CREATE DATABASE slurm_acct_db;"
@@ -241,13 +274,25 @@ EOF
   return $changed
 }
 
-foreign_check() {  # refuse to fight a Slurm that this script did not start (ports 6817/6819 taken)
-  if ! alive "$D/run/slurmctld.pid" && pgrep -x slurmctld >/dev/null; then
-    die "a slurmctld not started by this script is running (pid $(pgrep -x slurmctld | tr '\n' ' ')); stop it first, or use the SLURM_LOCAL_DIR it was started with"
+foreign_check() {  # refuse to fight a Slurm (or anything) that this script did not start
+  local n i=0
+  if ! alive "$D/run/slurmctld.pid"; then
+    n=$(live_pids slurmctld)
+    [ -z "$n" ] || fail "a slurmctld not started by this script is running (pid $n); stop it, or use the SLURM_LOCAL_DIR it was started with"
+    port_busy 6817 && fail "port 6817 (slurmctld) is already in use by another program"
   fi
-  if [ "$ACCT" = 1 ] && ! alive "$D/run/slurmdbd.pid" && pgrep -x slurmdbd >/dev/null; then
-    die "a slurmdbd not started by this script is running (pid $(pgrep -x slurmdbd | tr '\n' ' ')); stop it first"
+  if [ "$ACCT" = 1 ] && ! alive "$D/run/slurmdbd.pid"; then
+    n=$(live_pids slurmdbd)
+    [ -z "$n" ] || fail "a slurmdbd not started by this script is running (pid $n); stop it first"
+    port_busy 6819 && fail "port 6819 (slurmdbd) is already in use by another program"
   fi
+  if [ "$NODES" -gt 1 ]; then
+    for n in $(nodenames); do
+      i=$((i + 1))
+      if ! alive "$D/run/slurmd-$n.pid" && port_busy $((17000 + i)); then fail "port $((17000 + i)) (slurmd $n) is already in use"; fi
+    done
+  fi
+  return 0
 }
 
 stop_slurm() {
@@ -264,7 +309,7 @@ stop_slurm() {
 }
 
 nodes_ready() {  # all nodes registered and usable
-  [ "$(sinfo -h -N -t idle,mixed,allocated,completing -o %N 2>/dev/null | sort -u | wc -l)" -eq "$NODES" ]
+  [ "$(timeout 10 sinfo -h -N -t idle,mixed,allocated,completing -o %N 2>/dev/null | sort -u | wc -l)" -eq "$NODES" ]
 }
 
 up() {
@@ -280,11 +325,11 @@ up() {
   if [ "$ACCT" = 1 ]; then
     start_mariadb
     if ! alive "$D/run/slurmdbd.pid"; then log "starting slurmdbd"; slurmdbd; fi
-    wait_for 30 slurmdbd sacctmgr -n list cluster
+    wait_daemon 30 slurmdbd "$D/run/slurmdbd.pid" sacctmgr -n list cluster
     sacctmgr -i -Q add cluster "$CLUSTER" >/dev/null 2>&1 || true
   fi
   if ! alive "$D/run/slurmctld.pid"; then log "starting slurmctld"; slurmctld; fi
-  wait_for 30 slurmctld scontrol ping
+  wait_daemon 30 slurmctld "$D/run/slurmctld.pid" scontrol ping
   local n
   for n in $(nodenames); do
     if ! alive "$D/run/slurmd-$n.pid"; then log "starting slurmd $n"; slurmd -N "$n"; fi
@@ -292,12 +337,13 @@ up() {
   if ! wait_for 30 "nodes to register" nodes_ready; then
     scontrol update NodeName=ALL State=RESUME 2>/dev/null || true
     if ! wait_for 30 "nodes to register" nodes_ready; then
-      sinfo -N -l >&2 || true
-      false   # -> on_err: message + log tails
+      timeout 10 sinfo -N -l >&2 || true
+      fail "the nodes did not become idle: $(nodenames | tr '\n' ' ')"
     fi
   fi
   # smoke test: a full job launch on every node
-  timeout 60 srun -N "$NODES" -n "$NODES" -t 1 -o /dev/null true
+  timeout 60 srun -N "$NODES" -n "$NODES" -t 1 -o /dev/null true ||
+    fail "smoke test 'srun -N $NODES -n $NODES true' failed"
   log "up: $(sinfo -h -o '%P %D %T' | tr '\n' ' ')"
 }
 
@@ -305,7 +351,7 @@ down() {
   stop_slurm
   stop_pidfile "$D/run/mariadb.pid" mariadbd
   stop_pidfile "$D/run/munged.pid" munged
-  local left; left=$(pgrep -x slurmstepd || true)
+  local left; left=$(live_pids slurmstepd)
   [ -z "$left" ] || log "warning: slurmstepd still running: $left"
   log "down"
 }
@@ -316,8 +362,13 @@ status() {
     [ -e "$f" ] || continue
     if alive "$f"; then echo "$(basename "$f" .pid): running (pid $(cat "$f"))"; else echo "$(basename "$f" .pid): dead"; fi
   done
-  scontrol ping 2>/dev/null || rc=1
-  sinfo 2>/dev/null || true
+  if scontrol ping >/dev/null 2>&1; then
+    scontrol ping
+    sinfo 2>/dev/null || true
+    echo "jobs: $(squeue -h -o %A 2>/dev/null | wc -l) in the queue"
+  else
+    echo "slurmctld: not answering (cluster is down; start it with: $0 up)"; rc=1
+  fi
   return $rc
 }
 

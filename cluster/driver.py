@@ -1,0 +1,153 @@
+"""The Tune driver of one sweep: connect to (or start) Ray, create or restore the experiment, run.
+
+Runs in-process for ``--cluster local`` and inside task 0 of the SLURM job for ``--cluster slurm``.
+Restoring is decided from disk alone (``Tuner.can_restore``), so a driver restarted after SIGKILL,
+a preemption, a time limit or ``scontrol requeue`` continues the same experiment: finished trials
+keep their results, unfinished and errored ones resume from their last checkpoint.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("uncertainty_robust.cluster")
+
+TUNE_NAME = "tune"
+LOCK_NAME = ".driver.lock"
+
+
+class SweepLocked(RuntimeError):
+    pass
+
+
+class DriverLock:
+    """An flock on RUN/.driver.lock held for the driver's lifetime: a second driver of the same
+    run refuses to start. The kernel drops the lock when the process dies, even on SIGKILL."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.fd: Optional[int] = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise SweepLocked(f"run {self.path.parent} is already being driven by {holder}; "
+                              "wait for it or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
+             object_store_mb: int = 512) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 object_store_memory=object_store_mb * 1024 * 1024, log_to_driver=True)
+
+
+def _max_concurrent(resources: dict, search: dict) -> int:
+    import ray
+
+    if search.get("max_concurrent"):
+        return int(search["max_concurrent"])
+    total = ray.cluster_resources()
+    per = resources["workers"] * resources["cpus_per_worker"]
+    n = int(total.get("CPU", 1) // max(per, 1e-9))
+    if resources.get("gpus_per_worker"):
+        n = min(n, int(total.get("GPU", 0) // (resources["workers"] * resources["gpus_per_worker"])))
+    return max(1, n)
+
+
+def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
+    """Drive the sweep whose resolved plan is in ``RUN/plan.json``. Returns a summary dict.
+
+    Expects Ray to be initialized (:func:`init_ray`).
+    """
+    from ray import tune
+    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
+
+    from . import trainables
+
+    run_dir = Path(run_dir).resolve()
+    plan = json.loads((run_dir / "plan.json").read_text())
+    resources, search = plan["resources"], plan["search"]
+    trainables.register_all()
+    trainable = tune.with_resources(trainables.TRAINABLES[trainables.GENERIC], {"CPU": 0, "memory": 64 * 1024 * 1024})
+    exp_path = run_dir / TUNE_NAME
+    if Tuner.can_restore(str(exp_path)):
+        log.info("restoring experiment %s (finished trials are kept)", exp_path)
+        tuner = Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        param_space = {
+            "trial": tune.grid_search(plan["trials"]),
+            "run_dir": str(run_dir),
+            "resources": resources,
+            "worker_retries": int(search.get("worker_retries", 2)),
+        }
+        scheduler = None
+        if search.get("scheduler") == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="training_iteration", metric="test_clean_acc", mode="max",
+                                      grace_period=1)
+        tuner = Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=TuneConfig(max_concurrent_trials=_max_concurrent(resources, search), scheduler=scheduler,
+                                   trial_dirname_creator=lambda t: t.trial_id),
+            run_config=RunConfig(name=TUNE_NAME, storage_path=str(run_dir), verbose=verbose,
+                                 failure_config=FailureConfig(max_failures=int(search.get("trial_retries", 2)))),
+        )
+    results = tuner.fit()
+    errors = [str(r.error).splitlines()[0][:300] for r in results if r.error]
+    summary = {"trials": len(results), "errors": len(errors), "error_messages": errors[:10]}
+    (run_dir / "sweep_status.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv=None) -> int:
+    """``python -m cluster.driver RUN_DIR [--address ADDR] [--num-cpus N] [--num-gpus G]``"""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("run_dir")
+    p.add_argument("--address")
+    p.add_argument("--num-cpus", type=int)
+    p.add_argument("--num-gpus", type=int)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        with DriverLock(Path(a.run_dir)):
+            init_ray(a.address, a.num_cpus, a.num_gpus)
+            s = run_sweep(a.run_dir)
+    except SweepLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if s["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Cost of a sweep before it runs: gradient evaluations counted from the configs, and CPU-hours
+from a step time measured here (a few forward+backward passes of the trial's model)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from uncertainty_robust.config import TrialConfig
+from uncertainty_robust.data import dataset_info
+from uncertainty_robust.train import make_model
+
+
+def grad_evals(c: TrialConfig) -> float:
+    """Forward+backward passes, counted per example, of training and evaluation."""
+    n_train = c.n_train or _train_size(c.dataset)
+    per_example = 1 + (c.pgd_steps * c.adv_fraction if c.is_adversarial else 0)
+    train = c.epochs * n_train * per_example
+    eps_pos = sum(1 for e in c.test_eps if e > 0)
+    attacks = sum((1 if a.name == "fgsm" else a.steps * a.restarts) for a in c.attacks)
+    probe_steps = next((a.steps for a in c.attacks if a.name == "pgd"), 20)
+    k = dataset_info(c.dataset).num_classes
+    evaluation = c.n_eval * attacks * eps_pos + min(c.n_eval, 200) * probe_steps * 26 + c.jacobian_points * k
+    return float(train + evaluation)
+
+
+def _train_size(name: str) -> int:
+    return {"mnist_embedded": 8000, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000,
+            "svhn": 73257}.get(name, 50000)
+
+
+def seconds_per_example(c: TrialConfig, batch: int = 64, reps: int = 3) -> float:
+    """Measured: one forward+backward of the model per example, one thread (timing only, so the
+    input batch is noise; no result is claimed from it)."""
+    info = dataset_info(c.dataset)
+    model = make_model(c)
+    x = torch.rand(batch, info.channels, info.size, info.size)
+    y = torch.randint(0, info.num_classes, (batch,))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.nn.functional.cross_entropy(model(x), y).backward()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            model.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        return (time.perf_counter() - t0) / (reps * batch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def estimate(trials: list) -> dict:
+    cache: dict = {}
+    per = []
+    for c in trials:
+        key = (c.dataset, c.model, c.width)
+        if key not in cache:
+            cache[key] = seconds_per_example(c)
+        g = grad_evals(c)
+        per.append({"grad_evals": g, "cpu_hours": g * cache[key] / 3600})
+    sec = next(iter(cache.values())) if cache else 0.0
+    return {"per_trial": per, "grad_evals": sum(p["grad_evals"] for p in per),
+            "cpu_hours": sum(p["cpu_hours"] for p in per), "sec_per_grad_eval": sec, "threads": 1}

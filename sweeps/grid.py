@@ -1,0 +1,260 @@
+"""YAML sweep grids: schema, complete validation, expansion into TrialConfigs.
+
+A grid is validated completely before anything starts; the first problem raises
+:class:`GridError`, one line naming the key and the allowed values (``launch.py`` exits 2).
+
+Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` for a full example)::
+
+    name: quickstart                  # default experiment name (--name overrides)
+    dataset: mnist_embedded           # a name from uncertainty_robust.data.DATASETS
+    data_root: null                   # local root for torchvision datasets
+    model: small_cnn
+    width: 1.0
+    epochs: 10
+    batch_size: 128
+    n_train: null                     # stratified subset of the training split
+    optimizer: {name: adam, lr: 0.001, momentum: 0.9, weight_decay: 0, schedule: constant, milestones: [0.5, 0.75], gamma: 0.1}
+    defenses: [standard, ls, entm, at, at_ls, at_entm]
+    lambdas: [0.1, 0.5]               # for ls/entm/at_ls/at_entm; or a mapping per defense
+    train_eps: [0.3]                  # for at/at_ls/at_entm
+    seeds: [0]
+    adversarial: {pgd_steps: 40, eps_step: null, random_start: true, entropy_on: adv,
+                  inner_loss: ce, adv_fraction: 1.0, ls_form: uniform, attack_bn_mode: eval}
+    evaluation: {test_eps: [0, 0.1, 0.2, 0.3], attacks: [fgsm, "pgd:20", "cw:30"], n_eval: 1000,
+                 jacobian_points: 500, eval_batch_size: 500}
+    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
+    search: {mode: grid, num_samples: 1, scheduler: none, metric: worst_mean, max_concurrent: null,
+             trial_retries: 2, worker_retries: 2}
+    slurm: {nodes: 1, time_min: 240, cpus_per_node: null, gpus_per_node: 0, mem_gb: null,
+            account: null, qos: null, constraint: null, extra: []}
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from uncertainty_robust.config import DEFENSES, ConfigError, TrialConfig, validate
+
+LAMBDA_DEFENSES = ("ls", "entm", "at_ls", "at_entm")
+AT_DEFENSES = ("at", "at_ls", "at_entm")
+SECTIONS = {
+    "optimizer": {"name": "optimizer", "lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
+                  "schedule": "schedule", "milestones": "milestones", "gamma": "gamma"},
+    "adversarial": {k: k for k in ("pgd_steps", "eps_step", "random_start", "entropy_on", "inner_loss",
+                                   "adv_fraction", "ls_form", "attack_bn_mode")},
+    "evaluation": {k: k for k in ("test_eps", "attacks", "n_eval", "jacobian_points", "jacobian_projections",
+                                  "eval_batch_size")},
+}
+TOP_FIELDS = ("dataset", "data_root", "download", "model", "width", "epochs", "batch_size", "n_train", "device",
+              "num_threads")
+RESOURCES = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
+SEARCH = {"mode": "grid", "num_samples": 1, "scheduler": "none", "metric": "worst_mean", "max_concurrent": None,
+          "trial_retries": 2, "worker_retries": 2, "seed": 0}
+SLURM = {"nodes": 1, "time_min": 240, "cpus_per_node": None, "gpus_per_node": 0, "mem_gb": None, "account": None,
+         "qos": None, "constraint": None, "extra": []}
+TOP_KEYS = set(TOP_FIELDS) | set(SECTIONS) | {"name", "description", "defenses", "lambdas", "train_eps", "seeds",
+                                              "resources", "search", "slurm"}
+
+
+class GridError(ValueError):
+    def __init__(self, key: str, msg: str):
+        self.key = key
+        super().__init__(f"{key}: {msg}")
+
+
+@dataclass
+class Grid:
+    source: str  # the YAML text as given
+    data: dict
+    trials: list  # [TrialConfig]
+    resources: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)
+    slurm: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name") or "sweep")
+
+
+def find_grid(arg: str, sweeps_dir: Path) -> Path:
+    """``--grid NAME`` finds a bare name (with or without .yaml) in sweeps/."""
+    p = Path(arg)
+    if p.exists():
+        return p
+    for cand in (sweeps_dir / arg, sweeps_dir / f"{arg}.yaml"):
+        if cand.exists():
+            return cand
+    known = ", ".join(sorted(q.name for q in sweeps_dir.glob("*.yaml")))
+    raise GridError("--grid", f"no grid file {arg!r} (here or in sweeps/); shipped grids: {known}")
+
+
+def _list(key: str, v: Any, kind=None) -> list:
+    if not isinstance(v, list):
+        v = [v]
+    if not v:
+        raise GridError(key, "empty list; give at least one value")
+    for i, x in enumerate(v):
+        if kind is not None and (isinstance(x, bool) or not isinstance(x, kind)):
+            raise GridError(f"{key}[{i}]", f"expected {getattr(kind, '__name__', 'number')}, got {x!r}")
+    return v
+
+
+def _section(data: dict, name: str, defaults: dict) -> dict:
+    sec = data.get(name) or {}
+    if not isinstance(sec, dict):
+        raise GridError(name, f"expected a mapping with keys {', '.join(defaults)}")
+    unknown = sorted(set(sec) - set(defaults))
+    if unknown:
+        raise GridError(f"{name}.{unknown[0]}", f"unknown key; allowed: {', '.join(defaults)}")
+    return {**defaults, **sec}
+
+
+def _attack(key: str, a: Any) -> dict:
+    if isinstance(a, dict):
+        extra = sorted(set(a) - {"name", "steps", "step_size", "restarts", "random_start"})
+        if extra:
+            raise GridError(f"{key}.{extra[0]}", "unknown key; allowed: name, steps, step_size, restarts, random_start")
+        return dict(a)
+    if not isinstance(a, str):
+        raise GridError(key, f"expected NAME[:STEPS[xRESTARTS]] or a mapping, got {a!r}")
+    name, _, rest = a.partition(":")
+    steps, _, restarts = rest.partition("x")
+    try:
+        return {"name": name, "steps": int(steps) if steps else (1 if name == "fgsm" else 20), "restarts": int(restarts or 1)}
+    except ValueError:
+        raise GridError(key, f"bad attack {a!r}; expected NAME[:STEPS[xRESTARTS]], e.g. pgd:20x2") from None
+
+
+def parse_grid(text: str) -> Grid:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise GridError("yaml", f"not valid YAML ({where}): {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise GridError("yaml", "the grid must be a mapping of keys (dataset, defenses, ...)")
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise GridError(unknown[0], f"unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
+    if "defenses" not in data:
+        raise GridError("defenses", f"missing; choose from {', '.join(DEFENSES)}")
+    defenses = _list("defenses", data["defenses"], str)
+    for i, d in enumerate(defenses):
+        if d not in DEFENSES:
+            raise GridError(f"defenses[{i}]", f"{d!r} is not one of {', '.join(DEFENSES)}")
+    seeds = _list("seeds", data.get("seeds", [0]), int)
+    eps_list = _list("train_eps", data.get("train_eps", [TrialConfig().eps]), (int, float))
+    lambdas = data.get("lambdas", [0.0])
+    if isinstance(lambdas, dict):
+        bad = sorted(set(lambdas) - set(LAMBDA_DEFENSES))
+        if bad:
+            raise GridError(f"lambdas.{bad[0]}", f"not a regularized defense; allowed: {', '.join(LAMBDA_DEFENSES)}")
+        lam_of = {d: _list(f"lambdas.{d}", v, (int, float)) for d, v in lambdas.items()}
+    else:
+        lam_list = _list("lambdas", lambdas, (int, float))
+        lam_of = {d: lam_list for d in LAMBDA_DEFENSES}
+
+    base: dict = {k: data[k] for k in TOP_FIELDS if k in data}
+    for sec, mapping in SECTIONS.items():
+        s = data.get(sec) or {}
+        if not isinstance(s, dict):
+            raise GridError(sec, f"expected a mapping with keys {', '.join(mapping)}")
+        for k, v in s.items():
+            if k not in mapping:
+                raise GridError(f"{sec}.{k}", f"unknown key; allowed: {', '.join(mapping)}")
+            base[mapping[k]] = v
+    if "attacks" in base:
+        base["attacks"] = [_attack(f"evaluation.attacks[{i}]", a)
+                           for i, a in enumerate(_list("evaluation.attacks", base["attacks"]))]
+    if "test_eps" in base:
+        _list("evaluation.test_eps", base["test_eps"], (int, float))
+    resources = _section(data, "resources", RESOURCES)
+    search = _section(data, "search", SEARCH)
+    slurm = _section(data, "slurm", SLURM)
+    _check_resources(resources, search, slurm)
+
+    trials, seen = [], set()
+    for d in defenses:
+        lams = lam_of.get(d, [0.0]) if d in LAMBDA_DEFENSES else [0.0]
+        if d in LAMBDA_DEFENSES and d not in lam_of:
+            raise GridError(f"lambdas.{d}", f"defense {d!r} is in the grid but has no lambda values")
+        epss = eps_list if d in AT_DEFENSES else [base.get("eps", TrialConfig().eps)]
+        for lam, eps, seed in itertools.product(lams, epss, seeds):
+            try:
+                cfg = TrialConfig(**{**base, "defense": d, "lam": float(lam), "eps": float(eps), "seed": int(seed)})
+                validate(cfg)
+            except ConfigError as e:
+                raise GridError(_grid_key(e.key), str(e).split(": ", 1)[1]) from None
+            except TypeError as e:
+                raise GridError("grid", str(e)) from None
+            if cfg.trial_id() not in seen:
+                seen.add(cfg.trial_id())
+                trials.append(cfg)
+    if search["mode"] == "random":
+        rng = random.Random(int(search["seed"]))
+        trials = rng.sample(trials, min(len(trials), int(search["num_samples"])))
+    return Grid(text, data, trials, resources, search, slurm)
+
+
+def _grid_key(key: str) -> str:
+    """Map a TrialConfig field back to where it lives in the grid."""
+    if key == "lam":
+        return "lambdas"
+    if key == "eps":
+        return "train_eps"
+    for sec, mapping in SECTIONS.items():
+        for gk, field_name in mapping.items():
+            if key.split("[")[0] == field_name:
+                return f"{sec}.{gk}{key[len(field_name):]}"
+    return key
+
+
+def _pos(key: str, v: Any, integer: bool = False, allow_zero: bool = False, hi: float = 1e6) -> None:
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok or v < 0 or (v == 0 and not allow_zero) or v > hi:
+        what = "an integer" if integer else "a number"
+        raise GridError(key, f"expected {what} in {'[0' if allow_zero else '(0'}, {hi:g}], got {v!r}")
+
+
+def _check_resources(res: dict, search: dict, slurm: dict) -> None:
+    _pos("resources.workers", res["workers"], integer=True, hi=1024)
+    _pos("resources.cpus_per_worker", res["cpus_per_worker"], hi=512)
+    _pos("resources.gpus_per_worker", res["gpus_per_worker"], allow_zero=True, hi=16)
+    if search["mode"] not in ("grid", "random"):
+        raise GridError("search.mode", f"{search['mode']!r} is not one of grid, random")
+    if search["scheduler"] not in ("none", "asha"):
+        raise GridError("search.scheduler", f"{search['scheduler']!r} is not one of none, asha")
+    _pos("search.num_samples", search["num_samples"], integer=True, hi=10**6)
+    if search["max_concurrent"] is not None:
+        _pos("search.max_concurrent", search["max_concurrent"], integer=True, hi=10**5)
+    _pos("search.trial_retries", search["trial_retries"], integer=True, allow_zero=True, hi=100)
+    _pos("search.worker_retries", search["worker_retries"], integer=True, allow_zero=True, hi=100)
+    _pos("slurm.nodes", slurm["nodes"], integer=True, hi=4096)
+    _pos("slurm.time_min", slurm["time_min"], integer=True, hi=60 * 24 * 30)
+    _pos("slurm.gpus_per_node", slurm["gpus_per_node"], integer=True, allow_zero=True, hi=64)
+    for k in ("cpus_per_node", "mem_gb"):
+        if slurm[k] is not None:
+            _pos(f"slurm.{k}", slurm[k], integer=True, hi=100000)
+    if not isinstance(slurm["extra"], list):
+        raise GridError("slurm.extra", "expected a list of sbatch options, e.g. ['--exclusive']")
+
+
+def load_grid(path: Path) -> Grid:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise GridError("--grid", f"cannot read {path}: {e.strerror}") from None
+    return parse_grid(text)
+
+
+def trial_resources(grid: Grid) -> dict:
+    r = grid.resources
+    return {"workers": int(r["workers"]), "cpus_per_worker": float(r["cpus_per_worker"]),
+            "gpus_per_worker": float(r["gpus_per_worker"])}
+

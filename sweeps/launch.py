@@ -1,0 +1,225 @@
+"""Launch (or resume) a sweep.
+
+    python sweeps/launch.py --grid quickstart                      # local Ray, or SLURM if sbatch is on PATH
+    python sweeps/launch.py --grid lambda_eps.yaml --partition gpu # one SLURM job for the whole sweep
+    python sweeps/launch.py --grid lambda_eps --dry-run            # the trial table and a cost estimate
+    python sweeps/launch.py --status NAME                          # where a run stands
+
+Launching again with the same --name resumes: finished trials are kept, unfinished and errored
+trials continue from their last checkpoint. Bad input exits 2 with one line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO))
+
+from sweeps.grid import Grid, GridError, find_grid, load_grid, trial_resources  # noqa: E402
+
+SWEEPS_DIR = Path(__file__).resolve().parent
+
+
+def fail(msg: str) -> "NoReturn":  # noqa: F821
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sweeps/launch.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", help="YAML grid: a path, or a bare name found in sweeps/ (quickstart, lambda_eps, ...)")
+    p.add_argument("--name", help="experiment name (default: the grid's name); the same name resumes")
+    p.add_argument("--cluster", choices=["local", "slurm"], help="default: slurm when sbatch is on PATH, else local")
+    p.add_argument("--partition", help="SLURM partition (checked against sinfo)")
+    p.add_argument("--nodes", type=int, help="SLURM nodes (default from the grid's slurm.nodes)")
+    p.add_argument("--time", type=int, dest="time_min", help="SLURM time limit in minutes")
+    p.add_argument("--cpus-per-node", type=int, help="SLURM CPUs per node")
+    p.add_argument("--gpus-per-node", type=int, help="SLURM GPUs per node")
+    p.add_argument("--mem-gb", type=int, help="SLURM memory per node (GB)")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--sbatch-opt", action="append", default=[], help="extra sbatch option, repeatable (e.g. --sbatch-opt=--exclusive)")
+    p.add_argument("--wait", action="store_true", help="SLURM: follow the job until it ends")
+    p.add_argument("--dry-run", action="store_true", help="print the trials and a cost estimate; submit nothing")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
+    p.add_argument("--storage", default=os.environ.get("UR_STORAGE", "runs"),
+                   help="where run directories live (shared storage on a cluster; default ./runs or $UR_STORAGE)")
+    p.add_argument("--num-cpus", type=int, help="local: CPUs Ray may use (default: all)")
+    p.add_argument("--no-aggregate", action="store_true", help="skip the aggregation step at the end")
+    p.add_argument("--status", metavar="NAME", help="print the state of run NAME and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no Tune progress table")
+    return p
+
+
+# ------------------------------------------------------------------------------ plan & dry run
+def write_run_dir(run_dir: Path, grid: Grid, grid_path: Path, args) -> None:
+    """RUN/grid.yaml (as given), RUN/plan.json (resolved trials, resources), RUN/git_commit."""
+    from cluster.trainables import trial_dirname
+    from uncertainty_robust.evaluate import git_commit
+
+    trials = [c.to_dict() for c in grid.trials]
+    ids = sorted(c.trial_id() for c in grid.trials)
+    plan_path = run_dir / "plan.json"
+    if plan_path.exists():
+        old = json.loads(plan_path.read_text())
+        if sorted(old.get("trial_ids", [])) != ids:
+            fail(f"run {run_dir} exists with a different grid ({len(old.get('trial_ids', []))} trials); "
+                 f"use another --name, or the grid it was launched with ({run_dir / 'grid.yaml'})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    search = dict(grid.search)
+    if args.max_concurrent:
+        search["max_concurrent"] = args.max_concurrent
+    plan = {"name": run_dir.name, "grid_file": grid_path.name, "trials": trials, "trial_ids": ids,
+            "trial_dirs": [trial_dirname(c) for c in grid.trials], "resources": trial_resources(grid),
+            "search": search, "slurm": grid.slurm, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if not plan_path.exists():
+        (run_dir / "grid.yaml").write_text(grid.source)
+        (run_dir / "git_commit").write_text((git_commit() or "unknown") + "\n")
+    tmp = plan_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plan, indent=1))
+    os.replace(tmp, plan_path)
+
+
+def print_dry_run(grid: Grid, cluster: str) -> None:
+    from sweeps.cost import estimate
+
+    res = trial_resources(grid)
+    print(f"grid {grid.name!r}: {len(grid.trials)} trials on {cluster}; each {res['workers']} DDP worker(s) x "
+          f"{res['cpus_per_worker']:g} CPU, {res['gpus_per_worker']:g} GPU")
+    print(f"{'#':>3} {'defense':<9} {'lambda':>7} {'eps':>7} {'seed':>4} {'epochs':>6} {'workers':>7} "
+          f"{'grad evals':>11} {'CPU-h':>7}")
+    est = estimate(grid.trials)
+    for i, (c, e) in enumerate(zip(grid.trials, est["per_trial"])):
+        lam = f"{c.lam:g}" if c.defense in ("ls", "entm", "at_ls", "at_entm") else "-"
+        eps = f"{c.eps:g}" if c.is_adversarial else "-"
+        print(f"{i:>3} {c.defense:<9} {lam:>7} {eps:>7} {c.seed:>4} {c.epochs:>6} {res['workers']:>7} "
+              f"{e['grad_evals']:>11.3g} {e['cpu_hours']:>7.3f}")
+    c0 = grid.trials[0]
+    print(f"dataset {c0.dataset}, model {c0.model} (width {c0.width:g}); test eps {c0.test_eps}; attacks "
+          f"{', '.join(a.label() for a in c0.attacks)} on {c0.n_eval} test points")
+    print(f"total: {est['grad_evals']:.3g} gradient evaluations (forward+backward per example), "
+          f"~{est['cpu_hours']:.2f} CPU-hours at the measured {est['sec_per_grad_eval'] * 1e3:.3f} ms per example "
+          f"on this machine's CPU ({est['threads']} thread); GPUs are typically 20-100x faster per example")
+    print("dry run: nothing submitted")
+
+
+# ------------------------------------------------------------------------------ status
+def print_status(run_dir: Path) -> int:
+    if not (run_dir / "plan.json").exists():
+        fail(f"no run at {run_dir} (no plan.json); runs live under --storage (default ./runs)")
+    plan = json.loads((run_dir / "plan.json").read_text())
+    done = sum((run_dir / "trials" / d / "result.json").exists() for d in plan["trial_dirs"])
+    started = sum((run_dir / "trials" / d / "checkpoint.pt").exists() for d in plan["trial_dirs"])
+    print(f"run {run_dir}: {done}/{len(plan['trial_dirs'])} trials finished, {started - done} in progress or stopped")
+    for f in ("sweep_status.json", "slurm_job.json", "FAILED"):
+        if (run_dir / f).exists():
+            print(f"{f}: {(run_dir / f).read_text().strip()}")
+    if (run_dir / "slurm_job.json").exists():
+        from cluster.slurm import job_state
+
+        print("SLURM:", job_state(run_dir))
+    return 0
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    storage = Path(args.storage)
+    if args.status:
+        return print_status(storage / args.status)
+    if not args.grid:
+        fail("--grid is required (a YAML file or a bare name in sweeps/, e.g. --grid quickstart)")
+    try:
+        grid_path = find_grid(args.grid, SWEEPS_DIR)
+        grid = load_grid(grid_path)
+    except GridError as e:
+        fail(str(e))
+    cluster = args.cluster
+    if cluster is None:
+        cluster = "slurm" if shutil.which("sbatch") else "local"
+        if cluster == "local":
+            print("no sbatch on PATH: running on a local Ray cluster (--cluster local)", file=sys.stderr)
+    name = args.name or grid.name
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        fail(f"--name: {name!r} may contain only letters, digits, '-', '_' and '.'")
+    run_dir = (storage / name).resolve()
+    if cluster == "slurm":
+        from cluster.slurm import SlurmError, check_slurm, slurm_options
+
+        try:
+            opts = slurm_options(grid, args)
+            check_slurm(opts, trial_resources(grid))
+        except SlurmError as e:
+            fail(str(e))
+    else:
+        _check_local(grid, args)
+    if args.dry_run:
+        print_dry_run(grid, cluster)
+        return 0
+    write_run_dir(run_dir, grid, grid_path, args)
+    if cluster == "slurm":
+        from cluster.slurm import submit
+
+        return submit(run_dir, opts, wait=args.wait)
+    return run_local(run_dir, args)
+
+
+def _check_local(grid: Grid, args) -> None:
+    res = trial_resources(grid)
+    cpus = args.num_cpus or os.cpu_count() or 1
+    need = res["workers"] * res["cpus_per_worker"]
+    if need > cpus:
+        fail(f"resources: one trial needs {res['workers']} workers x {res['cpus_per_worker']:g} CPUs = {need:g} CPUs, "
+             f"the local cluster has {cpus} (--num-cpus); lower resources.workers/cpus_per_worker")
+    if res["gpus_per_worker"] > 0:
+        import torch
+
+        if torch.cuda.device_count() < res["workers"] * res["gpus_per_worker"]:
+            fail(f"resources.gpus_per_worker: {res['gpus_per_worker']:g} GPU(s) per worker requested, "
+                 f"this machine has {torch.cuda.device_count()}; set it to 0 for CPU")
+
+
+def run_local(run_dir: Path, args) -> int:
+    from cluster.driver import DriverLock, SweepLocked, init_ray, run_sweep
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    t0 = time.time()
+    try:
+        with DriverLock(run_dir):
+            init_ray(num_cpus=args.num_cpus or os.cpu_count())
+            print(f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir} --host 127.0.0.1",
+                  flush=True)
+            summary = run_sweep(run_dir, verbose=0 if args.quiet else 1)
+    except SweepLocked as e:
+        fail(str(e))
+    print(f"sweep finished in {time.time() - t0:.1f} s: {summary['trials']} trials, {summary['errors']} errored")
+    for m in summary["error_messages"]:
+        print(f"  error: {m}")
+    if not args.no_aggregate:
+        aggregate(run_dir)
+    return 1 if summary["errors"] else 0
+
+
+def aggregate(run_dir: Path) -> None:
+    """The aggregation step (tables, TensorBoard HParams, audit); rerunnable: sweeps/aggregate.py."""
+    cmd = [sys.executable, str(SWEEPS_DIR / "aggregate.py"), str(run_dir)]
+    if not (SWEEPS_DIR / "aggregate.py").exists():
+        return
+    r = subprocess.run(cmd)
+    if r.returncode != 0:
+        print(f"aggregation failed (exit {r.returncode}); rerun: {' '.join(cmd)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
