@@ -29,20 +29,29 @@ class DriverLock:
     """An flock on RUN/.driver.lock held for the driver's lifetime: a second driver of the same
     run refuses to start. The kernel drops the lock when the process dies, even on SIGKILL."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, wait_s: float = 0.0):
         self.path = Path(run_dir) / LOCK_NAME
+        self.wait_s = wait_s  # a requeued job may start while the old one's processes are still exiting
         self.fd: Optional[int] = None
 
     def __enter__(self):
+        import time
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise SweepLocked(f"run {self.path.parent} is already being driven by {holder}; "
-                              "wait for it or stop it first") from None
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(1)
+                    continue
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise SweepLocked(f"run {self.path.parent} is already being driven by {holder}; "
+                                  "wait for it or stop it first") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
         self.fd = fd
@@ -58,14 +67,14 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_
              object_store_mb: int = 512) -> None:
     import ray
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 object_store_memory=object_store_mb * 1024 * 1024, log_to_driver=True)
+        # the dashboard process serves the State API that Ray Train's placement-group cleaner polls
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=None, dashboard_host="127.0.0.1",
+                 dashboard_port=None, object_store_memory=object_store_mb * 1024 * 1024, log_to_driver=True)
 
 
 def _max_concurrent(resources: dict, search: dict) -> int:
@@ -81,13 +90,28 @@ def _max_concurrent(resources: dict, search: dict) -> int:
     return max(1, n)
 
 
+def _trial_name(trial) -> str:
+    from uncertainty_robust.config import TrialConfig
+
+    return f"{TrialConfig(**trial.config['trial']).short_name()}_{trial.trial_id[-5:]}"
+
+
+def _reporter(cls):
+    return cls(parameter_columns={"trial/defense": "defense", "trial/lam": "lam", "trial/eps": "eps",
+                                  "trial/seed": "seed"},
+               metric_columns={"training_iteration": "iter", "test_clean_acc": "clean(probe)",
+                               "clean_acc": "clean", "worst_mean": "worst(mean eps)"},
+               max_report_frequency=30, sort_by_metric=False)
+
+
 def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
     """Drive the sweep whose resolved plan is in ``RUN/plan.json``. Returns a summary dict.
 
     Expects Ray to be initialized (:func:`init_ray`).
     """
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our columns
     from ray import tune
-    from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
+    from ray.tune import CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 
     from . import trainables
 
@@ -117,8 +141,9 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
             trainable,
             param_space=param_space,
             tune_config=TuneConfig(max_concurrent_trials=_max_concurrent(resources, search), scheduler=scheduler,
-                                   trial_dirname_creator=lambda t: t.trial_id),
+                                   trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=_trial_name),
             run_config=RunConfig(name=TUNE_NAME, storage_path=str(run_dir), verbose=verbose,
+                                 progress_reporter=_reporter(CLIReporter),
                                  failure_config=FailureConfig(max_failures=int(search.get("trial_retries", 2)))),
         )
     results = tuner.fit()

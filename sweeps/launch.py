@@ -37,7 +37,7 @@ def fail(msg: str) -> "NoReturn":  # noqa: F821
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sweeps/launch.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", help="YAML grid: a path, or a bare name found in sweeps/ (quickstart, lambda_eps, ...)")
+    p.add_argument("--grid", default="quickstart", help="YAML grid: a path, or a bare name found in sweeps/ (default: quickstart)")
     p.add_argument("--name", help="experiment name (default: the grid's name); the same name resumes")
     p.add_argument("--cluster", choices=["local", "slurm"], help="default: slurm when sbatch is on PATH, else local")
     p.add_argument("--partition", help="SLURM partition (checked against sinfo)")
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     if args.status:
         return print_status(storage / args.status)
     if not args.grid:
-        fail("--grid is required (a YAML file or a bare name in sweeps/, e.g. --grid quickstart)")
+        fail("--grid is required (a YAML file or a bare name in sweeps/)")
     try:
         grid_path = find_grid(args.grid, SWEEPS_DIR)
         grid = load_grid(grid_path)

@@ -32,6 +32,7 @@ HOST=$(hostname -s)
 DBPASS=slurm-local-test          # MariaDB runs with --skip-networking (unix socket only)
 CONF=/etc/slurm/slurm.conf
 DBDCONF=/etc/slurm/slurmdbd.conf
+RUN_START=$(date +%FT%T)
 
 log() { echo "[slurm-local] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -44,8 +45,8 @@ tail_logs() {  # the last lines of each daemon log, then the recent real errors 
     echo "----- tail -n 15 $f" >&2
     tail -n 15 "$f" >&2 || true
   done
-  echo "----- recent errors (all logs; known harmless noise filtered out)" >&2
-  grep -h -iE 'fatal|error' "$D"/log/slurm*.log 2>/dev/null |
+  echo "----- errors logged by the Slurm daemons since this command started (known noise filtered out)" >&2
+  cat "$D"/log/slurm*.log 2>/dev/null | awk -v t="[$RUN_START" '$1 >= t' | grep -iE 'fatal|error' |
     grep -vE 'pmix|PMIx|MPI: Cannot create|Could not open .* state file|Trying backup|No fed_mgr|Database settings not recommended' |
     tail -n 8 >&2 || true
 }
@@ -95,7 +96,7 @@ wait_daemon() {  # wait_daemon SECONDS NAME PIDFILE CMD... : like wait_for, but 
     if ((SECONDS >= start + 2)) && ! alive "$pf"; then fail "$name exited during startup (see its log below)"; fi
     sleep 0.2
   done
-  fail "$name did not answer '$*' within ${t}s"
+  fail "$name did not answer '$*' within ${t}s; it says: $(timeout 10 "$@" 2>&1 | tail -n 3 | tr '\n' ' ')"
 }
 live_pids() {  # live_pids NAME : PIDs of running (non-zombie) processes called NAME
   local p
@@ -278,18 +279,18 @@ foreign_check() {  # refuse to fight a Slurm (or anything) that this script did 
   local n i=0
   if ! alive "$D/run/slurmctld.pid"; then
     n=$(live_pids slurmctld)
-    [ -z "$n" ] || fail "a slurmctld not started by this script is running (pid $n); stop it, or use the SLURM_LOCAL_DIR it was started with"
-    port_busy 6817 && fail "port 6817 (slurmctld) is already in use by another program"
+    [ -z "$n" ] || die "a slurmctld not started by this script is running (pid $n); stop it, or use the SLURM_LOCAL_DIR it was started with"
+    port_busy 6817 && die "port 6817 (slurmctld) is already in use by another program"
   fi
   if [ "$ACCT" = 1 ] && ! alive "$D/run/slurmdbd.pid"; then
     n=$(live_pids slurmdbd)
-    [ -z "$n" ] || fail "a slurmdbd not started by this script is running (pid $n); stop it first"
-    port_busy 6819 && fail "port 6819 (slurmdbd) is already in use by another program"
+    [ -z "$n" ] || die "a slurmdbd not started by this script is running (pid $n); stop it first"
+    port_busy 6819 && die "port 6819 (slurmdbd) is already in use by another program"
   fi
   if [ "$NODES" -gt 1 ]; then
     for n in $(nodenames); do
       i=$((i + 1))
-      if ! alive "$D/run/slurmd-$n.pid" && port_busy $((17000 + i)); then fail "port $((17000 + i)) (slurmd $n) is already in use"; fi
+      if ! alive "$D/run/slurmd-$n.pid" && port_busy $((17000 + i)); then die "port $((17000 + i)) (slurmd $n) is already in use"; fi
     done
   fi
   return 0
@@ -344,6 +345,8 @@ up() {
   # smoke test: a full job launch on every node
   timeout 60 srun -N "$NODES" -n "$NODES" -t 1 -o /dev/null true ||
     fail "smoke test 'srun -N $NODES -n $NODES true' failed"
+  # let the smoke job's epilog finish, so that callers see the nodes idle, not 'completing'
+  wait_for 15 "the smoke job to complete" sh -c '[ -z "$(sinfo -h -N -t completing -o %N)" ]' || true
   log "up: $(sinfo -h -o '%P %D %T' | tr '\n' ' ')"
 }
 

@@ -1,0 +1,271 @@
+"""The whole sweep as ONE submitit job on SLURM, requeued on preemption and time limits.
+
+Task 0 starts the Ray head in-process (Ray picks free ports, so two users on one node do not
+collide; the address goes to ``RUN/ray_head.<jobid>``) and runs the Tune driver; tasks 1..N-1 start
+``ray start --address ... --block`` workers that join it and exit when the driver is done.
+Ray gets exactly the CPUs/GPUs SLURM gave (SLURM_CPUS_ON_NODE, SLURM_GPUS_ON_NODE).
+
+On preemption or time limit submitit calls :meth:`SweepJob.checkpoint`, which requeues the same
+job; a requeue from outside (``scontrol requeue``) restarts it without that call. Either way the
+restarted driver restores the Tune experiment from disk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import submitit
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class SlurmError(RuntimeError):
+    """One-line, user-facing problem with the SLURM set-up or options (launch.py exits 2)."""
+
+
+def slurm_options(grid, args) -> dict:
+    s = grid.slurm
+    res = grid.resources
+    cpus_needed = int(-(-res["workers"] * res["cpus_per_worker"] // 1))
+    opts = {
+        "partition": args.partition,
+        "nodes": args.nodes or s["nodes"],
+        "time_min": args.time_min or s["time_min"],
+        "cpus_per_node": args.cpus_per_node or s["cpus_per_node"] or cpus_needed,
+        "gpus_per_node": args.gpus_per_node if args.gpus_per_node is not None else s["gpus_per_node"],
+        "mem_gb": args.mem_gb or s["mem_gb"],
+        "account": args.account or s["account"],
+        "qos": args.qos or s["qos"],
+        "constraint": args.constraint or s["constraint"],
+        "extra": list(s["extra"]) + list(args.sbatch_opt),
+    }
+    for k in ("nodes", "time_min", "cpus_per_node"):
+        if not isinstance(opts[k], int) or opts[k] <= 0:
+            raise SlurmError(f"--{k.replace('_', '-')}: expected a positive integer, got {opts[k]!r}")
+    return opts
+
+
+def _run(cmd: list, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def check_slurm(opts: dict, resources: dict) -> None:
+    """Before anything is submitted: sbatch present, controller answering, partition known,
+    resources a node can give. Raises SlurmError (one line)."""
+    if not shutil.which("sbatch"):
+        raise SlurmError("--cluster slurm: no sbatch on PATH (is SLURM installed here? use --cluster local)")
+    try:
+        r = _run(["sinfo", "-h", "-o", "%P|%c|%D|%a"])
+    except subprocess.TimeoutExpired:
+        raise SlurmError("SLURM controller does not answer (sinfo timed out); is slurmctld running?") from None
+    if r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SlurmError(f"SLURM controller unreachable (sinfo: {msg}); is slurmctld running?")
+    parts = {}
+    for line in r.stdout.split():
+        name, cpus, nodes, avail = line.split("|")
+        parts[name.rstrip("*")] = {"default": name.endswith("*"), "cpus": int(cpus.rstrip("+")), "nodes": int(nodes),
+                                   "up": avail == "up"}
+    if opts["partition"] is None:
+        opts["partition"] = next((p for p, v in parts.items() if v["default"]), None)
+        if opts["partition"] is None:
+            raise SlurmError(f"--partition: none given and no default; partitions: {', '.join(parts)}")
+    if opts["partition"] not in parts:
+        raise SlurmError(f"--partition: unknown partition {opts['partition']!r}; partitions: {', '.join(sorted(parts))}")
+    p = parts[opts["partition"]]
+    if not p["up"]:
+        raise SlurmError(f"--partition: partition {opts['partition']!r} is not up")
+    if opts["nodes"] > p["nodes"]:
+        raise SlurmError(f"--nodes: {opts['nodes']} requested, partition {opts['partition']!r} has {p['nodes']}")
+    if opts["cpus_per_node"] > p["cpus"]:
+        raise SlurmError(f"--cpus-per-node: {opts['cpus_per_node']} requested, nodes of {opts['partition']!r} have {p['cpus']}")
+    need = resources["workers"] * resources["cpus_per_worker"]
+    if need > opts["cpus_per_node"] * opts["nodes"]:
+        raise SlurmError(f"resources: one trial needs {need:g} CPUs, the job has {opts['nodes']} x "
+                         f"{opts['cpus_per_node']} (raise --cpus-per-node/--nodes or lower resources.workers)")
+    if resources["gpus_per_worker"] > 0 and not opts["gpus_per_node"]:
+        raise SlurmError("resources.gpus_per_worker > 0 but the job asks for no GPUs: set --gpus-per-node")
+
+
+def _extra_params(extra: list) -> dict:
+    out = {}
+    for opt in extra:
+        key, _, val = opt.lstrip("-").partition("=")
+        out[key.replace("-", "_")] = val if val else True
+    return out
+
+
+def executor_for(run_dir: Path, opts: dict) -> submitit.AutoExecutor:
+    ex = submitit.AutoExecutor(folder=str(run_dir / "slurm" / "%j"), cluster="slurm")
+    params = dict(slurm_partition=opts["partition"], nodes=opts["nodes"], tasks_per_node=1,
+                  cpus_per_task=opts["cpus_per_node"], timeout_min=opts["time_min"], name=f"ur-{run_dir.name}",
+                  slurm_setup=[f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}"],
+                  slurm_additional_parameters=_extra_params(opts["extra"]))
+    if opts["gpus_per_node"]:
+        params["gpus_per_node"] = opts["gpus_per_node"]
+    if opts["mem_gb"]:
+        params["mem_gb"] = opts["mem_gb"]
+    for k in ("account", "qos", "constraint"):
+        if opts[k]:
+            params[f"slurm_{k}"] = opts[k]
+    ex.update_parameters(**params)
+    return ex
+
+
+def active_job(run_dir: Path) -> Optional[str]:
+    """The id of this run's SLURM job if it is still queued or running."""
+    f = run_dir / "slurm_job.json"
+    if not f.exists():
+        return None
+    job_id = json.loads(f.read_text())["job_id"]
+    r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T"])
+    state = r.stdout.strip()
+    return job_id if r.returncode == 0 and state and state not in ("COMPLETED", "FAILED", "CANCELLED") else None
+
+
+def job_state(run_dir: Path) -> str:
+    info = json.loads((run_dir / "slurm_job.json").read_text())
+    r = _run(["sacct", "-n", "-X", "-P", "-j", str(info["job_id"]), "-o", "State,ExitCode,Elapsed,Restarts"])
+    return f"job {info['job_id']}: " + (r.stdout.strip().splitlines() or ["unknown"])[-1].replace("|", " ")
+
+
+def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
+    job_id = active_job(run_dir)
+    if job_id:
+        print(f"error: run {run_dir.name} already has SLURM job {job_id} queued or running; "
+              f"wait for it, or scancel {job_id}", file=sys.stderr)
+        return 2
+    (run_dir / "FAILED").unlink(missing_ok=True)
+    ex = executor_for(run_dir, opts)
+    job = ex.submit(SweepJob(str(run_dir)))
+    info = {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), **opts,
+            "stdout": str(job.paths.stdout).replace("%t", "0"), "stderr": str(job.paths.stderr).replace("%t", "0")}
+    (run_dir / "slurm_job.json").write_text(json.dumps(info, indent=1))
+    print(f"submitted SLURM job {job.job_id} (partition {opts['partition']}, {opts['nodes']} node(s) x "
+          f"{opts['cpus_per_node']} CPUs, {opts['time_min']} min)")
+    print(f"logs:        {info['stdout']}\n             {info['stderr']}")
+    print(f"TensorBoard: tensorboard --logdir {run_dir} --host 127.0.0.1")
+    print(f"status:      python sweeps/launch.py --status {run_dir.name} --storage {run_dir.parent}")
+    if not wait:
+        return 0
+    while True:
+        state = _run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"]).stdout.strip()
+        if not state:
+            break
+        time.sleep(5)
+    final = job_state(run_dir)
+    print(final)
+    ok = (run_dir / "sweep_status.json").exists() and not (run_dir / "FAILED").exists()
+    if ok and json.loads((run_dir / "sweep_status.json").read_text()).get("errors", 1) == 0:
+        return 0
+    if (run_dir / "FAILED").exists():
+        print(f"failed: {(run_dir / 'FAILED').read_text().strip()}", file=sys.stderr)
+    return 1
+
+
+class SweepJob(submitit.helpers.Checkpointable):
+    """The callable submitit runs on every task of the job."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+
+    def __call__(self) -> Optional[dict]:
+        env = submitit.JobEnvironment()
+        run_dir = Path(self.run_dir)
+        restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        tag = f"{env.job_id}.{restart}"
+        cpus = int(os.environ.get("SLURM_CPUS_ON_NODE") or os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count())
+        gpus = _gpus_on_node()
+        _event(run_dir, {"event": "task_start", "rank": env.global_rank, "job": env.job_id, "restart": restart,
+                         "node": env.hostname, "cpus": cpus, "gpus": gpus})
+        if env.global_rank == 0:
+            return self._head(run_dir, tag, cpus, gpus, env.num_nodes)
+        return self._worker(run_dir, tag, cpus, gpus)
+
+    def _head(self, run_dir: Path, tag: str, cpus: int, gpus: int, nodes: int) -> Optional[dict]:
+        import logging
+
+        import ray
+
+        from .driver import DriverLock, init_ray, run_sweep
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        done = run_dir / f"ray_done.{tag}"
+        try:
+            with DriverLock(run_dir, wait_s=120):
+                init_ray(num_cpus=cpus, num_gpus=gpus)
+                addr = ray.get_runtime_context().gcs_address
+                (run_dir / f"ray_head.{tag}").write_text(addr)
+                _wait_for_nodes(nodes, timeout=300)
+                summary = run_sweep(run_dir)
+            _event(run_dir, {"event": "sweep_end", **summary})
+            if not os.environ.get("UR_NO_AGGREGATE"):
+                subprocess.run([sys.executable, str(REPO / "sweeps" / "aggregate.py"), str(run_dir)], check=False)
+            return summary
+        except Exception as e:
+            (run_dir / "FAILED").write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {tag}: "
+                                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
+            traceback.print_exc()
+            raise
+        finally:
+            done.write_text("done")
+            ray.shutdown()
+
+    def _worker(self, run_dir: Path, tag: str, cpus: int, gpus: int) -> None:
+        head_file, done = run_dir / f"ray_head.{tag}", run_dir / f"ray_done.{tag}"
+        deadline = time.time() + 600
+        while not head_file.exists():
+            if done.exists() or time.time() > deadline:
+                return None
+            time.sleep(1)
+        addr = head_file.read_text().strip()
+        ray_bin = str(Path(sys.executable).with_name("ray"))
+        cmd = [ray_bin, "start", "--address", addr, "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--block"]
+        proc = subprocess.Popen(cmd)
+        try:
+            while not done.exists() and proc.poll() is None:
+                time.sleep(2)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        return None
+
+    def checkpoint(self, *args, **kwargs):
+        _event(Path(self.run_dir), {"event": "checkpoint_requeue", "job": os.environ.get("SLURM_JOB_ID")})
+        return super().checkpoint(*args, **kwargs)  # DelayedSubmission(self): same job, requeued
+
+
+def _gpus_on_node() -> int:
+    v = os.environ.get("SLURM_GPUS_ON_NODE")
+    if v:
+        return int(v)
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return len([d for d in vis.split(",") if d]) if vis else 0
+
+
+def _wait_for_nodes(n: int, timeout: float) -> None:
+    import ray
+
+    t0 = time.time()
+    while len([x for x in ray.nodes() if x["Alive"]]) < n:
+        if time.time() - t0 > timeout:
+            raise RuntimeError(f"only {len([x for x in ray.nodes() if x['Alive']])} of {n} Ray nodes joined in {timeout:.0f} s")
+        time.sleep(1)
+
+
+def _event(run_dir: Path, ev: dict) -> None:
+    """RUN/job_events.jsonl: one line per task start, requeue and sweep end (with times)."""
+    ev = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **ev}
+    with open(run_dir / "job_events.jsonl", "a") as f:
+        f.write(json.dumps(ev) + "\n")
