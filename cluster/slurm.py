@@ -132,7 +132,7 @@ def active_job(run_dir: Path) -> Optional[str]:
 
 def job_state(run_dir: Path) -> str:
     info = json.loads((run_dir / "slurm_job.json").read_text())
-    r = _run(["sacct", "-n", "-X", "-P", "-j", str(info["job_id"]), "-o", "State,ExitCode,Elapsed,Restarts"])
+    r = _run(["sacct", "-n", "-X", "-P", "-j", str(info["job_id"]), "-o", "State,ExitCode,Elapsed,NodeList"])
     return f"job {info['job_id']}: " + (r.stdout.strip().splitlines() or ["unknown"])[-1].replace("|", " ")
 
 
@@ -202,8 +202,9 @@ class SweepJob(submitit.helpers.Checkpointable):
             with DriverLock(run_dir, wait_s=120):
                 init_ray(num_cpus=cpus, num_gpus=gpus)
                 addr = ray.get_runtime_context().gcs_address
+                _share_auth_token(run_dir, tag)
                 (run_dir / f"ray_head.{tag}").write_text(addr)
-                _wait_for_nodes(nodes, timeout=300)
+                _wait_for_nodes(run_dir, tag, nodes, timeout=300)
                 summary = run_sweep(run_dir)
             _event(run_dir, {"event": "sweep_end", **summary})
             if not os.environ.get("UR_NO_AGGREGATE"):
@@ -228,10 +229,16 @@ class SweepJob(submitit.helpers.Checkpointable):
         addr = head_file.read_text().strip()
         ray_bin = str(Path(sys.executable).with_name("ray"))
         cmd = [ray_bin, "start", "--address", addr, "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--block"]
-        proc = subprocess.Popen(cmd)
+        env = dict(os.environ)
+        token = run_dir / f".ray_auth_token.{tag}"
+        if token.exists():
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        proc = subprocess.Popen(cmd, env=env)
         try:
             while not done.exists() and proc.poll() is None:
                 time.sleep(2)
+            if not done.exists():  # ray start died: tell the head now rather than after its timeout
+                (run_dir / f"ray_worker_failed.{tag}").write_text(f"{os.uname().nodename}: ray start exited {proc.returncode}")
         finally:
             if proc.poll() is None:
                 proc.terminate()
@@ -254,11 +261,25 @@ def _gpus_on_node() -> int:
     return len([d for d in vis.split(",") if d]) if vis else 0
 
 
-def _wait_for_nodes(n: int, timeout: float) -> None:
+def _share_auth_token(run_dir: Path, tag: str) -> None:
+    """Ray's token authentication: hand the head's token to the workers through the run dir
+    (mode 0600) rather than rely on a shared home directory."""
+    src = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
+    if src.exists():
+        dst = run_dir / f".ray_auth_token.{tag}"
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(src.read_text())
+
+
+def _wait_for_nodes(run_dir: Path, tag: str, n: int, timeout: float) -> None:
     import ray
 
     t0 = time.time()
     while len([x for x in ray.nodes() if x["Alive"]]) < n:
+        failed = run_dir / f"ray_worker_failed.{tag}"
+        if failed.exists():
+            raise RuntimeError(f"a Ray worker could not join: {failed.read_text().strip()} (see the task logs)")
         if time.time() - t0 > timeout:
             raise RuntimeError(f"only {len([x for x in ray.nodes() if x['Alive']])} of {n} Ray nodes joined in {timeout:.0f} s")
         time.sleep(1)

@@ -130,6 +130,24 @@ def test_attacks_stay_in_the_ball_and_the_image_range(std_model, mnist_test):
     assert float((xa - x).flatten(1).norm(dim=1).max()) <= 2.0 + 1e-4
 
 
+def test_worst_case_is_over_linf_attacks_only(std_model, mnist_test, monkeypatch):
+    """An L2 attack's eps is another threat model: it is reported on its own and never enters
+    the L-inf worst case (which ``evaluate`` labels with the L-inf attacks only). The L2 attack is
+    replaced by one that breaks every point, so any leak into the worst case would show."""
+    from uncertainty_robust import attacks
+
+    x, y = mnist_test[0][:100], mnist_test[1][:100]
+    monkeypatch.setitem(attacks.ATTACKS, "pgd_l2", (lambda model, x, y, eps, **kw: 1 - x, "L2"))
+    specs = [AttackSpec("fgsm", 1), AttackSpec("pgd", 5), AttackSpec("pgd_l2", 5)]
+    for per_attack in (True, False):
+        torch.manual_seed(0)
+        r = run_suite(std_model, x, y, specs, [0.05], per_attack=per_attack)
+        l2 = r.correct[("pgd_l25", 0.05)]
+        assert _acc(l2) < 0.5 < _acc(r.worst[0.05])  # the stand-in L2 attack breaks (nearly) all
+        if per_attack:
+            assert torch.equal(r.worst[0.05], r.correct[("fgsm", 0.05)] & r.correct[("pgd5", 0.05)])
+
+
 # ----------------------------------------------------------------------------- 4-5: Jacobian
 
 def _fd_jacobian(f, x: torch.Tensor, h: float) -> torch.Tensor:
@@ -183,24 +201,22 @@ def test_exact_jacobian_matches_finite_differences(std_model, mnist_test):
 
 
 def test_projection_estimate_is_within_10_percent_of_exact(std_model, mnist_test):
-    """8 random projections per example, on all 300 test points. Compared: the mean over points of
-    the estimated per-example norm against the mean of the exact per-example norms (the number the
-    estimate stands in for when it is logged per epoch); also the mean squared norm, of which the
-    estimate is unbiased."""
+    """8 random projections per example, on all 300 test points, against the exact norms.
+    Compared: (a) the mean over points of the estimated per-example norm against the mean of the
+    exact per-example norms (the number the estimate stands in for when logged per epoch), and
+    (b) the mean over points of the per-example ratio estimate/exact. Both within 10%."""
     x = mnist_test[0]
     assert len(x) >= 200
     exact = jacobian_norms(std_model, x)
     est = jacobian_norms_estimate(std_model, x, projections=8, generator=torch.Generator().manual_seed(0))
     for name in ("logits", "softmax"):
         e, a = exact[name], est[name]
-        assert e.shape == a.shape == (len(x),) and bool(torch.isfinite(a).all())
-        rel_mean = float(a.mean() / e.mean()) - 1
-        rel_sq = float(a.pow(2).mean() / e.pow(2).mean()) - 1
-        print(f"\nJacobian ({name}): exact mean {float(e.mean()):.4g}, 8-projection estimate mean "
-              f"{float(a.mean()):.4g} ({rel_mean:+.2%}); mean squared norm {rel_sq:+.2%}")
-        assert abs(rel_mean) < 0.10 and abs(rel_sq) < 0.10
-        # and it is an estimate of each example's own norm, not only of the average
-        assert float(torch.corrcoef(torch.stack([e, a]))[0, 1]) > 0.8
+        assert e.shape == a.shape == (len(x),) and bool(torch.isfinite(a).all()) and bool((e > 0).all())
+        of_means = float(a.mean() / e.mean()) - 1
+        ratio = float((a / e).mean()) - 1
+        print(f"\nJacobian ({name}), {len(x)} points: exact mean {float(e.mean()):.4g}, 8-projection "
+              f"estimate mean {float(a.mean()):.4g} ({of_means:+.2%}); mean per-example ratio - 1 = {ratio:+.2%}")
+        assert abs(of_means) < 0.10 and abs(ratio) < 0.10
 
 
 # ----------------------------------------------------------------------------- 6: resume
@@ -364,11 +380,12 @@ def test_at_entm_entropy_on_clean_or_adversarial(std_model, batch):
         cfg = TrialConfig(defense="at_entm", lam=lam, eps=0.2, pgd_steps=5, entropy_on=on)
         torch.manual_seed(seed)
         losses[on], _ = DEFENSES["at_entm"](std_model, x, y, cfg, Cost())
+        x_adv = _adversary(std_model, x, y, cfg, seed)
         with torch.no_grad():
-            z_adv = std_model(_adversary(std_model, x, y, cfg, seed))
+            z_adv = std_model(x_adv)
             h = entropy(z_adv if on == "adv" else std_model(x))
             assert torch.allclose(losses[on], (F.cross_entropy(z_adv, y, reduction="none") - lam * h).mean(), atol=1e-5)
-    assert abs(float(losses["adv"] - losses["clean"])) > 1e-3
+    assert abs((losses["adv"] - losses["clean"]).item()) > 1e-3
 
 
 def test_adv_fraction_half_mixes_adversarial_and_clean(std_model, batch):
@@ -377,14 +394,15 @@ def test_adv_fraction_half_mixes_adversarial_and_clean(std_model, batch):
     cfg = TrialConfig(defense="at", eps=0.3, pgd_steps=5, adv_fraction=0.5)
     torch.manual_seed(seed)
     loss, stats = DEFENSES["at"](std_model, x, y, cfg, Cost())
+    x_adv = _adversary(std_model, x[:half], y[:half], cfg, seed)
+    x_all_adv = _adversary(std_model, x, y, TrialConfig(defense="at", eps=0.3, pgd_steps=5), seed)
     with torch.no_grad():
-        x_adv = _adversary(std_model, x[:half], y[:half], cfg, seed)
         z_adv, z_clean = std_model(x_adv), std_model(x[half:])
         expected = F.cross_entropy(torch.cat([z_adv, z_clean]), y)
         all_clean = F.cross_entropy(std_model(x), y)
-        all_adv = F.cross_entropy(std_model(_adversary(std_model, x, y, TrialConfig(defense="at", eps=0.3, pgd_steps=5), seed)), y)
+        all_adv = F.cross_entropy(std_model(x_all_adv), y)
     assert torch.allclose(loss, expected, atol=1e-5)
-    assert float(all_clean) + 0.1 < float(loss) < float(all_adv) - 0.1  # really a mix of the two
+    assert all_clean.item() + 0.1 < loss.item() < all_adv.item() - 0.1  # really a mix of the two
     assert stats["acc"] == pytest.approx(float((z_adv.argmax(1) == y[:half]).float().mean()))
 
 
@@ -400,7 +418,7 @@ def test_every_defense_takes_a_step(name, batch):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     cost = Cost()
     loss, stats = DEFENSES[name](model, x, y, cfg, cost)
-    assert loss.dim() == 0 and math.isfinite(float(loss)) and math.isfinite(stats["loss"])
+    assert loss.dim() == 0 and math.isfinite(loss.item()) and math.isfinite(stats["loss"])
     loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()), pname
@@ -506,6 +524,18 @@ def test_run_trial_result_record_and_no_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(trial, "fit", no_fit)
     assert trial.run_trial(cfg, d) == on_disk
     assert (d / "checkpoint.pt").stat().st_mtime_ns == mtime
+
+
+def test_git_commit_is_none_without_a_commit(monkeypatch):
+    from uncertainty_robust import evaluate
+
+    def fake_git(returncode, stdout):
+        return lambda *a, **k: subprocess.CompletedProcess(a, returncode, stdout=stdout, stderr="")
+
+    monkeypatch.setattr(evaluate.subprocess, "run", fake_git(128, "HEAD\n"))  # `git init`, no commit yet
+    assert evaluate.git_commit() is None
+    monkeypatch.setattr(evaluate.subprocess, "run", fake_git(0, "a" * 40 + "\n"))
+    assert evaluate.git_commit() == "a" * 40
 
 
 # ----------------------------------------------------------------------------- 11: models

@@ -189,12 +189,14 @@ class SuiteResult:
 
 def run_suite(model, x, y, specs, eps_list, batch_size: int = 500, per_attack: bool = True,
               keep_examples: int = 0) -> SuiteResult:
-    """Evaluate every (attack, eps) and the per-example worst case over attacks at each eps.
+    """Evaluate every (attack, eps) and the per-example worst case over the L-inf attacks at each eps.
 
     Only points still correctly classified are attacked. With ``per_attack`` each attack runs on
     every clean-correct point (so per-attack accuracies are exact and comparable, e.g. FGSM vs
     PGD) and the worst case is their AND; without it attacks run in order on the points that
     survived the previous ones (AutoAttack's early exit) and only the worst case is exact.
+    An attack of another norm (``pgd_l2``) has an eps of another threat model: it always runs on
+    every clean-correct point, is reported on its own and never enters the L-inf worst case.
     The model is put in eval mode and restored afterwards.
     """
     was_training = model.training
@@ -206,7 +208,8 @@ def run_suite(model, x, y, specs, eps_list, batch_size: int = 500, per_attack: b
             worst = clean.clone()
             for spec in specs:
                 label = spec.label()
-                mask = clean.clone() if per_attack else worst.clone()
+                linf = ATTACKS[spec.name][1] == "Linf"
+                mask = clean.clone() if per_attack or not linf else worst.clone()
                 cost = Cost()
                 if eps > 0:
                     t0 = time.perf_counter()
@@ -223,9 +226,10 @@ def run_suite(model, x, y, specs, eps_list, batch_size: int = 500, per_attack: b
                             res.adv_examples[eps] = (xa[:k].cpu(), y[b][:k].cpu(), pred[:k].cpu(), label)
                     cost.seconds = time.perf_counter() - t0
                 res.cost[(label, eps)] = cost
-                if per_attack:
+                if per_attack or not linf:
                     res.correct[(label, eps)] = mask
-                worst &= mask
+                if linf:
+                    worst &= mask
             res.worst[eps] = worst
         return res
     finally:

@@ -44,6 +44,10 @@ FAMILY = {"standard": "Standard/AT", "at": "Standard/AT", "ls": "LS/AT+LS", "at_
           "entm": "EntM/AT+EntM", "at_entm": "EntM/AT+EntM"}
 
 
+class NoTrialsError(FileNotFoundError):
+    """The run directory holds no trial at all, finished or not."""
+
+
 @dataclass
 class Trial:
     dir: Path
@@ -523,12 +527,12 @@ class Summary:
 
 def aggregate(run_dir, out=None, transfer: bool = True, rules: Optional[au.AuditRules] = None, device=None) -> Summary:
     """Read the run, audit every trial, write ``out`` (default ``RUN/aggregate``). Raises
-    FileNotFoundError when the run has no trials at all (finished or not)."""
+    NoTrialsError when the run has no trials at all (finished or not)."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "aggregate"
     scan = scan_run(run_dir, exclude=[out])
     if not scan.trials and not scan.unfinished:
-        raise FileNotFoundError(f"no trials under {run_dir} (no result.json, config.json or checkpoint.pt)")
+        raise NoTrialsError(f"no trials under {run_dir} (no result.json, config.json or checkpoint.pt)")
     transfers = _transfers(scan.trials, out / "transfer.json", device) if transfer else {}
     for t in scan.trials:
         if t.name in transfers:
@@ -593,7 +597,11 @@ def _transfers(trials: list, cache_file: Path, device) -> dict:
                 and old.get("whitebox_acc") == ref["acc"]:
             out[t.name] = old
             continue
-        res = au.transfer_for_trial(t.dir, t.record, src[0], src[1], device, adv_cache)
+        try:
+            res = au.transfer_for_trial(t.dir, t.record, src[0], src[1], device, adv_cache)
+        except Exception as e:  # e.g. the dataset is not on this machine: the audit reports the check as skipped
+            t.skipped.append(f"transfer_beats_whitebox: transfer attack failed: {type(e).__name__}: {e}")
+            continue
         if res is not None:
             out[t.name] = res
     return out

@@ -1,0 +1,64 @@
+"""Aggregate a sweep run: tables, TensorBoard (HParams, curves, examples) and the gradient-masking
+audit, written to RUN/aggregate/ (or --out). Rerun it any time, also while trials still run.
+
+    python sweeps/aggregate.py RUN_DIR [--out DIR] [--no-transfer] [--large-eps 0.4]
+    python -m sweeps.aggregate RUN_DIR
+    tensorboard --logdir RUN_DIR/aggregate/tb
+
+Prints the Markdown tables, how many unfinished trials were skipped and the audit flags.
+Exit 2 with one line when RUN_DIR is missing or holds no trials at all.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import uncertainty_robust  # noqa: F401
+except ImportError:  # run as a script from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sweeps/aggregate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="the sweep's run directory (holds trials/<trial>/result.json)")
+    p.add_argument("--out", type=Path, help="output directory (default RUN_DIR/aggregate); replaced as a whole")
+    p.add_argument("--no-transfer", action="store_true",
+                   help="skip the transfer attack from the standard model (the audit then says the check was skipped)")
+    p.add_argument("--large-eps", type=float, default=None,
+                   help="L-inf eps from which accuracy must be ~0 (default 0.5: every input reaches the constant image)")
+    p.add_argument("--device", default=None, help="device for the transfer attacks (default cuda if available, else cpu)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from uncertainty_robust.audit import AuditRules
+    from uncertainty_robust.report import NoTrialsError, aggregate
+
+    if not args.run_dir.is_dir():
+        print(f"error: {args.run_dir} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        s = aggregate(args.run_dir, out=args.out, transfer=not args.no_transfer,
+                      rules=AuditRules(large_eps=args.large_eps), device=args.device)
+    except NoTrialsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(s.markdown)
+    print(f"{s.n_trials} finished trial(s) aggregated; {len(s.unfinished)} unfinished trial(s) skipped")
+    for d in s.unfinished:
+        print(f"  unfinished: {d}")
+    n_flags = sum(len(f) for f in s.flags.values())
+    print(f"audit: {n_flags} flag(s) on {sum(bool(f) for f in s.flags.values())} trial(s)")
+    for name, flags in s.flags.items():
+        for f in flags:
+            print(f"  {name}: {f}")
+    print(f"written to {s.out} (tensorboard --logdir {s.out / 'tb'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
