@@ -73,7 +73,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_
         ray.init(address=address, log_to_driver=True)
     else:
         # the dashboard process serves the State API that Ray Train's placement-group cleaner polls
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=None, dashboard_host="127.0.0.1",
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=None, dashboard_host="127.0.0.1",
                  dashboard_port=None, object_store_memory=object_store_mb * 1024 * 1024, log_to_driver=True)
 
 

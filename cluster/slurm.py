@@ -26,7 +26,7 @@ import submitit
 REPO = Path(__file__).resolve().parent.parent
 
 
-class SlurmError(RuntimeError):
+class SlurmError(ValueError):
     """One-line, user-facing problem with the SLURM set-up or options (launch.py exits 2)."""
 
 
@@ -184,7 +184,8 @@ class SweepJob(submitit.helpers.Checkpointable):
         cpus = int(os.environ.get("SLURM_CPUS_ON_NODE") or os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count())
         gpus = _gpus_on_node()
         _event(run_dir, {"event": "task_start", "rank": env.global_rank, "job": env.job_id, "restart": restart,
-                         "node": env.hostname, "cpus": cpus, "gpus": gpus})
+                         "node": env.hostname, "slurm_node": os.environ.get("SLURMD_NODENAME"), "cpus": cpus,
+                         "gpus": gpus})
         if env.global_rank == 0:
             return self._head(run_dir, tag, cpus, gpus, env.num_nodes)
         return self._worker(run_dir, tag, cpus, gpus)

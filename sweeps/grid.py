@@ -50,8 +50,8 @@ SECTIONS = {
     "evaluation": {k: k for k in ("test_eps", "attacks", "n_eval", "jacobian_points", "jacobian_projections",
                                   "eval_batch_size")},
 }
-TOP_FIELDS = ("dataset", "data_root", "download", "model", "width", "epochs", "batch_size", "n_train", "device",
-              "num_threads")
+TOP_FIELDS = ("dataset", "data_root", "download", "model", "width", "epochs", "batch_size", "n_train", "augment",
+              "device", "num_threads")
 RESOURCES = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
 SEARCH = {"mode": "grid", "num_samples": 1, "scheduler": "none", "metric": "worst_mean", "max_concurrent": None,
           "trial_retries": 2, "worker_retries": 2, "seed": 0}

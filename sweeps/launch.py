@@ -29,6 +29,10 @@ from sweeps.grid import Grid, GridError, find_grid, load_grid, trial_resources  
 SWEEPS_DIR = Path(__file__).resolve().parent
 
 
+class LaunchError(ValueError):
+    """The grid cannot run on the chosen cluster as it is (one line)."""
+
+
 def fail(msg: str) -> "NoReturn":  # noqa: F821
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
@@ -154,19 +158,22 @@ def main(argv=None) -> int:
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         fail(f"--name: {name!r} may contain only letters, digits, '-', '_' and '.'")
     run_dir = (storage / name).resolve()
-    if cluster == "slurm":
-        from cluster.slurm import SlurmError, check_slurm, slurm_options
+    from cluster.slurm import SlurmError, check_slurm, slurm_options
 
-        try:
+    try:
+        if cluster == "slurm":
             opts = slurm_options(grid, args)
             check_slurm(opts, trial_resources(grid))
-        except SlurmError as e:
+        else:
+            _check_local(grid, args)
+    except (LaunchError, SlurmError) as e:
+        if not args.dry_run:
             fail(str(e))
-    else:
-        _check_local(grid, args)
+        print(f"note: this grid cannot run here as it is: {e}", file=sys.stderr)
     if args.dry_run:
         print_dry_run(grid, cluster)
         return 0
+    _check_data(grid)
     write_run_dir(run_dir, grid, grid_path, args)
     if cluster == "slurm":
         from cluster.slurm import submit
@@ -175,18 +182,31 @@ def main(argv=None) -> int:
     return run_local(run_dir, args)
 
 
+def _check_data(grid: Grid) -> None:
+    """Every dataset the grid names is present (downloaded here first when the grid says
+    ``download: true``: compute nodes often have no network, the submitting machine may)."""
+    from uncertainty_robust.data import DatasetNotFound, load_arrays
+
+    for ds, root, dl in sorted({(c.dataset, c.data_root, c.download) for c in grid.trials}, key=str):
+        try:
+            for split in ("train", "test"):
+                load_arrays(ds, split, root, download=dl)
+        except DatasetNotFound as e:
+            fail(f"dataset: {e}")
+
+
 def _check_local(grid: Grid, args) -> None:
     res = trial_resources(grid)
     cpus = args.num_cpus or os.cpu_count() or 1
     need = res["workers"] * res["cpus_per_worker"]
     if need > cpus:
-        fail(f"resources: one trial needs {res['workers']} workers x {res['cpus_per_worker']:g} CPUs = {need:g} CPUs, "
+        raise LaunchError(f"resources: one trial needs {res['workers']} workers x {res['cpus_per_worker']:g} CPUs = {need:g} CPUs, "
              f"the local cluster has {cpus} (--num-cpus); lower resources.workers/cpus_per_worker")
     if res["gpus_per_worker"] > 0:
         import torch
 
         if torch.cuda.device_count() < res["workers"] * res["gpus_per_worker"]:
-            fail(f"resources.gpus_per_worker: {res['gpus_per_worker']:g} GPU(s) per worker requested, "
+            raise LaunchError(f"resources.gpus_per_worker: {res['gpus_per_worker']:g} GPU(s) per worker requested, "
                  f"this machine has {torch.cuda.device_count()}; set it to 0 for CPU")
 
 

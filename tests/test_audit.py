@@ -125,7 +125,7 @@ def test_large_eps_rule_and_its_skip():
 
 
 def test_fgsm_beating_pgd_and_margin_beating_ce():
-    flags = audit(record([0.9, 0.7, 0.6, 0.5], fgsm=[0.9, 0.6, 0.4, 0.3]))
+    flags = audit(record([0.9, 0.7, 0.6, 0.5], fgsm=[0.9, 0.6, 0.45, 0.2]))
     assert names(flags) == {"fgsm_beats_pgd"}
     assert "eps 0.3" in next(iter(flags)).detail  # the largest excess is reported
     assert audit(record([0.9, 0.7, 0.6, 0.5], cw=[0.9, 0.68, 0.57, 0.47])) == []

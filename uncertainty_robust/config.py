@@ -54,6 +54,7 @@ class TrialConfig:
     data_root: Optional[str] = None
     download: bool = False
     n_train: Optional[int] = None  # stratified subset of the training split (None: all)
+    augment: str = "none"  # "crop_flip": 4-px padded random crop + horizontal flip (the CIFAR convention)
     model: str = "small_cnn"
     width: float = 1.0  # channel multiplier of the model
     seed: int = 0
@@ -165,6 +166,7 @@ def validate(cfg: TrialConfig) -> TrialConfig:
     _choice("inner_loss", cfg.inner_loss, ("ce", "regularized"))
     _choice("ls_form", cfg.ls_form, ("uniform", "others"))
     _choice("attack_bn_mode", cfg.attack_bn_mode, ("eval", "train"))
+    _choice("augment", cfg.augment, ("none", "crop_flip"))
     if cfg.defense in ("ls", "at_ls"):
         _range("lam", cfg.lam, 0.0, 0.99)  # alpha=1 would make the target uniform: nothing to learn
     elif cfg.defense in ("entm", "at_entm"):

@@ -148,6 +148,8 @@ def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLik
         for b, i in enumerate(range(0, len(idx), cfg.batch_size)):
             bi = idx[i:i + cfg.batch_size]
             x, y = x_tr[bi].to(device, non_blocking=True), y_tr[bi].to(device, non_blocking=True)
+            if cfg.augment == "crop_flip":
+                x = crop_flip(x)
             loss, stats = loss_of(net, x, y, cfg, cost, attack_model=model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -189,6 +191,21 @@ def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLik
     summary = {"epochs": len(history), "history": history, "cost": cost.as_dict(), "train_seconds": train_seconds,
                "world_size": world, "completed": len(history) >= cfg.epochs}
     return model, summary
+
+
+def crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random crop of the zero-padded batch and random horizontal flip, per example (draws from
+    the global RNG, which checkpoints restore)."""
+    n, _, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n))
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
+    out = xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
+    flip = torch.rand(n, device=x.device) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
 
 
 def _epoch_probe(model, x, y, cfg) -> dict:

@@ -1,0 +1,188 @@
+"""Sweeps on a real local Ray cluster: grids validated up front, a sweep killed with SIGKILL and
+relaunched finishes without rerunning finished trials, a killed DDP worker is retried from its
+checkpoint, two drivers of one run are refused."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sweeps import launch
+from sweeps.grid import GridError, parse_grid
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "grids" / "tiny.yaml"
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0"}
+
+
+def launch_cmd(*args) -> list:
+    return [sys.executable, str(REPO / "sweeps" / "launch.py"), *args]
+
+
+def trial_dirs(run: Path) -> list:
+    plan = json.loads((run / "plan.json").read_text())
+    return [run / "trials" / d for d in plan["trial_dirs"]]
+
+
+def starts(d: Path) -> int:
+    f = d / "starts.log"
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+def ckpt_epoch(d: Path) -> int:
+    p = d / "checkpoint.pt"
+    try:
+        return int(torch.load(p, weights_only=True)["epoch"]) if p.exists() else 0
+    except Exception:  # being replaced right now
+        return 0
+
+
+# ----------------------------------------------------------------------------- grid validation
+BAD_GRIDS = {
+    "unknown top-level key": ("defenses: [at]\nepochz: 3\n", "epochz"),
+    "unknown defense": ("defenses: [at, trades]\n", "defenses[1]"),
+    "unknown dataset": ("defenses: [at]\ndataset: imagenet\n", "dataset"),
+    "negative eps": ("defenses: [at]\ntrain_eps: [-0.1]\n", "train_eps"),
+    "absurd eps": ("defenses: [at]\ntrain_eps: [8]\n", "train_eps"),
+    "lambda out of range (LS alpha 1.5)": ("defenses: [ls]\nlambdas: [1.5]\n", "lambdas"),
+    "negative lambda": ("defenses: [entm]\nlambdas: [-1]\n", "lambdas"),
+    "empty seeds": ("defenses: [at]\nseeds: []\n", "seeds"),
+    "empty defenses": ("defenses: []\n", "defenses"),
+    "empty test eps": ("defenses: [at]\nevaluation: {test_eps: []}\n", "evaluation.test_eps"),
+    "unknown attack": ("defenses: [at]\nevaluation: {attacks: [fgsm, deepfool]}\n", "evaluation.attacks[1].name"),
+    "zero workers": ("defenses: [at]\nresources: {workers: 0}\n", "resources.workers"),
+    "unknown resources key": ("defenses: [at]\nresources: {gpus: 1}\n", "resources.gpus"),
+    "not YAML": ("defenses: [at\n", "yaml"),
+    "not a mapping": ("- at\n- ls\n", "yaml"),
+    "missing defenses": ("dataset: mnist_embedded\n", "defenses"),
+    "bad optimizer": ("defenses: [at]\noptimizer: {name: lbfgs}\n", "optimizer.name"),
+    "lambda string": ("defenses: [entm]\nlambdas: [high]\n", "lambdas[0]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GRIDS))
+def test_malformed_grid_exits_2_with_one_line(case, tmp_path, capsys):
+    text, key = BAD_GRIDS[case]
+    with pytest.raises(GridError) as e:
+        parse_grid(text)
+    assert e.value.key == key
+    g = tmp_path / "bad.yaml"
+    g.write_text(text)
+    with pytest.raises(SystemExit) as ex:
+        launch.main(["--grid", str(g), "--cluster", "local", "--dry-run", "--storage", str(tmp_path)])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and key in err, err
+    assert not any(tmp_path.glob("*/plan.json")), "nothing may be written for a bad grid"
+
+
+def test_cluster_cannot_give_resources(tmp_path, capsys):
+    g = tmp_path / "big.yaml"
+    g.write_text("defenses: [at]\nresources: {workers: 64, cpus_per_worker: 2}\n")
+    with pytest.raises(SystemExit) as ex:
+        launch.main(["--grid", str(g), "--cluster", "local", "--num-cpus", "2", "--storage", str(tmp_path)])
+    assert ex.value.code == 2
+    assert "128 CPUs" in capsys.readouterr().err
+
+
+def test_shipped_grids_parse_and_dry_run_lists_the_paper_grid():
+    for g in sorted((REPO / "sweeps").glob("*.yaml")):
+        assert parse_grid(g.read_text()).trials, g
+    r = subprocess.run(launch_cmd("--grid", "lambda_eps.yaml", "--cluster", "local", "--dry-run"),
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr
+    grid = parse_grid((REPO / "sweeps" / "lambda_eps.yaml").read_text())
+    for d in ("standard", "ls", "entm", "at", "at_ls", "at_entm"):
+        assert f" {d} " in r.stdout
+    assert f"{len(grid.trials)} trials" in r.stdout and "CPU-hours" in r.stdout and "nothing submitted" in r.stdout
+
+
+# ----------------------------------------------------------------------------- real Ray sweeps
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
+    """A 4-trial, 2-worker-per-trial sweep; the driver is SIGKILLed once a trial has finished,
+    a second launch of the same name is refused while the first runs, and the relaunch completes
+    every trial without training a finished one again."""
+    args = launch_cmd("--grid", str(TINY), "--cluster", "local", "--num-cpus", "4", "--storage", str(tmp_path),
+                      "--name", "k", "-q", "--no-aggregate")
+    run = tmp_path / "k"
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            if (run / "plan.json").exists() and any((d / "result.json").exists() for d in trial_dirs(run)):
+                break
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(1)
+        else:
+            pytest.fail("no trial finished in time")
+        second = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=120)
+        assert second.returncode == 2 and "already being driven" in second.stderr, second.stderr
+        finished_before = {d.name for d in trial_dirs(run) if (d / "result.json").exists()}
+        os.kill(first.pid, signal.SIGKILL)  # the driver only: Ray's processes follow it down
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    starts_before = {d.name: starts(d) for d in trial_dirs(run)}
+    assert len(finished_before) < 4, "the kill came too late to interrupt anything"
+
+    r = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "restoring experiment" in r.stdout + r.stderr
+    for d in trial_dirs(run):
+        rec = json.loads((d / "result.json").read_text())
+        assert rec["train"]["epochs"] == 3 and len(rec["train"]["history"]) == 3
+        if d.name in finished_before:
+            assert starts(d) == starts_before[d.name] == 1, f"{d.name} finished before the kill but trained again"
+        else:
+            assert starts(d) <= starts_before[d.name] + 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
+    grid = yaml.safe_load(TINY.read_text())
+    grid.update(defenses=["at"], epochs=8, n_train=2000, adversarial={"pgd_steps": 5, "eps_step": 0.05})
+    g = tmp_path / "one.yaml"
+    g.write_text(yaml.safe_dump(grid))
+    args = launch_cmd("--grid", str(g), "--cluster", "local", "--num-cpus", "2", "--storage", str(tmp_path),
+                      "--name", "w", "-q", "--no-aggregate")
+    out = open(tmp_path / "out.log", "w")
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+    run = tmp_path / "w"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            dirs = trial_dirs(run) if (run / "plan.json").exists() else []
+            if dirs and ckpt_epoch(dirs[0]) >= 2:
+                break
+            assert proc.poll() is None, (tmp_path / "out.log").read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("training never reached epoch 2")
+        epoch_at_kill = ckpt_epoch(dirs[0])
+        workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+        assert workers, "no Ray Train worker process found"
+        os.kill(int(workers[-1]), signal.SIGKILL)
+        assert proc.wait(400) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    d = trial_dirs(run)[0]
+    rec = json.loads((d / "result.json").read_text())
+    assert len(rec["train"]["history"]) == 8  # no epoch lost or duplicated in the record
+    assert starts(d) == 2, "the worker group should have been restarted exactly once"
+    text = (tmp_path / "out.log").read_text()
+    resumed = [int(line.rsplit("from epoch", 1)[1].split()[0]) for line in text.splitlines() if "from epoch" in line]
+    assert resumed and resumed[0] >= epoch_at_kill, (resumed, epoch_at_kill)
