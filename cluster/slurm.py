@@ -45,6 +45,7 @@ def slurm_options(grid, args) -> dict:
         "qos": args.qos or s["qos"],
         "constraint": args.constraint or s["constraint"],
         "extra": list(s["extra"]) + list(args.sbatch_opt),
+        "aggregate": not getattr(args, "no_aggregate", False),  # --no-aggregate reaches the job
     }
     for k in ("nodes", "time_min", "cpus_per_node"):
         if not isinstance(opts[k], int) or opts[k] <= 0:
@@ -144,7 +145,7 @@ def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
         return 2
     (run_dir / "FAILED").unlink(missing_ok=True)
     ex = executor_for(run_dir, opts)
-    job = ex.submit(SweepJob(str(run_dir)))
+    job = ex.submit(SweepJob(str(run_dir), aggregate=opts.get("aggregate", True)))
     info = {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), **opts,
             "stdout": str(job.paths.stdout).replace("%t", "0"), "stderr": str(job.paths.stderr).replace("%t", "0")}
     (run_dir / "slurm_job.json").write_text(json.dumps(info, indent=1))
@@ -173,8 +174,9 @@ def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
 class SweepJob(submitit.helpers.Checkpointable):
     """The callable submitit runs on every task of the job."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, aggregate: bool = True):
         self.run_dir = run_dir
+        self.aggregate = aggregate
 
     def __call__(self) -> Optional[dict]:
         env = submitit.JobEnvironment()
@@ -208,7 +210,7 @@ class SweepJob(submitit.helpers.Checkpointable):
                 _wait_for_nodes(run_dir, tag, nodes, timeout=300)
                 summary = run_sweep(run_dir)
             _event(run_dir, {"event": "sweep_end", **summary})
-            if not os.environ.get("UR_NO_AGGREGATE"):
+            if getattr(self, "aggregate", True) and not os.environ.get("UR_NO_AGGREGATE"):
                 subprocess.run([sys.executable, str(REPO / "sweeps" / "aggregate.py"), str(run_dir)], check=False)
             return summary
         except Exception as e:

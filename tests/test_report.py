@@ -189,7 +189,7 @@ def test_figures_when_matplotlib_is_available(aggregated):
 
 
 def test_cli_script_and_module(sweep, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1"}  # the script finds the repo itself
     out = tmp_path / "agg"
     p = subprocess.run([sys.executable, str(REPO / "sweeps" / "aggregate.py"), str(sweep), "--out", str(out), "--no-transfer"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -165,7 +165,8 @@ def audit(record: dict, rules: Optional[AuditRules] = None, skipped: Optional[li
                                                          f"white-box {tr['whitebox_label']} {tr['whitebox_acc']:.3f} at eps "
                                                          f"{tr['eps']:g} (tolerance {t:.3f})"))
     else:
-        skipped.append("transfer_beats_whitebox: no transfer result (no standard model of this dataset/model, or --no-transfer)")
+        skipped.append("transfer_beats_whitebox: no transfer result (a standard trial itself, no finished standard model of "
+                       "this dataset/model, or --no-transfer)")
     return flags
 
 
@@ -248,3 +249,31 @@ def transfer_result(source_record: dict, eps: float, ref: dict, acc: float, n: i
             "source_seed": source_record["config"]["seed"], "eps": eps, "steps": ref["steps"], "restarts": ref["restarts"],
             "step_size": ref.get("step_size"), "n_points": n, "acc": acc, "whitebox_label": ref["label"],
             "whitebox_acc": ref["acc"]}
+
+
+def transfers_for_run(trials: list, cache: Optional[dict] = None, device=None) -> tuple:
+    """Transfer attacks for every non-standard trial of a run (``trials``: [(dir, record)]), from
+    :func:`find_transfer_source`. ``cache``: the previous result ({trial dir name: entry}); an entry
+    is reused when source, eps, steps and the white-box number still match. Returns (entries by
+    trial dir name, {trial dir name: [reason the transfer failed]})."""
+    cache, out, errors, adv = cache or {}, {}, {}, {}
+    for d, rec in trials:
+        name = Path(d).name
+        src = find_transfer_source(rec, trials) if rec["config"]["defense"] != "standard" else None
+        eps = (rec.get("masking_probe") or {}).get("eps")
+        ref = whitebox_reference(rec, eps) if eps is not None else None
+        if src is None or ref is None:
+            continue
+        old = cache.get(name) or {}
+        if (old.get("source_trial_id"), old.get("eps"), old.get("steps"), old.get("whitebox_acc")) == \
+                (src[1].get("trial_id"), eps, ref["steps"], ref["acc"]):
+            out[name] = old
+            continue
+        try:
+            res = transfer_for_trial(d, rec, src[0], src[1], device, adv)
+        except Exception as e:  # e.g. the dataset is not on this machine: the audit reports the check as skipped
+            errors[name] = [f"transfer_beats_whitebox: transfer attack failed: {type(e).__name__}: {e}"]
+            continue
+        if res is not None:
+            out[name] = res
+    return out, errors

@@ -102,13 +102,8 @@ def scan_run(run_dir, exclude=()) -> Scan:
     for f in sorted(root.rglob(RESULT_NAME)):
         if not keep(f):
             continue
-        try:
-            rec = json.loads(f.read_text())
-        except (OSError, ValueError):
-            rec = None
-        if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
-            ignored.append(f)
-        elif rec.get("trial_id") in seen:
+        rec = _read_json(f)
+        if rec.get("schema") != SCHEMA or rec.get("trial_id") in seen:
             ignored.append(f)
         else:
             seen[rec.get("trial_id")] = f.parent
@@ -120,20 +115,11 @@ def scan_run(run_dir, exclude=()) -> Scan:
             d = f.parent
             if not keep(f) or re.match(r"checkpoint_\d+$", d.name) or d.resolve() in done:
                 continue
-            if name == "config.json" and not _is_trial_config(f):
-                continue
-            cands.add(d)
+            if name == "checkpoint.pt" or {"defense", "test_eps"} <= set(_read_json(f)):
+                cands.add(d)
     known = done | {c.resolve() for c in cands}
     unfinished = sorted(d for d in cands if not any(a.resolve() in known for a in d.parents))
     return Scan(trials, unfinished, ignored)
-
-
-def _is_trial_config(f: Path) -> bool:
-    try:
-        d = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(d, dict) and "defense" in d and "test_eps" in d
 
 
 # ------------------------------------------------------------------------------ per-trial values
@@ -254,7 +240,8 @@ def build_tables(groups: list) -> list:
                          "flags": {k: v for k, v in sorted(flags.items())}, "trials": [t.name for t in g.trials],
                          "forward_passes": statistics.fmean(t.record.get("cost", {}).get("eval", {}).get("forward", 0) for t in g.trials)})
         out.append({"dataset": dataset, "model": model, "columns": cols, "rows": rows, "attacks": attack_settings(trials),
-                    "n_points": sorted({t.record["n_points"] for t in trials}), "norm": "Linf",
+                    "n_points": sorted({t.record["n_points"] for t in trials}),
+                    "norm": "+".join(sorted({a["norm"] for t in trials for a in t.record["attacks"]})),
                     "eps": sorted({c[3] for c in cols if c[3] > 0})})
     return out
 
@@ -304,7 +291,7 @@ def write_table_files(tab: dict, out: Path) -> None:
     for r in tab["rows"]:
         ms = lambda c: dict(zip(("mean", "std", "n"), r["cells"][c[0]]))  # noqa: E731
         entries.append({"name": r["method"], "defense": r["defense"], "lam": r["lam"], "eps_train": r["eps_train"],
-                        "dataset": tab["dataset"], "architecture": tab["model"], "threat_model": "Linf",
+                        "dataset": tab["dataset"], "architecture": tab["model"], "threat_model": tab["norm"],
                         "clean_acc": r["cells"]["clean"][0], "clean_acc_std": r["cells"]["clean"][1],
                         "robust_acc": {lab: {f"{c[3]:g}": ms(c) for c in cols if c[2] == lab} for lab in tab["attacks"]},
                         "worst_case_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "worst"},
@@ -453,6 +440,7 @@ def _write_examples(tb: Path, g: Group) -> None:
         ex = load(t.dir / "adv_examples.pt")
     except Exception:  # a truncated or foreign file must not break the whole report
         return
+    import torch
     import torchvision.utils as vutils
 
     png = tb.parent / "examples"
@@ -463,7 +451,8 @@ def _write_examples(tb: Path, g: Group) -> None:
             grid = vutils.make_grid(e["x"].float(), nrow=len(e["x"]), padding=2, pad_value=1.0)
             w.add_image(f"adv/eps_{float(eps):g}", grid, 0)
             w.add_text(f"adv/eps_{float(eps):g}", f"{t.name}: label {e['y'].tolist()}, prediction {e['pred'].tolist()}")
-            vutils.save_image(grid, png / f"{g.slug}_eps{float(eps):g}.png")
+            big = torch.nn.functional.interpolate(grid[None], scale_factor=3, mode="nearest")[0]
+            vutils.save_image(big, png / f"{g.slug}__test_eps{float(eps):g}.png")
 
 
 def write_figures(out: Path, groups: list) -> list:
@@ -476,23 +465,22 @@ def write_figures(out: Path, groups: list) -> list:
     except ImportError:
         return []
     out.mkdir(exist_ok=True)
-    files, cv = [], curves(groups)
+    files, cv, jl = [], curves(groups), jacobian_lines(groups)
+
+    def lines(name, series: dict, xlabel, ylabel, title, **ax_kw):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, pts in series.items():
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title, **ax_kw)
+        ax.legend(fontsize=6)
+        files.append(_save(fig, out / name, plt))
+
     for s in sorted({s for c in cv.values() for s in c}):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, c in cv.items():
-            if s in c:
-                ax.plot([e for e, _ in c[s]], [a for _, a in c[s]], marker="o", label=label)
-        ax.set(xlabel="test ε (L-inf)", ylabel="accuracy", title=f"{s}: accuracy vs test ε", ylim=(-0.02, 1.02))
-        ax.legend(fontsize=6)
-        files.append(_save(fig, out / f"acc_vs_eps_{_slug(s)}.png", plt))
+        lines(f"acc_vs_eps_{_slug(s)}.png", {k: c[s] for k, c in cv.items() if s in c}, "test ε", "accuracy",
+              f"{s}: accuracy vs test ε (mean over seeds)", ylim=(-0.02, 1.02))
     for stat in ("logits_mean", "softmax_mean"):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, st in jacobian_lines(groups).items():
-            if stat in st:
-                ax.plot([x for x, _ in st[stat]], [y for _, y in st[stat]], marker="o", label=label)
-        ax.set(xlabel="λ", ylabel=f"‖∂f/∂x‖_F ({stat})", title=f"Jacobian norm vs λ ({stat})", yscale="log")
-        ax.legend(fontsize=6)
-        files.append(_save(fig, out / f"jacobian_vs_lam_{stat}.png", plt))
+        lines(f"jacobian_vs_lam_{stat}.png", {k: v[stat] for k, v in jl.items() if stat in v}, "λ", f"‖∂f/∂x‖_F ({stat})",
+              f"input-Jacobian norm vs λ ({stat})", yscale="log")
     for title, m in matrices(groups).items():
         fig, ax = plt.subplots(figsize=(1 + 0.8 * len(m["cols"]), 1 + 0.6 * len(m["rows"])))
         a = [[float("nan") if v is None else v for v in row] for row in m["acc"]]
@@ -533,10 +521,12 @@ def aggregate(run_dir, out=None, transfer: bool = True, rules: Optional[au.Audit
     scan = scan_run(run_dir, exclude=[out])
     if not scan.trials and not scan.unfinished:
         raise NoTrialsError(f"no trials under {run_dir} (no result.json, config.json or checkpoint.pt)")
-    transfers = _transfers(scan.trials, out / "transfer.json", device) if transfer else {}
+    transfers, errors = au.transfers_for_run([(t.dir, t.record) for t in scan.trials], _read_json(out / "transfer.json"),
+                                             device) if transfer else ({}, {})
     for t in scan.trials:
         if t.name in transfers:
             t.record["transfer"] = transfers[t.name]
+        t.skipped += errors.get(t.name, [])
         t.flags = au.audit(t.record, rules, t.skipped)
     groups = group_trials(scan.trials)
     tables = build_tables(groups)
@@ -575,33 +565,9 @@ def _swap(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _transfers(trials: list, cache_file: Path, device) -> dict:
-    """Transfer attacks from the standard models, for every non-standard trial; entries of the
-    previous aggregation are reused when target, source, eps and steps match."""
+def _read_json(path: Path) -> dict:
     try:
-        cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    except ValueError:
-        cache = {}
-    pool = [(t.dir, t.record) for t in trials]
-    adv_cache, out = {}, {}
-    for t in trials:
-        if t.cfg["defense"] == "standard":
-            continue
-        src = au.find_transfer_source(t.record, pool)
-        eps = (t.record.get("masking_probe") or {}).get("eps")
-        ref = au.whitebox_reference(t.record, eps) if eps is not None else None
-        if src is None or ref is None:
-            continue
-        old = cache.get(t.name)
-        if old and old.get("source_trial_id") == src[1].get("trial_id") and old.get("eps") == eps and old.get("steps") == ref["steps"] \
-                and old.get("whitebox_acc") == ref["acc"]:
-            out[t.name] = old
-            continue
-        try:
-            res = au.transfer_for_trial(t.dir, t.record, src[0], src[1], device, adv_cache)
-        except Exception as e:  # e.g. the dataset is not on this machine: the audit reports the check as skipped
-            t.skipped.append(f"transfer_beats_whitebox: transfer attack failed: {type(e).__name__}: {e}")
-            continue
-        if res is not None:
-            out[t.name] = res
-    return out
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, half-written by someone else, or JSON lines (Ray)
+        return {}
+    return d if isinstance(d, dict) else {}
