@@ -20,7 +20,7 @@ def grad_evals(c: TrialConfig) -> float:
     attacks = sum((1 if a.name == "fgsm" else a.steps * a.restarts) for a in c.attacks)
     probe_steps = next((a.steps for a in c.attacks if a.name == "pgd"), 20)
     k = dataset_info(c.dataset).num_classes
-    evaluation = c.n_eval * attacks * eps_pos + min(c.n_eval, 200) * probe_steps * 26 + c.jacobian_points * k
+    evaluation = c.n_eval * attacks * eps_pos + min(c.n_eval, 100) * probe_steps * 17 + c.jacobian_points * k
     return float(train + evaluation)
 
 

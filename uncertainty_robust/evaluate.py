@@ -108,7 +108,7 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> di
              for eps in cfg.test_eps]
     jac_x = x[:cfg.jacobian_points]
     jac = jacobian_stats(model, jac_x, exact=True) if cfg.jacobian_points else {}
-    probe = _masking_probe(model, x[:min(n, 200)], y[:min(n, 200)], cfg)
+    probe = _masking_probe(model, x[:min(n, 100)], y[:min(n, 100)], cfg)
     record = {
         "clean_acc": float(suite.clean_correct.float().mean()),
         "n_points": n,
@@ -127,13 +127,13 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> di
 
 def _masking_probe(model, x, y, cfg: TrialConfig) -> dict:
     """Inputs for the gradient-masking audit: PGD at a mid epsilon with the configured steps vs
-    5x the steps and 5 restarts, and the fraction of zero input gradients."""
+    4x the steps and 4 restarts, and the fraction of zero input gradients."""
     pos = sorted(e for e in cfg.test_eps if e > 0)
     eps = pos[len(pos) // 2] if pos else cfg.eps
     steps = next((a.steps for a in cfg.attacks if a.name == "pgd"), 20)
     model.eval()
-    out = {"eps": eps, "n_points": len(y), "steps": steps, "strong_steps": 5 * steps, "strong_restarts": 5}
-    for key, st, rs in (("pgd", steps, 1), ("pgd_strong", 5 * steps, 5)):
+    out = {"eps": eps, "n_points": len(y), "steps": steps, "strong_steps": 4 * steps, "strong_restarts": 4}
+    for key, st, rs in (("pgd", steps, 1), ("pgd_strong", 4 * steps, 4)):
         xa = pgd(model, x, y, eps, steps=st, restarts=rs)
         with torch.no_grad():
             out[key] = float((model(xa).argmax(1) == y).float().mean())
