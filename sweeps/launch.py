@@ -126,13 +126,18 @@ def print_status(run_dir: Path) -> int:
     done = sum((run_dir / "trials" / d / "result.json").exists() for d in plan["trial_dirs"])
     started = sum((run_dir / "trials" / d / "checkpoint.pt").exists() for d in plan["trial_dirs"])
     print(f"run {run_dir}: {done}/{len(plan['trial_dirs'])} trials finished, {started - done} in progress or stopped")
-    for f in ("sweep_status.json", "slurm_job.json", "FAILED"):
-        if (run_dir / f).exists():
-            print(f"{f}: {(run_dir / f).read_text().strip()}")
+    if (run_dir / "sweep_status.json").exists():
+        st = json.loads((run_dir / "sweep_status.json").read_text())
+        print(f"last driver exit: {st['trials']} trials, {st['errors']} errored"
+              + "".join(f"\n  error: {m}" for m in st.get("error_messages", [])))
     if (run_dir / "slurm_job.json").exists():
         from cluster.slurm import job_state
 
-        print("SLURM:", job_state(run_dir))
+        job = json.loads((run_dir / "slurm_job.json").read_text())
+        print(f"SLURM {job_state(run_dir)} (partition {job['partition']}, submitted {job['submitted']})")
+        print(f"logs: {job['stdout']}\n      {job['stderr']}")
+    if (run_dir / "FAILED").exists():
+        print(f"FAILED: {(run_dir / 'FAILED').read_text().strip()}")
     return 0
 
 
