@@ -150,6 +150,11 @@ def _sacct_history(job_id: str) -> str:
     return _run(["sacct", "-j", job_id, "-D", "-X", "-o", "JobID,State,Start,End,NodeList%12,Restarts"]).stdout
 
 
+def _job_line(status_out: str, job_id: str) -> str:
+    """The line of ``launch.py --status`` output that gives the SLURM job's state ('' if none)."""
+    return next((ln for ln in status_out.splitlines() if "SLURM" in ln and f"job {job_id}" in ln), "")
+
+
 def _tb_runs(trial_dir: Path) -> list[tuple[float, int, int]]:
     """Per TensorBoard event file of a trial (one per training (re)start on rank 0), sorted by time:
     (first wall time, first epoch logged, last epoch logged). Files without scalars are skipped."""
@@ -170,7 +175,7 @@ def _tb_runs(trial_dir: Path) -> list[tuple[float, int, int]]:
 class Sweep:
     """A sweep launched with ``--wait`` in the background, plus what the test saw of it."""
 
-    def __init__(self, tmp_path: Path, grid: Path, name: str, *args: str):
+    def __init__(self, tmp_path: Path, grid: Path, name: str, *args: str, on_plan=None):
         self.storage, self.name = tmp_path / "runs", name
         self.run_dir = self.storage / name
         self.out = open(tmp_path / f"{name}.launch.log", "w+")
@@ -178,7 +183,10 @@ class Sweep:
         self.proc = subprocess.Popen([sys.executable, str(LAUNCH), "--grid", str(grid), "--name", name,
                                       "--storage", str(self.storage), "--partition", "gpu", "--wait", "-q", *args],
                                      cwd=REPO, env=_env(), stdout=self.out, stderr=subprocess.STDOUT, text=True)
-        self.job_id = self._wait_for(lambda: (self.run_dir / "slurm_job.json").exists(), 60, "slurm_job.json")
+        if on_plan is not None:  # launch.py checked the grid and wrote the plan; it has not submitted yet
+            self._wait_for(lambda: (self.run_dir / "plan.json").exists(), 60, "plan.json", poll=0.05)
+            on_plan()
+        self._wait_for(lambda: (self.run_dir / "slurm_job.json").exists(), 60, "slurm_job.json")
         self.job_id = str(json.loads((self.run_dir / "slurm_job.json").read_text())["job_id"])
 
     def log(self) -> str:
@@ -302,77 +310,75 @@ def test_bad_input_exits_2_and_submits_nothing(slurm_cluster, tmp_path):
     assert "\n" not in str(ei.value) and "timed out" in str(ei.value), str(ei.value)
 
 
-# ------------------------------------------------------------------------------------ 2 + 5. two nodes, --status
-@_hard_timeout(300)
-def test_two_node_sweep_and_status(slurm_cluster, tmp_path, cancel_jobs):
-    grid = _grid(tmp_path, "twonode", defenses=["standard", "entm"], epochs=2)
-    sw = Sweep(tmp_path, grid, "twonode", "--nodes", "2", "--cpus-per-node", "2")
-    cancel_jobs(sw.run_dir)
-    rc = sw.finish(timeout=270)
-    print(f"\n2-node sweep: job {sw.job_id}, wall {sw.wall:.1f} s, launch.py exit {rc}")
-    print(_sacct_history(sw.job_id))
-    assert rc == 0, sw.log()[-3000:]
-    for d in _trial_dirs(sw.run_dir):
-        assert (d / "result.json").exists(), f"{d.name}: no result.json"
-    starts = {e["rank"]: e for e in _events(sw.run_dir) if e["event"] == "task_start"}
-    print("task_start events:", json.dumps(list(starts.values())))
-    assert set(starts) == {0, 1}, starts
-    assert starts[0]["slurm_node"] and starts[1]["slurm_node"], "SLURMD_NODENAME not recorded in task_start"
-    assert starts[0]["slurm_node"] != starts[1]["slurm_node"], "Ray head and worker ran on the same node"
-    assert any(e["event"] == "sweep_end" and e["errors"] == 0 for e in _events(sw.run_dir))
-    # the worker node really took part: some trial's training ran there (Ray Train workers report
-    # the real hostname, identical for both virtual nodes, so only the joined Ray node count says it)
-    assert (sw.run_dir / "aggregate").exists(), "aggregation did not run at the end of the job"
-
-    r = _launch("--status", sw.name, "--storage", sw.storage)
-    print(r.stdout)
-    assert r.returncode == 0, r.stderr
-    assert "2/2 trials finished" in r.stdout, r.stdout
-    assert f"SLURM: job {sw.job_id}: COMPLETED" in r.stdout, r.stdout
-
-
 # ------------------------------------------------------------------------------------ 5. a job that fails for good
+def _mnist_root(root: Path) -> Path:
+    """torchvision's MNIST layout (raw idx files), 1000 train + 200 test digits from the embedded set."""
+    import struct
+
+    from uncertainty_robust.data import load_arrays
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    x, y = load_arrays("mnist_embedded", "train")
+    for prefix, sl in (("train", slice(0, 1000)), ("t10k", slice(1000, 1200))):
+        xs, ys = x[sl].reshape(-1, 28 * 28), y[sl]
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, len(xs), 28, 28) + xs.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, len(ys)) + ys.astype("uint8").tobytes())
+    return root
+
+
 @_hard_timeout(240)
 def test_failed_sweep_reports_reason(slurm_cluster, tmp_path, cancel_jobs):
-    # passes validation (the data root is only opened by the trial), fails in every training attempt
-    grid = _grid(tmp_path, "broken", dataset="cifar10", data_root="/nonexistent", defenses=["standard"],
+    """The data root is there when launch.py checks it, gone when the job runs (as when the data sits on
+    a disk the compute nodes do not mount): the trial fails for good, the sweep ends with the error."""
+    data = _mnist_root(tmp_path / "data")
+    grid = _grid(tmp_path, "broken", dataset="mnist", data_root=str(data), defenses=["standard"], epochs=1,
                  search={"trial_retries": 0, "worker_retries": 0})
-    sw = Sweep(tmp_path, grid, "broken", "--cpus-per-node", "2", "--no-aggregate")
+    sw = Sweep(tmp_path, grid, "broken", "--cpus-per-node", "2", "--no-aggregate",
+               on_plan=lambda: shutil.rmtree(data))
     cancel_jobs(sw.run_dir)
     rc = sw.finish(timeout=210)
     print(f"\nfailing sweep: job {sw.job_id}, wall {sw.wall:.1f} s, launch.py exit {rc}")
+    print(_sacct_history(sw.job_id))
     assert rc == 1, sw.log()[-3000:]
-    status = json.loads((sw.run_dir / "sweep_status.json").read_text()) if (sw.run_dir / "sweep_status.json").exists() else None
-    failed = (sw.run_dir / "FAILED").read_text() if (sw.run_dir / "FAILED").exists() else None
+    status_f, failed_f = sw.run_dir / "sweep_status.json", sw.run_dir / "FAILED"
+    status = json.loads(status_f.read_text()) if status_f.exists() else None
+    failed = failed_f.read_text() if failed_f.exists() else None
     print("sweep_status.json:", status, "\nFAILED:", failed)
     assert (status and status["errors"] >= 1) or failed, "neither sweep_status.json with errors nor FAILED"
+    assert not (sw.run_dir / "aggregate").exists(), "--no-aggregate did not reach the SLURM job"
     r = _launch("--status", sw.name, "--storage", sw.storage)
     print(r.stdout)
     assert r.returncode == 0, r.stderr
-    assert "0/1 trials finished" in r.stdout, r.stdout
-    assert "cifar10" in r.stdout and "/nonexistent" in r.stdout, "--status does not show why the trial failed"
-    assert f"SLURM: job {sw.job_id}:" in r.stdout, r.stdout
+    assert " 0/1 trials finished" in r.stdout, r.stdout
+    assert _job_line(r.stdout, sw.job_id), f"no SLURM job state in --status:\n{r.stdout}"
+    # the reason, not just "1 errored": the trial's exception names the missing data root
+    assert "not found" in r.stdout and str(data) in r.stdout, f"--status does not say why the trial failed:\n{r.stdout}"
 
 
-# ------------------------------------------------------------------------------------ 1 + 3. interruptions
+# ------------------------------------------------------------------------------------ 1 + 2 + 3 + 5. two nodes, interruptions, --status
 EPOCHS = 8
 
 
-@_hard_timeout(600)
-def test_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster, tmp_path, cancel_jobs):
-    """4 trials x 2 DDP workers, 2 at a time on one 4-CPU node, each ~20-30 s of training (8 epochs of
-    ~3 s). Interrupted (a) by a real preemption, (b) by submitit's ``_interrupt()`` and (c) by a hard
-    ``scontrol requeue``, each while a trial is training; the sweep must still complete."""
+@_hard_timeout(660)
+def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster, tmp_path, cancel_jobs):
+    """4 trials x 2 DDP workers on a 2-node job (Ray head on one virtual node, a Ray worker on the other,
+    2 CPUs each: 2 trials at a time), each ~20-30 s of training (8 epochs of ~3 s). Interrupted (a) by a
+    real preemption, (b) by submitit's ``_interrupt()`` and (c) by a hard ``scontrol requeue``, each
+    while a trial is training; the sweep must still complete, and --status must say so."""
     import submitit
 
     grid = _grid(tmp_path, "interrupted", defenses=["at", "at_entm"], train_eps=[0.2, 0.3], epochs=EPOCHS,
                  n_train=4000)
-    sw = Sweep(tmp_path, grid, "interrupted", "--cpus-per-node", "4", "--no-aggregate")
+    sw = Sweep(tmp_path, grid, "interrupted", "--nodes", "2", "--cpus-per-node", "2")
     cancel_jobs(sw.run_dir)
     trials = _trial_dirs(sw.run_dir)
     assert len(trials) == 4
     job_id = sw.job_id
     interruptions = []  # dicts: kind, time, restart before, epochs before, finished before
+
+    def ev_time(e: dict) -> float:
+        return time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%S"))
 
     def unfinished_progress(since: float) -> dict:
         """Unfinished trials whose checkpoint was written after ``since``: {trial: epoch}."""
@@ -387,8 +393,8 @@ def test_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster, tmp_path
 
     def interrupt(kind: str, action, min_epoch: int = 1, need_finished: bool = False, timeout: float = 240):
         restart = sw.restarts()
-        since = max([time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%S")) for e in _events(sw.run_dir)
-                     if e["event"] == "task_start" and e["restart"] == restart] + [sw.t0])
+        since = max([ev_time(e) for e in _events(sw.run_dir) if e["event"] == "task_start" and e["restart"] == restart]
+                    + [sw.t0])
 
         def ready():
             if need_finished and not any((d / "result.json").exists() for d in trials):
@@ -408,7 +414,7 @@ def test_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster, tmp_path
         print(f"    job {job_id} running again (incarnation {restart + 1}) {took:.0f} s later")
 
     def preempt():
-        node = _squeue(job_id)[2]
+        node = sorted(_run(["scontrol", "show", "hostnames", _squeue(job_id)[2]]).stdout.split())[0]
         r = _run(["sbatch", "--parsable", "-p", "urgent", "-w", node, "--exclusive", "-t", "2", "-J", "ur-test-urgent",
                   "-o", "/dev/null", "--wrap", "sleep 5"])
         assert r.returncode == 0, r.stderr
@@ -431,7 +437,7 @@ def test_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster, tmp_path
     rc = sw.finish(timeout=300)
 
     events = _events(sw.run_dir)
-    print(f"\ninterruption sweep: job {job_id}, wall {sw.wall:.1f} s, launch.py exit {rc}")
+    print(f"\ninterrupted 2-node sweep: job {job_id}, wall {sw.wall:.1f} s, launch.py exit {rc}")
     for e in events:
         print("  event", json.dumps(e))
     print(_sacct_history(job_id))
@@ -439,24 +445,33 @@ def test_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster, tmp_path
 
     # 1. every trial finished, each with the full history
     for d in trials:
-        rec = json.loads((d / "result.json").read_text())
-        hist = rec["train"]["history"]
+        hist = json.loads((d / "result.json").read_text())["train"]["history"]
         assert [h["epoch"] for h in hist] == list(range(1, EPOCHS + 1)), f"{d.name}: history epochs {hist}"
+    assert any(e["event"] == "sweep_end" and e["errors"] == 0 for e in events), events
 
-    # the checkpoint/requeue path: b must have gone through SweepJob.checkpoint(); c must not
-    ck = [time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%S")) for e in events if e["event"] == "checkpoint_requeue"]
+    # 2. every incarnation: Ray head (rank 0) and worker (rank 1) on different SLURM nodes
+    starts = [e for e in events if e["event"] == "task_start"]
+    for restart in sorted({e["restart"] for e in starts}):
+        nodes = {e["rank"]: e.get("slurm_node") for e in starts if e["restart"] == restart}
+        assert set(nodes) == {0, 1}, f"incarnation {restart}: task_start of ranks {nodes}"
+        assert None not in nodes.values(), "SLURMD_NODENAME not recorded in task_start"
+        assert nodes[0] != nodes[1], f"incarnation {restart}: Ray head and worker on the same node {nodes}"
+
+    # 3. the checkpoint/requeue path: b went through SweepJob.checkpoint(); c did not
     ia, ib, ic = interruptions
+    ck = [ev_time(e) for e in events if e["event"] == "checkpoint_requeue"]
     assert any(ib["time"] - 1 <= t < ic["time"] for t in ck), f"no checkpoint_requeue event after _interrupt(): {events}"
-    assert not any(t >= ic["time"] for t in ck), "scontrol requeue unexpectedly called checkpoint()"
-    assert max(e["restart"] for e in events if e["event"] == "task_start") >= 3, events
+    assert not any(t >= ic["time"] for t in ck), "scontrol requeue unexpectedly went through checkpoint()"
+    assert max(e["restart"] for e in starts) >= 3, starts
 
     for it in interruptions:
         # no finished trial trained again
         for name in it["finished"]:
             again = [s for s in _starts(sw.run_dir / "trials" / name) if s > it["time"]]
             assert not again, f"{it['kind']}: finished trial {name} started training again at {again}"
-        # each interrupted trial resumed from its checkpoint: the first epoch logged after the interruption
-        # continues from (at least) the epoch it had reached -> at most the running epoch is redone
+        # each interrupted trial resumed from its checkpoint: the first epoch logged after the
+        # interruption continues from (at least) the epoch it had reached, so at most the epoch that was
+        # running is redone
         for name, e_before in it["before"].items():
             if e_before == 0:
                 continue
@@ -473,3 +488,10 @@ def test_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster, tmp_path
             assert prev_last - nxt_first + 1 <= 1, f"{d.name}: epochs {nxt_first}..{prev_last} redone ({runs})"
         print(f"  {d.name}: training runs (first, last epoch) {[(a, b) for _, a, b in runs]}, "
               f"{len(_starts(d))} train_start(s)")
+
+    # 5. --status after the sweep: finished count and the SLURM job state
+    r = _launch("--status", sw.name, "--storage", sw.storage)
+    print(r.stdout)
+    assert r.returncode == 0, r.stderr
+    assert " 4/4 trials finished" in r.stdout, r.stdout
+    assert "COMPLETED" in _job_line(r.stdout, job_id), f"no COMPLETED SLURM job state in --status:\n{r.stdout}"

@@ -99,6 +99,14 @@ def pgd(model, x, y, eps: float, steps: int = 20, step_size: Optional[float] = N
     step_size None -> 2.5 * eps / steps. With ``track_best`` (evaluation) every iterate is checked
     and the first misclassifying one is kept per example; without it (training) the last iterate is
     returned, as in Madry et al.'s training loop.
+
+    With ``track_best`` and the model in eval mode, an example leaves the batch as soon as it is
+    broken (its result, the first misclassifying iterate, is final): later steps only attack the
+    points still standing, so an attack that breaks most points early costs a fraction of
+    ``steps`` gradient evaluations (``cost`` counts the passes actually made). In eval mode every
+    example's logits and gradient are independent of the rest of the batch, so the survivors'
+    iterates are those of the full-batch loop. In train mode (BatchNorm batch statistics) the batch
+    is kept whole, as before.
     """
     if eps <= 0:
         return x.detach().clone()
@@ -107,6 +115,7 @@ def pgd(model, x, y, eps: float, steps: int = 20, step_size: Optional[float] = N
     x = x.detach()
     best = x.clone()
     broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    shrink = track_best and not model.training  # drop broken examples from the batch as they fall
     for _ in range(restarts):
         idx = (~broken).nonzero().squeeze(1) if track_best else torch.arange(len(x), device=x.device)
         if len(idx) == 0:
@@ -120,8 +129,15 @@ def pgd(model, x, y, eps: float, steps: int = 20, step_size: Optional[float] = N
                 hit = (logits.argmax(1) != ys) & ~broken[idx]
                 best[idx[hit]] = (xs + delta)[hit].detach()
                 broken[idx[hit]] = True
+                if shrink and bool(hit.any()):
+                    keep = ~hit
+                    idx, xs, ys, delta, g = idx[keep], xs[keep], ys[keep], delta[keep], g[keep]
+                    if len(idx) == 0:
+                        break
             delta = _project(delta + _step(g, step_size, norm), eps, norm)
             delta = (xs + delta).clamp(0, 1) - xs
+        if len(idx) == 0:
+            continue
         x_last = (xs + delta).detach()
         if track_best:
             with torch.no_grad():
@@ -184,7 +200,7 @@ class SuiteResult:
     correct: dict = field(default_factory=dict)  # (attack label, eps) -> bool (N,)
     worst: dict = field(default_factory=dict)  # eps -> bool (N,)
     cost: dict = field(default_factory=dict)  # (attack label, eps) -> Cost
-    adv_examples: dict = field(default_factory=dict)  # eps -> a few (x_adv, y, pred) for reports
+    adv_examples: dict = field(default_factory=dict)  # eps -> a few (x_adv, y, pred, attack, x) for reports
 
 
 def run_suite(model, x, y, specs, eps_list, batch_size: int = 500, per_attack: bool = True,
@@ -221,9 +237,9 @@ def run_suite(model, x, y, specs, eps_list, batch_size: int = 500, per_attack: b
                             pred = model(xa).argmax(1)
                         cost.forward += len(b)
                         mask[b] = pred == y[b]
-                        if keep_examples and eps not in res.adv_examples:
+                        if keep_examples and linf and i == 0:  # the last L-inf attack's first batch wins
                             k = min(keep_examples, len(b))
-                            res.adv_examples[eps] = (xa[:k].cpu(), y[b][:k].cpu(), pred[:k].cpu(), label)
+                            res.adv_examples[eps] = (xa[:k].cpu(), y[b][:k].cpu(), pred[:k].cpu(), label, x[b][:k].cpu())
                     cost.seconds = time.perf_counter() - t0
                 res.cost[(label, eps)] = cost
                 if per_attack or not linf:

@@ -113,7 +113,7 @@ def scan_run(run_dir, exclude=()) -> Scan:
     for name in ("config.json", "checkpoint.pt"):
         for f in root.rglob(name):
             d = f.parent
-            if not keep(f) or re.match(r"checkpoint_\d+$", d.name) or d.resolve() in done:
+            if not keep(f) or d.name.startswith("checkpoint_") or d.resolve() in done:
                 continue
             if name == "checkpoint.pt" or {"defense", "test_eps"} <= set(_read_json(f)):
                 cands.add(d)
@@ -448,9 +448,11 @@ def _write_examples(tb: Path, g: Group) -> None:
     with SummaryWriter(str(tb / "examples" / g.slug)) as w:
         for eps in sorted(ex, key=float):
             e = ex[eps]
-            grid = vutils.make_grid(e["x"].float(), nrow=len(e["x"]), padding=2, pad_value=1.0)
+            rows = torch.cat([e["clean"], e["x"]]) if "clean" in e else e["x"]  # clean row above adversarial row
+            grid = vutils.make_grid(rows.float(), nrow=len(e["x"]), padding=2, pad_value=1.0)
             w.add_image(f"adv/eps_{float(eps):g}", grid, 0)
-            w.add_text(f"adv/eps_{float(eps):g}", f"{t.name}: label {e['y'].tolist()}, prediction {e['pred'].tolist()}")
+            w.add_text(f"adv/eps_{float(eps):g}", f"{t.name} ({e.get('attack', 'attack')}, top: clean, bottom: "
+                       f"adversarial): label {e['y'].tolist()}, prediction {e['pred'].tolist()}")
             big = torch.nn.functional.interpolate(grid[None], scale_factor=3, mode="nearest")[0]
             vutils.save_image(big, png / f"{g.slug}__test_eps{float(eps):g}.png")
 

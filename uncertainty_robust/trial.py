@@ -41,7 +41,8 @@ def run_trial(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.P
     ckpt.save_atomic({"model": model.state_dict(), "config": json.dumps(cfg.to_dict(), default=str)}, workdir / MODEL_NAME)
     ev = evaluate(model, cfg, keep_examples=keep_examples)
     if keep_examples and ev.get("_adv_examples"):
-        ckpt.save_atomic({str(eps): {"x": xa, "y": ya, "pred": pa} for eps, (xa, ya, pa, _) in ev["_adv_examples"].items()},
+        ckpt.save_atomic({str(eps): {"x": xa, "y": ya, "pred": pa, "clean": xc, "attack": lab}
+                          for eps, (xa, ya, pa, lab, xc) in ev["_adv_examples"].items()},
                          workdir / "adv_examples.pt")
     record = result_record(cfg, summary, ev, workdir)
     write_json_atomic(record, workdir / RESULT_NAME)  # last: its presence means "finished"
