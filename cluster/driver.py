@@ -110,7 +110,11 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
     Expects Ray to be initialized (:func:`init_ray`).
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our columns
+    # Tune's own TensorBoard logger would put a second, Ray-flavoured HParams setup under RUN/tune
+    # and blank out the aggregate's HParams table in `tensorboard --logdir RUN`; keep JSON + CSV.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune import CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 
     from . import trainables
@@ -144,6 +148,7 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
                                    trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=_trial_name),
             run_config=RunConfig(name=TUNE_NAME, storage_path=str(run_dir), verbose=verbose,
                                  progress_reporter=_reporter(CLIReporter),
+                                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
                                  failure_config=FailureConfig(max_failures=int(search.get("trial_retries", 2)))),
         )
     results = tuner.fit()
