@@ -83,8 +83,8 @@ def defense_loss(d: str, model, x, y, cfg, cost: Cost, attack_model=None) -> tup
         z = model(x)
         cost.forward += len(x)
         loss = loss_fn(z, y).mean()
-        return loss, {"loss": loss.item(), "acc": (z.argmax(1) == y).float().mean().item(),
-                      "entropy": entropy(z.detach()).mean().item()}
+        acc = (z.argmax(1) == y).float().mean().item()
+        return loss, {"loss": loss.item(), "acc": acc, "clean_acc": acc, "entropy": entropy(z.detach()).mean().item()}
 
     n_adv = len(x) if cfg.adv_fraction >= 1 else int(round(cfg.adv_fraction * len(x)))
     x_in = x
@@ -105,8 +105,27 @@ def defense_loss(d: str, model, x, y, cfg, cost: Cost, attack_model=None) -> tup
         per_ex = loss_fn(z, y)
     loss = per_ex.mean()
     stats = {"loss": loss.item(), "acc": (z[:n_adv].argmax(1) == y[:n_adv]).float().mean().item() if n_adv else float("nan"),
+             "clean_acc": _clean_acc(attack_model or model, x, y, z_all, n_adv, clean_too, cost),
              "entropy": entropy(z.detach()).mean().item()}
     return loss, stats
+
+
+def _clean_acc(model, x, y, z_all, n_adv: int, clean_too: bool, cost: Cost, probe: int = 32) -> float:
+    """Clean training accuracy of an AT batch, for monitoring: from logits already computed when
+    the batch has clean points, else one no-grad eval-mode forward of ``probe`` examples (a few %
+    of an AT step; eval mode so BatchNorm statistics are not touched)."""
+    if clean_too:
+        zc, yc = z_all[len(x):], y[:n_adv]
+    elif n_adv < len(x):
+        zc, yc = z_all[n_adv:len(x)], y[n_adv:]
+    else:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            zc, yc = model(x[:probe]), y[:probe]
+        model.train(was)
+        cost.forward += len(yc)
+    return (zc.argmax(1) == yc).float().mean().item()
 
 
 # name -> loss(model, x, y, cfg, cost) -> (loss, stats)

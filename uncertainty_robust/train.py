@@ -144,7 +144,7 @@ def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLik
         net.train()
         sampler.set_epoch(epoch)  # order = f(seed, epoch): identical after a resume
         idx = torch.tensor(list(iter(sampler)))
-        sums = {"loss": [0.0, 0], "acc": [0.0, 0], "entropy": [0.0, 0]}
+        sums = {"loss": [0.0, 0], "acc": [0.0, 0], "clean_acc": [0.0, 0], "entropy": [0.0, 0]}  # acc: on what the loss saw
         for b, i in enumerate(range(0, len(idx), cfg.batch_size)):
             bi = idx[i:i + cfg.batch_size]
             x, y = x_tr[bi].to(device, non_blocking=True), y_tr[bi].to(device, non_blocking=True)
