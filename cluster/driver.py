@@ -90,6 +90,14 @@ def _max_concurrent(resources: dict, search: dict) -> int:
     return max(1, n)
 
 
+def _last_line(err: BaseException) -> str:
+    """The exception itself ("DatasetNotFound: ..."), not Ray's coloured task header."""
+    import re
+
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(err).splitlines()]
+    return ([ln for ln in lines if ln] or [type(err).__name__])[-1][:300]
+
+
 def _trial_name(trial) -> str:
     from uncertainty_robust.config import TrialConfig
 
@@ -152,7 +160,7 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
                                  failure_config=FailureConfig(max_failures=int(search.get("trial_retries", 2)))),
         )
     results = tuner.fit()
-    errors = [str(r.error).splitlines()[0][:300] for r in results if r.error]
+    errors = [_last_line(r.error) for r in results if r.error]
     summary = {"trials": len(results), "errors": len(errors), "error_messages": errors[:10]}
     (run_dir / "sweep_status.json").write_text(json.dumps(summary, indent=1))
     return summary

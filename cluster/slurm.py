@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -127,8 +128,23 @@ def active_job(run_dir: Path) -> Optional[str]:
         return None
     job_id = json.loads(f.read_text())["job_id"]
     r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T"])
+    if r.returncode != 0 and "Invalid job id" not in r.stderr:
+        raise SlurmError(f"cannot tell whether job {job_id} of this run is still queued "
+                         f"(squeue: {(r.stderr.strip().splitlines() or ['no output'])[-1]}); try again")
     state = r.stdout.strip()
     return job_id if r.returncode == 0 and state and state not in ("COMPLETED", "FAILED", "CANCELLED") else None
+
+
+def _in_queue(job_id) -> bool:
+    """True while squeue lists the job (pending, running, requeued). A failing squeue (busy
+    controller, timeout) counts as still queued, so ``--wait`` does not stop on a transient error."""
+    try:
+        r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T"])
+    except subprocess.TimeoutExpired:
+        return True
+    if r.returncode != 0:
+        return "Invalid job id" not in r.stderr  # purged from the controller (MinJobAge): it ended
+    return bool(r.stdout.strip())
 
 
 def job_state(run_dir: Path) -> str:
@@ -138,7 +154,11 @@ def job_state(run_dir: Path) -> str:
 
 
 def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
-    job_id = active_job(run_dir)
+    try:
+        job_id = active_job(run_dir)
+    except SlurmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if job_id:
         print(f"error: run {run_dir.name} already has SLURM job {job_id} queued or running; "
               f"wait for it, or scancel {job_id}", file=sys.stderr)
@@ -156,10 +176,7 @@ def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
     print(f"status:      python sweeps/launch.py --status {run_dir.name} --storage {run_dir.parent}")
     if not wait:
         return 0
-    while True:
-        state = _run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"]).stdout.strip()
-        if not state:
-            break
+    while _in_queue(job.job_id):
         time.sleep(5)
     final = job_state(run_dir)
     print(final)
@@ -203,13 +220,17 @@ class SweepJob(submitit.helpers.Checkpointable):
         done = run_dir / f"ray_done.{tag}"
         try:
             with DriverLock(run_dir, wait_s=120):
+                term = signal.getsignal(signal.SIGTERM)  # submitit's: ignore SIGTERM, requeue on USR2
                 init_ray(num_cpus=cpus, num_gpus=gpus)
+                if term is not None:  # ray.init installs sys.exit on SIGTERM: the head would die before USR2
+                    signal.signal(signal.SIGTERM, term)
                 addr = ray.get_runtime_context().gcs_address
                 _share_auth_token(run_dir, tag)
                 (run_dir / f"ray_head.{tag}").write_text(addr)
                 _wait_for_nodes(run_dir, tag, nodes, timeout=300)
                 summary = run_sweep(run_dir)
             _event(run_dir, {"event": "sweep_end", **summary})
+            (run_dir / "FAILED").unlink(missing_ok=True)  # left by an incarnation that a requeue killed
             if getattr(self, "aggregate", True) and not os.environ.get("UR_NO_AGGREGATE"):
                 subprocess.run([sys.executable, str(REPO / "sweeps" / "aggregate.py"), str(run_dir)], check=False)
             return summary
