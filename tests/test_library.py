@@ -130,6 +130,37 @@ def test_attacks_stay_in_the_ball_and_the_image_range(std_model, mnist_test):
     assert float((xa - x).flatten(1).norm(dim=1).max()) <= 2.0 + 1e-4
 
 
+class _AlwaysTrain(torch.nn.Module):
+    """``.eval()`` leaves the wrapped model in train mode: for small_cnn (no BatchNorm, no dropout)
+    the outputs are the same, but PGD then keeps the whole batch through every step."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x)
+
+    def train(self, mode: bool = True):
+        return super().train(True)
+
+
+@pytest.mark.parametrize("name,loss,restarts", [("pgd", "ce", 1), ("cw", "margin", 2)])
+def test_pgd_early_exit_gives_the_full_batch_result_for_fewer_passes(std_model, mnist_test, name, loss, restarts):
+    """In eval mode PGD drops broken points from the batch; the adversarial inputs it returns must
+    be exactly those of the full-batch loop (same random starts), at a lower cost."""
+    x, y = mnist_test[0][:200], mnist_test[1][:200]
+    std_model.eval()
+    out, cost = {}, {}
+    for key, m in (("early_exit", std_model), ("full_batch", _AlwaysTrain(std_model))):
+        torch.manual_seed(7)
+        c = Cost()
+        out[key] = pgd(m, x, y, 0.1, steps=10, restarts=restarts, loss=loss, cost=c)
+        cost[key] = c
+    assert torch.equal(out["early_exit"], out["full_batch"])
+    assert cost["early_exit"].backward < cost["full_batch"].backward
+
+
 def test_worst_case_is_over_linf_attacks_only(std_model, mnist_test, monkeypatch):
     """An L2 attack's eps is another threat model: it is reported on its own and never enters
     the L-inf worst case (which ``evaluate`` labels with the L-inf attacks only). The L2 attack is

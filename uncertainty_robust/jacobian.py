@@ -7,8 +7,8 @@ could not be read (shared/paper.md §6), so both outputs are measured, in the Fr
   backward passes of the batch (one per logit); the softmax Jacobian follows from it without
   further passes, J_p = (diag(p) - p p^T) J_z.
 - :func:`jacobian_norms_estimate` is the random-projection estimator (Hoffman, Roberts & Yaida
-  2019): for v ~ N(0, I_K), E ||v^T J||^2 = ||J||_F^2, so P projections cost P backward passes
-  instead of K. Unbiased for the squared norm; its square root is slightly biased low.
+  2019): for v ~ N(0, I_K), E ||v^T J||^2 = ||J||_F^2, so P projections cost 2P backward passes
+  (one per output: logits and softmax) instead of K. Unbiased for the squared norm; its square root is slightly biased low.
 Both need the model in eval mode (BatchNorm statistics fixed); they set it and restore it.
 """
 from __future__ import annotations
@@ -30,8 +30,9 @@ def jacobian_norms(model, x: torch.Tensor, batch_size: int = 100) -> dict:
 
     One forward pass per batch and K backward passes of the batch, one per logit: in eval mode
     every example's output depends on its own input only, so d(sum_b z_bk)/dx_b is row k of
-    example b's Jacobian. (``vmap(jacrev(...))`` computes the same rows; on the CPU its batching
-    of the convolution backward made it about twice as slow, see benchmarks/.)"""
+    example b's Jacobian. (The previous ``vmap(jacrev(...))`` of (logits, softmax) computed the
+    same rows, 2K of them, through vmap's batching rules: about 4x slower on the CPU, see
+    benchmarks/bench.md item 3.)"""
     was = _eval(model)
     out = {"logits": [], "softmax": []}
     try:
@@ -55,8 +56,8 @@ def jacobian_norms(model, x: torch.Tensor, batch_size: int = 100) -> dict:
 
 def jacobian_norms_estimate(model, x: torch.Tensor, projections: int = 1, batch_size: int = 500,
                             generator: Optional[torch.Generator] = None) -> dict:
-    """Random-projection estimate of the per-example Frobenius norms (``projections`` backward
-    passes per batch, whatever the number of classes)."""
+    """Random-projection estimate of the per-example Frobenius norms (2 x ``projections`` backward
+    passes per batch, one per output, whatever the number of classes)."""
     was = _eval(model)
     out = {"logits": [], "softmax": []}
     try:
