@@ -121,30 +121,40 @@ def executor_for(run_dir: Path, opts: dict) -> submitit.AutoExecutor:
     return ex
 
 
+def _queue_state(job_id) -> Optional[str]:
+    """The job's state in squeue (PENDING, RUNNING, ...), or None once the controller no longer
+    lists it. Raises SlurmError when squeue fails or times out (busy or dead controller)."""
+    try:
+        r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T"])
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"squeue timed out asking for job {job_id}") from None
+    if r.returncode != 0:
+        if "Invalid job id" in r.stderr:  # purged from the controller (MinJobAge): it ended
+            return None
+        raise SlurmError(f"squeue failed for job {job_id}: {(r.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return r.stdout.strip() or None
+
+
 def active_job(run_dir: Path) -> Optional[str]:
     """The id of this run's SLURM job if it is still queued or running."""
     f = run_dir / "slurm_job.json"
     if not f.exists():
         return None
     job_id = json.loads(f.read_text())["job_id"]
-    r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T"])
-    if r.returncode != 0 and "Invalid job id" not in r.stderr:
-        raise SlurmError(f"cannot tell whether job {job_id} of this run is still queued "
-                         f"(squeue: {(r.stderr.strip().splitlines() or ['no output'])[-1]}); try again")
-    state = r.stdout.strip()
-    return job_id if r.returncode == 0 and state and state not in ("COMPLETED", "FAILED", "CANCELLED") else None
+    try:
+        state = _queue_state(job_id)
+    except SlurmError as e:
+        raise SlurmError(f"cannot tell whether job {job_id} of this run is still queued ({e}); try again") from None
+    return job_id if state and state not in ("COMPLETED", "FAILED", "CANCELLED") else None
 
 
 def _in_queue(job_id) -> bool:
     """True while squeue lists the job (pending, running, requeued). A failing squeue (busy
     controller, timeout) counts as still queued, so ``--wait`` does not stop on a transient error."""
     try:
-        r = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T"])
-    except subprocess.TimeoutExpired:
+        return _queue_state(job_id) is not None
+    except SlurmError:
         return True
-    if r.returncode != 0:
-        return "Invalid job id" not in r.stderr  # purged from the controller (MinJobAge): it ended
-    return bool(r.stdout.strip())
 
 
 def job_state(run_dir: Path) -> str:

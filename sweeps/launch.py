@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from a checkout
@@ -33,7 +34,7 @@ class LaunchError(ValueError):
     """The grid cannot run on the chosen cluster as it is (one line)."""
 
 
-def fail(msg: str) -> "NoReturn":  # noqa: F821
+def fail(msg: str) -> NoReturn:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def write_run_dir(run_dir: Path, grid: Grid, grid_path: Path, args) -> None:
     """RUN/grid.yaml (as given), RUN/plan.json (resolved trials, resources), RUN/git_commit."""
     from cluster.trainables import trial_dirname
+    from uncertainty_robust.checkpoint import write_json_atomic
     from uncertainty_robust.evaluate import git_commit
 
     trials = [c.to_dict() for c in grid.trials]
@@ -90,9 +92,7 @@ def write_run_dir(run_dir: Path, grid: Grid, grid_path: Path, args) -> None:
     if not plan_path.exists():
         (run_dir / "grid.yaml").write_text(grid.source)
         (run_dir / "git_commit").write_text((git_commit() or "unknown") + "\n")
-    tmp = plan_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan, indent=1))
-    os.replace(tmp, plan_path)
+    write_json_atomic(plan, plan_path)
 
 
 def print_dry_run(grid: Grid, cluster: str) -> None:

@@ -6,11 +6,12 @@ one. RNG states are stored as uint8 tensors so that ``torch.load(weights_only=Tr
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import IO, Callable, Optional
 
 import numpy as np
 import torch
@@ -38,13 +39,15 @@ def set_rng_state(s: dict) -> None:
     random.setstate((3, tuple(int(v) for v in s["python"].tolist()), None))
 
 
-def save_atomic(obj: dict, path: os.PathLike) -> None:
+def atomic_write(path: os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through ``write(file)`` to a temporary file beside ``path``, fsync, rename over it:
+    readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,6 +57,14 @@ def save_atomic(obj: dict, path: os.PathLike) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def save_atomic(obj: dict, path: os.PathLike) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_json_atomic(obj, path: os.PathLike, indent: int = 1) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent, default=float).encode()))
 
 
 def load(path: os.PathLike, map_location="cpu") -> Optional[dict]:

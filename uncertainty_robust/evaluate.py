@@ -164,13 +164,6 @@ def result_record(cfg: TrialConfig, train_summary: dict, evaluation: dict, trial
     }
 
 
-def write_json_atomic(obj: dict, path: os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
-
-
 def read_result(trial_dir: os.PathLike) -> Optional[dict]:
     p = Path(trial_dir) / RESULT_NAME
     return json.loads(p.read_text()) if p.exists() else None

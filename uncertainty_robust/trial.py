@@ -16,7 +16,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import TrialConfig
-from .evaluate import RESULT_NAME, evaluate, read_result, result_record, write_json_atomic
+from .evaluate import RESULT_NAME, evaluate, read_result, result_record
 from .train import EpochCallback, fit, make_model, rank_world
 
 log = logging.getLogger("uncertainty_robust")
@@ -34,7 +34,7 @@ def run_trial(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.P
     rank, _ = rank_world()
     if rank == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cfg.to_dict(), workdir / "config.json")
+        ckpt.write_json_atomic(cfg.to_dict(), workdir / "config.json")
     model, summary = fit(cfg, workdir, resume_from=resume_from, on_epoch_end=on_epoch_end)
     if rank != 0 or not summary["completed"]:
         return None
@@ -45,7 +45,7 @@ def run_trial(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.P
                           for eps, (xa, ya, pa, lab, xc) in ev["_adv_examples"].items()},
                          workdir / "adv_examples.pt")
     record = result_record(cfg, summary, ev, workdir)
-    write_json_atomic(record, workdir / RESULT_NAME)  # last: its presence means "finished"
+    ckpt.write_json_atomic(record, workdir / RESULT_NAME)  # last: its presence means "finished"
     return record
 
 
