@@ -270,7 +270,7 @@ def _epoch_fn(defense: str, k: int, x_tr, y_tr, batch_size: int = 128):
     torch.manual_seed(0)
     model = make_model(cfg)
     opt = make_optimizer(cfg, model.parameters())
-    loss_of = DEFENSES[defense]
+    loss_of = DEFENSES[defense].loss
     cost = Cost()
     n = len(x_tr)
 
@@ -395,7 +395,7 @@ def _profile_at(k: int, n_train: int, args) -> dict:
             for i in range(0, n, 128):
                 bi = idx[i:i + 128]
                 xb, yb = x_tr[bi], y_tr[bi]
-                loss, _ = DEFENSES[defense](model, xb, yb, cfg, cost, attack_model=model)
+                loss, _ = DEFENSES[defense].loss(model, xb, yb, cfg, cost, attack_model=model)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -446,7 +446,7 @@ def _profile_at(k: int, n_train: int, args) -> dict:
     model.train()
     for i in range(0, n, 128):
         bi = idx[i:i + 128]
-        loss, _ = DEFENSES["at"](model, x_tr[bi], y_tr[bi], cfg, cost, attack_model=model)
+        loss, _ = DEFENSES["at"].loss(model, x_tr[bi], y_tr[bi], cfg, cost, attack_model=model)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

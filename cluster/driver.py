@@ -15,14 +15,14 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from uncertainty_robust.errors import UserError, exit_on_user_error
+from uncertainty_robust.rundir import RunDir, write_json
+
 log = logging.getLogger("uncertainty_robust.cluster")
 
-TUNE_NAME = "tune"
-LOCK_NAME = ".driver.lock"
 
-
-class SweepLocked(RuntimeError):
-    pass
+class SweepLocked(UserError, RuntimeError):
+    """Another live driver holds the run's lock."""
 
 
 class DriverLock:
@@ -30,7 +30,7 @@ class DriverLock:
     run refuses to start. The kernel drops the lock when the process dies, even on SIGKILL."""
 
     def __init__(self, run_dir: Path, wait_s: float = 0.0):
-        self.path = Path(run_dir) / LOCK_NAME
+        self.path = RunDir(run_dir).lock
         self.wait_s = wait_s  # a requeued job may start while the old one's processes are still exiting
         self.fd: Optional[int] = None
 
@@ -127,12 +127,13 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
 
     from . import trainables
 
-    run_dir = Path(run_dir).resolve()
-    plan = json.loads((run_dir / "plan.json").read_text())
+    rd = RunDir(Path(run_dir).resolve())
+    run_dir = rd.root
+    plan = rd.read_plan()
     resources, search = plan["resources"], plan["search"]
     trainables.register_all()
     trainable = tune.with_resources(trainables.TRAINABLES[trainables.GENERIC], {"CPU": 0, "memory": 64 * 1024 * 1024})
-    exp_path = run_dir / TUNE_NAME
+    exp_path = rd.tune
     if Tuner.can_restore(str(exp_path)):
         log.info("restoring experiment %s (finished trials are kept)", exp_path)
         tuner = Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -154,7 +155,7 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
             param_space=param_space,
             tune_config=TuneConfig(max_concurrent_trials=_max_concurrent(resources, search), scheduler=scheduler,
                                    trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=_trial_name),
-            run_config=RunConfig(name=TUNE_NAME, storage_path=str(run_dir), verbose=verbose,
+            run_config=RunConfig(name=rd.tune.name, storage_path=str(run_dir), verbose=verbose,
                                  progress_reporter=_reporter(CLIReporter),
                                  callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
                                  failure_config=FailureConfig(max_failures=int(search.get("trial_retries", 2)))),
@@ -162,10 +163,11 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
     results = tuner.fit()
     errors = [_last_line(r.error) for r in results if r.error]
     summary = {"trials": len(results), "errors": len(errors), "error_messages": errors[:10]}
-    (run_dir / "sweep_status.json").write_text(json.dumps(summary, indent=1))
+    write_json(summary, rd.status)
     return summary
 
 
+@exit_on_user_error
 def main(argv=None) -> int:
     """``python -m cluster.driver RUN_DIR [--address ADDR] [--num-cpus N] [--num-gpus G]``"""
     import argparse
@@ -177,13 +179,9 @@ def main(argv=None) -> int:
     p.add_argument("--num-gpus", type=int)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        with DriverLock(Path(a.run_dir)):
-            init_ray(a.address, a.num_cpus, a.num_gpus)
-            s = run_sweep(a.run_dir)
-    except SweepLocked as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with DriverLock(Path(a.run_dir)):
+        init_ray(a.address, a.num_cpus, a.num_gpus)
+        s = run_sweep(a.run_dir)
     return 1 if s["errors"] else 0
 
 

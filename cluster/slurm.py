@@ -24,10 +24,13 @@ from typing import Optional
 
 import submitit
 
+from uncertainty_robust.errors import UserError
+from uncertainty_robust.rundir import RunDir, read_json, write_json
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-class SlurmError(ValueError):
+class SlurmError(UserError, ValueError):
     """One-line, user-facing problem with the SLURM set-up or options (launch.py exits 2)."""
 
 
@@ -105,7 +108,7 @@ def _extra_params(extra: list) -> dict:
 
 
 def executor_for(run_dir: Path, opts: dict) -> submitit.AutoExecutor:
-    ex = submitit.AutoExecutor(folder=str(run_dir / "slurm" / "%j"), cluster="slurm")
+    ex = submitit.AutoExecutor(folder=str(RunDir(run_dir).slurm_logs / "%j"), cluster="slurm")
     params = dict(slurm_partition=opts["partition"], nodes=opts["nodes"], tasks_per_node=1,
                   cpus_per_task=opts["cpus_per_node"], timeout_min=opts["time_min"], name=f"ur-{run_dir.name}",
                   slurm_setup=[f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}"],
@@ -137,10 +140,10 @@ def _queue_state(job_id) -> Optional[str]:
 
 def active_job(run_dir: Path) -> Optional[str]:
     """The id of this run's SLURM job if it is still queued or running."""
-    f = run_dir / "slurm_job.json"
-    if not f.exists():
+    info = read_json(RunDir(run_dir).slurm_job)
+    if info is None:
         return None
-    job_id = json.loads(f.read_text())["job_id"]
+    job_id = info["job_id"]
     try:
         state = _queue_state(job_id)
     except SlurmError as e:
@@ -158,27 +161,24 @@ def _in_queue(job_id) -> bool:
 
 
 def job_state(run_dir: Path) -> str:
-    info = json.loads((run_dir / "slurm_job.json").read_text())
+    info = read_json(RunDir(run_dir).slurm_job) or {}
     r = _run(["sacct", "-n", "-X", "-P", "-j", str(info["job_id"]), "-o", "State,ExitCode,Elapsed,NodeList"])
     return f"job {info['job_id']}: " + (r.stdout.strip().splitlines() or ["unknown"])[-1].replace("|", " ")
 
 
 def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
-    try:
-        job_id = active_job(run_dir)
-    except SlurmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Submit the sweep job (raises SlurmError when the run already has a live job)."""
+    rd = RunDir(run_dir)
+    job_id = active_job(run_dir)
     if job_id:
-        print(f"error: run {run_dir.name} already has SLURM job {job_id} queued or running; "
-              f"wait for it, or scancel {job_id}", file=sys.stderr)
-        return 2
-    (run_dir / "FAILED").unlink(missing_ok=True)
+        raise SlurmError(f"run {run_dir.name} already has SLURM job {job_id} queued or running; "
+                         f"wait for it, or scancel {job_id}")
+    rd.failed.unlink(missing_ok=True)
     ex = executor_for(run_dir, opts)
     job = ex.submit(SweepJob(str(run_dir), aggregate=opts.get("aggregate", True)))
     info = {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), **opts,
             "stdout": str(job.paths.stdout).replace("%t", "0"), "stderr": str(job.paths.stderr).replace("%t", "0")}
-    (run_dir / "slurm_job.json").write_text(json.dumps(info, indent=1))
+    write_json(info, rd.slurm_job)
     print(f"submitted SLURM job {job.job_id} (partition {opts['partition']}, {opts['nodes']} node(s) x "
           f"{opts['cpus_per_node']} CPUs, {opts['time_min']} min)")
     print(f"logs:        {info['stdout']}\n             {info['stderr']}")
@@ -190,11 +190,11 @@ def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
         time.sleep(5)
     final = job_state(run_dir)
     print(final)
-    ok = (run_dir / "sweep_status.json").exists() and not (run_dir / "FAILED").exists()
-    if ok and json.loads((run_dir / "sweep_status.json").read_text()).get("errors", 1) == 0:
+    status = read_json(rd.status)
+    if status is not None and not rd.failed.exists() and status.get("errors", 1) == 0:
         return 0
-    if (run_dir / "FAILED").exists():
-        print(f"failed: {(run_dir / 'FAILED').read_text().strip()}", file=sys.stderr)
+    if rd.failed.exists():
+        print(f"failed: {rd.failed.read_text().strip()}", file=sys.stderr)
     return 1
 
 
@@ -207,19 +207,19 @@ class SweepJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> Optional[dict]:
         env = submitit.JobEnvironment()
-        run_dir = Path(self.run_dir)
+        run_dir = RunDir(self.run_dir)
         restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         tag = f"{env.job_id}.{restart}"
         cpus = int(os.environ.get("SLURM_CPUS_ON_NODE") or os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count())
         gpus = _gpus_on_node()
-        _event(run_dir, {"event": "task_start", "rank": env.global_rank, "job": env.job_id, "restart": restart,
+        run_dir.event({"event": "task_start", "rank": env.global_rank, "job": env.job_id, "restart": restart,
                          "node": env.hostname, "slurm_node": os.environ.get("SLURMD_NODENAME"), "cpus": cpus,
                          "gpus": gpus})
         if env.global_rank == 0:
             return self._head(run_dir, tag, cpus, gpus, env.num_nodes)
         return self._worker(run_dir, tag, cpus, gpus)
 
-    def _head(self, run_dir: Path, tag: str, cpus: int, gpus: int, nodes: int) -> Optional[dict]:
+    def _head(self, run_dir: RunDir, tag: str, cpus: int, gpus: int, nodes: int) -> Optional[dict]:
         import logging
 
         import ray
@@ -227,25 +227,25 @@ class SweepJob(submitit.helpers.Checkpointable):
         from .driver import DriverLock, init_ray, run_sweep
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-        done = run_dir / f"ray_done.{tag}"
+        done = run_dir.ray_done(tag)
         try:
-            with DriverLock(run_dir, wait_s=120):
+            with DriverLock(run_dir.root, wait_s=120):
                 term = signal.getsignal(signal.SIGTERM)  # submitit's: ignore SIGTERM, requeue on USR2
                 init_ray(num_cpus=cpus, num_gpus=gpus)
                 if term is not None:  # ray.init installs sys.exit on SIGTERM: the head would die before USR2
                     signal.signal(signal.SIGTERM, term)
                 addr = ray.get_runtime_context().gcs_address
                 _share_auth_token(run_dir, tag)
-                (run_dir / f"ray_head.{tag}").write_text(addr)
+                run_dir.ray_head(tag).write_text(addr)
                 _wait_for_nodes(run_dir, tag, nodes, timeout=300)
-                summary = run_sweep(run_dir)
-            _event(run_dir, {"event": "sweep_end", **summary})
-            (run_dir / "FAILED").unlink(missing_ok=True)  # left by an incarnation that a requeue killed
+                summary = run_sweep(run_dir.root)
+            run_dir.event({"event": "sweep_end", **summary})
+            run_dir.failed.unlink(missing_ok=True)  # left by an incarnation that a requeue killed
             if getattr(self, "aggregate", True) and not os.environ.get("UR_NO_AGGREGATE"):
-                subprocess.run([sys.executable, str(REPO / "sweeps" / "aggregate.py"), str(run_dir)], check=False)
+                _aggregate(run_dir)
             return summary
         except Exception as e:
-            (run_dir / "FAILED").write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {tag}: "
+            run_dir.failed.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {tag}: "
                                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
             traceback.print_exc()
             raise
@@ -253,8 +253,8 @@ class SweepJob(submitit.helpers.Checkpointable):
             done.write_text("done")
             ray.shutdown()
 
-    def _worker(self, run_dir: Path, tag: str, cpus: int, gpus: int) -> None:
-        head_file, done = run_dir / f"ray_head.{tag}", run_dir / f"ray_done.{tag}"
+    def _worker(self, run_dir: RunDir, tag: str, cpus: int, gpus: int) -> None:
+        head_file, done = run_dir.ray_head(tag), run_dir.ray_done(tag)
         deadline = time.time() + 600
         while not head_file.exists():
             if done.exists() or time.time() > deadline:
@@ -264,7 +264,7 @@ class SweepJob(submitit.helpers.Checkpointable):
         ray_bin = str(Path(sys.executable).with_name("ray"))
         cmd = [ray_bin, "start", "--address", addr, "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--block"]
         env = dict(os.environ)
-        token = run_dir / f".ray_auth_token.{tag}"
+        token = run_dir.auth_token(tag)
         if token.exists():
             env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
         proc = subprocess.Popen(cmd, env=env)
@@ -272,7 +272,7 @@ class SweepJob(submitit.helpers.Checkpointable):
             while not done.exists() and proc.poll() is None:
                 time.sleep(2)
             if not done.exists():  # ray start died: tell the head now rather than after its timeout
-                (run_dir / f"ray_worker_failed.{tag}").write_text(f"{os.uname().nodename}: ray start exited {proc.returncode}")
+                run_dir.ray_worker_failed(tag).write_text(f"{os.uname().nodename}: ray start exited {proc.returncode}")
         finally:
             if proc.poll() is None:
                 proc.terminate()
@@ -283,7 +283,7 @@ class SweepJob(submitit.helpers.Checkpointable):
         return None
 
     def checkpoint(self, *args, **kwargs):
-        _event(Path(self.run_dir), {"event": "checkpoint_requeue", "job": os.environ.get("SLURM_JOB_ID")})
+        RunDir(self.run_dir).event({"event": "checkpoint_requeue", "job": os.environ.get("SLURM_JOB_ID")})
         return super().checkpoint(*args, **kwargs)  # DelayedSubmission(self): same job, requeued
 
 
@@ -295,23 +295,23 @@ def _gpus_on_node() -> int:
     return len([d for d in vis.split(",") if d]) if vis else 0
 
 
-def _share_auth_token(run_dir: Path, tag: str) -> None:
+def _share_auth_token(run_dir: RunDir, tag: str) -> None:
     """Ray's token authentication: hand the head's token to the workers through the run dir
     (mode 0600) rather than rely on a shared home directory."""
     src = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
     if src.exists():
-        dst = run_dir / f".ray_auth_token.{tag}"
+        dst = run_dir.auth_token(tag)
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(src.read_text())
 
 
-def _wait_for_nodes(run_dir: Path, tag: str, n: int, timeout: float) -> None:
+def _wait_for_nodes(run_dir: RunDir, tag: str, n: int, timeout: float) -> None:
     import ray
 
     t0 = time.time()
     while len([x for x in ray.nodes() if x["Alive"]]) < n:
-        failed = run_dir / f"ray_worker_failed.{tag}"
+        failed = run_dir.ray_worker_failed(tag)
         if failed.exists():
             raise RuntimeError(f"a Ray worker could not join: {failed.read_text().strip()} (see the task logs)")
         if time.time() - t0 > timeout:
@@ -319,8 +319,14 @@ def _wait_for_nodes(run_dir: Path, tag: str, n: int, timeout: float) -> None:
         time.sleep(1)
 
 
-def _event(run_dir: Path, ev: dict) -> None:
-    """RUN/job_events.jsonl: one line per task start, requeue and sweep end (with times)."""
-    ev = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **ev}
-    with open(run_dir / "job_events.jsonl", "a") as f:
-        f.write(json.dumps(ev) + "\n")
+def _aggregate(run_dir: RunDir) -> None:
+    """The aggregation step at the end of the job, in-process; a failure is logged, not fatal (the
+    trials are done; ``ur-aggregate RUN`` reruns it)."""
+    from uncertainty_robust.report import aggregate
+
+    try:
+        s = aggregate(run_dir.root)
+        print(f"aggregated {s.n_trials} trial(s) into {s.out}", flush=True)
+    except Exception:
+        traceback.print_exc()
+        print(f"aggregation failed; rerun: ur-aggregate {run_dir.root}", flush=True)

@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from uncertainty_robust.config import DEFENSES, TrialConfig
+from uncertainty_robust.config import TrialConfig
+from uncertainty_robust.defenses import DEFENSES
 from uncertainty_robust.evaluate import read_result
+from uncertainty_robust.rundir import RunDir, TrialDir
 
 TRAINABLE_PREFIX = "ur_"
 GENERIC = "ur_trial"  # dispatches on config["trial"]["defense"]; what mixed-defense sweeps use
@@ -47,7 +49,7 @@ def final_metrics(record: dict) -> dict:
 def _log_start(trial_dir: Path, what: str) -> None:
     """Append one line per start: tests and humans count (re)starts from it."""
     trial_dir.mkdir(parents=True, exist_ok=True)
-    with open(trial_dir / "starts.log", "a") as f:
+    with open(TrialDir(trial_dir).starts, "a") as f:
         f.write(json.dumps({"event": what, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}) + "\n")
 
 
@@ -55,11 +57,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker (DDP process group already initialized by TorchTrainer)."""
     import ray.train as rt
 
-    from uncertainty_robust.checkpoint import CKPT_NAME
     from uncertainty_robust.trial import run_trial
 
     cfg = TrialConfig.from_dict(loop_config["trial"])
-    trial_dir = Path(loop_config["trial_dir"])
+    trial = TrialDir(loop_config["trial_dir"])
+    trial_dir = trial.root
     ctx = rt.get_context()
     rank = ctx.get_world_rank()
     if cfg.num_threads == 0:  # share the CPUs Ray gave this worker, not the whole node
@@ -68,8 +70,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         torch.set_num_threads(max(1, int(loop_config.get("cpus_per_worker", 1))))
     resume_from = None
     ray_ckpt = rt.get_checkpoint()
-    if ray_ckpt is not None and not (trial_dir / CKPT_NAME).exists():
-        resume_from = Path(ray_ckpt.path) / CKPT_NAME  # storage without our trial dir on it
+    if ray_ckpt is not None and not trial.checkpoint.exists():
+        resume_from = Path(ray_ckpt.path) / trial.checkpoint.name  # storage without our trial dir on it
     if rank == 0:
         _log_start(trial_dir, "train_start")
 
@@ -77,7 +79,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = {k.replace("/", "_"): v for k, v in metrics.items()}
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                shutil.copy2(ckpt_path, Path(tmp) / CKPT_NAME)
+                shutil.copy2(ckpt_path, Path(tmp) / trial.checkpoint.name)
                 rt.report(metrics, checkpoint=rt.Checkpoint.from_directory(tmp))
         else:
             rt.report(metrics)
@@ -93,9 +95,9 @@ def run_one(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = TrialConfig.from_dict(config["trial"])
-    run_dir = Path(config["run_dir"])
+    run_dir = RunDir(config["run_dir"])
     name = trial_dirname(cfg)
-    trial_dir = run_dir / "trials" / name
+    trial_dir = run_dir.trial(name).root
     record = read_result(trial_dir)
     if record is None:
         res = config.get("resources", {})
@@ -110,13 +112,13 @@ def run_one(config: dict) -> None:
             train_loop_config={"trial": cfg.to_dict(), "trial_dir": str(trial_dir), "cpus_per_worker": cpus},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            run_config=RunConfig(name=name, storage_path=str(run_dir / "train"), callbacks=[TuneReportCallback()],
+            run_config=RunConfig(name=name, storage_path=str(run_dir.root / "train"), callbacks=[TuneReportCallback()],
                                  failure_config=FailureConfig(max_failures=int(config.get("worker_retries", 2)))),
         )
         trainer.fit()  # raises (and Tune retries the trial) if the workers failed for good
         record = read_result(trial_dir)
         if record is None:
-            raise RuntimeError(f"trial {name} ended without writing {trial_dir / 'result.json'}")
+            raise RuntimeError(f"trial {name} ended without writing {run_dir.trial(name).result}")
     tune.report(final_metrics(record))
 
 

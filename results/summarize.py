@@ -11,9 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from uncertainty_robust.report import group_trials, mean_std, scan_run  # noqa: E402
+from uncertainty_robust.report import group_trials, scan_run
+from uncertainty_robust.report.scan import mean_std
 
 
 def fmt(vals, scale=100.0, digits=1) -> str:

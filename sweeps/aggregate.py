@@ -1,8 +1,8 @@
 """Aggregate a sweep run: tables, TensorBoard (HParams, curves, examples) and the gradient-masking
 audit, written to RUN/aggregate/ (or --out). Rerun it any time, also while trials still run.
 
-    python sweeps/aggregate.py RUN_DIR [--out DIR] [--no-transfer] [--large-eps 0.4]
-    python -m sweeps.aggregate RUN_DIR
+    ur-aggregate RUN_DIR [--out DIR] [--no-transfer] [--large-eps 0.4]
+    python sweeps/aggregate.py RUN_DIR     (the same, from a checkout)
     tensorboard --logdir RUN_DIR/aggregate/tb
 
 Prints the Markdown tables, how many unfinished trials were skipped and the audit flags.
@@ -14,10 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import uncertainty_robust  # noqa: F401
-except ImportError:  # run as a script from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from uncertainty_robust.errors import UserError, exit_on_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,20 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@exit_on_user_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from uncertainty_robust.audit import AuditRules
-    from uncertainty_robust.report import NoTrialsError, aggregate
+    from uncertainty_robust.report import aggregate
 
     if not args.run_dir.is_dir():
-        print(f"error: {args.run_dir} is not a directory", file=sys.stderr)
-        return 2
-    try:
-        s = aggregate(args.run_dir, out=args.out, transfer=not args.no_transfer,
-                      rules=AuditRules(large_eps=args.large_eps), device=args.device)
-    except NoTrialsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(f"{args.run_dir} is not a directory")
+    s = aggregate(args.run_dir, out=args.out, transfer=not args.no_transfer,
+                  rules=AuditRules(large_eps=args.large_eps), device=args.device)
     print(s.markdown)
     print(f"{s.n_trials} finished trial(s) aggregated; {len(s.unfinished)} unfinished trial(s) skipped")
     for d in s.unfinished:

@@ -17,7 +17,7 @@ def grad_evals(c: TrialConfig) -> float:
     per_example = 1 + (c.pgd_steps * c.adv_fraction if c.is_adversarial else 0)
     train = c.epochs * n_train * per_example
     eps_pos = sum(1 for e in c.test_eps if e > 0)
-    attacks = sum((1 if a.name == "fgsm" else a.steps * a.restarts) for a in c.attacks)
+    attacks = sum(a.steps * a.restarts for a in c.attacks)  # single-step attacks: 1 x 1
     probe_steps = next((a.steps for a in c.attacks if a.name == "pgd"), 20)
     k = dataset_info(c.dataset).num_classes
     evaluation = c.n_eval * attacks * eps_pos + min(c.n_eval, 100) * probe_steps * 17 + c.jacobian_points * k

@@ -30,6 +30,7 @@ Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` f
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -38,33 +39,27 @@ from typing import Any
 
 import yaml
 
-from uncertainty_robust.config import DEFENSES, ConfigError, TrialConfig, validate
+from uncertainty_robust.attacks import AttackSpec
+from uncertainty_robust.config import AXES, ConfigError, TrialConfig, grid_fields, validate
+from uncertainty_robust.defenses import DEFENSES
 
-LAMBDA_DEFENSES = ("ls", "entm", "at_ls", "at_entm")
-AT_DEFENSES = ("at", "at_ls", "at_entm")
-SECTIONS = {
-    "optimizer": {"name": "optimizer", "lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
-                  "schedule": "schedule", "milestones": "milestones", "gamma": "gamma"},
-    "adversarial": {k: k for k in ("pgd_steps", "eps_step", "random_start", "entropy_on", "inner_loss",
-                                   "adv_fraction", "ls_form", "attack_bn_mode")},
-    "evaluation": {k: k for k in ("test_eps", "attacks", "n_eval", "jacobian_points", "jacobian_projections",
-                                  "eval_batch_size")},
-}
-TOP_FIELDS = ("dataset", "data_root", "download", "model", "width", "epochs", "batch_size", "n_train", "augment",
-              "device", "num_threads")
+_FIELDS = grid_fields()  # {grid key: TrialConfig field}, from the fields' own metadata
+SECTIONS: dict = {}
+for _key, _name in _FIELDS.items():
+    if "." in _key:
+        _sec, _k = _key.split(".", 1)
+        SECTIONS.setdefault(_sec, {})[_k] = _name
+TOP_FIELDS = tuple(k for k in _FIELDS if "." not in k and k not in AXES)
 RESOURCES = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
 SEARCH = {"mode": "grid", "num_samples": 1, "scheduler": "none", "metric": "worst_mean", "max_concurrent": None,
           "trial_retries": 2, "worker_retries": 2, "seed": 0}
 SLURM = {"nodes": 1, "time_min": 240, "cpus_per_node": None, "gpus_per_node": 0, "mem_gb": None, "account": None,
          "qos": None, "constraint": None, "extra": []}
-TOP_KEYS = set(TOP_FIELDS) | set(SECTIONS) | {"name", "description", "defenses", "lambdas", "train_eps", "seeds",
-                                              "resources", "search", "slurm"}
+TOP_KEYS = set(TOP_FIELDS) | set(SECTIONS) | set(AXES) | {"name", "description", "resources", "search", "slurm"}
 
 
-class GridError(ValueError):
-    def __init__(self, key: str, msg: str):
-        self.key = key
-        super().__init__(f"{key}: {msg}")
+class GridError(ConfigError):
+    """A bad grid: ``key`` is where it lives in the YAML (``evaluation.attacks[1].name``)."""
 
 
 @dataclass
@@ -120,14 +115,10 @@ def _attack(key: str, a: Any) -> dict:
         if extra:
             raise GridError(f"{key}.{extra[0]}", "unknown key; allowed: name, steps, step_size, restarts, random_start")
         return dict(a)
-    if not isinstance(a, str):
-        raise GridError(key, f"expected NAME[:STEPS[xRESTARTS]] or a mapping, got {a!r}")
-    name, _, rest = a.partition(":")
-    steps, _, restarts = rest.partition("x")
     try:
-        return {"name": name, "steps": int(steps) if steps else (1 if name == "fgsm" else 20), "restarts": int(restarts or 1)}
-    except ValueError:
-        raise GridError(key, f"bad attack {a!r}; expected NAME[:STEPS[xRESTARTS]], e.g. pgd:20x2") from None
+        return dataclasses.asdict(AttackSpec.parse(a, key))
+    except ConfigError as e:
+        raise GridError(e.key, e.msg) from None
 
 
 def parse_grid(text: str) -> Grid:
@@ -151,14 +142,15 @@ def parse_grid(text: str) -> Grid:
     seeds = _list("seeds", data.get("seeds", [0]), int)
     eps_list = _list("train_eps", data.get("train_eps", [TrialConfig().eps]), (int, float))
     lambdas = data.get("lambdas", [0.0])
+    with_lam = [d for d, spec in DEFENSES.items() if spec.takes_lam]
     if isinstance(lambdas, dict):
-        bad = sorted(set(lambdas) - set(LAMBDA_DEFENSES))
+        bad = sorted(set(lambdas) - set(with_lam))
         if bad:
-            raise GridError(f"lambdas.{bad[0]}", f"not a regularized defense; allowed: {', '.join(LAMBDA_DEFENSES)}")
+            raise GridError(f"lambdas.{bad[0]}", f"not a defense with a lambda; allowed: {', '.join(with_lam)}")
         lam_of = {d: _list(f"lambdas.{d}", v, (int, float)) for d, v in lambdas.items()}
     else:
         lam_list = _list("lambdas", lambdas, (int, float))
-        lam_of = {d: lam_list for d in LAMBDA_DEFENSES}
+        lam_of = {d: lam_list for d in with_lam}
 
     base: dict = {k: data[k] for k in TOP_FIELDS if k in data}
     for sec, mapping in SECTIONS.items():
@@ -181,16 +173,17 @@ def parse_grid(text: str) -> Grid:
 
     trials, seen = [], set()
     for d in defenses:
-        lams = lam_of.get(d, [0.0]) if d in LAMBDA_DEFENSES else [0.0]
-        if d in LAMBDA_DEFENSES and d not in lam_of:
+        spec = DEFENSES[d]
+        lams = lam_of.get(d, [0.0]) if spec.takes_lam else [0.0]
+        if spec.takes_lam and d not in lam_of:
             raise GridError(f"lambdas.{d}", f"defense {d!r} is in the grid but has no lambda values")
-        epss = eps_list if d in AT_DEFENSES else [base.get("eps", TrialConfig().eps)]
+        epss = eps_list if spec.adversarial else [base.get("eps", TrialConfig().eps)]
         for lam, eps, seed in itertools.product(lams, epss, seeds):
             try:
                 cfg = TrialConfig(**{**base, "defense": d, "lam": float(lam), "eps": float(eps), "seed": int(seed)})
                 validate(cfg)
             except ConfigError as e:
-                raise GridError(_grid_key(e.key), str(e).split(": ", 1)[1]) from None
+                raise GridError(_grid_key(e.key), e.msg) from None
             except TypeError as e:
                 raise GridError("grid", str(e)) from None
             if cfg.trial_id() not in seen:
@@ -203,15 +196,11 @@ def parse_grid(text: str) -> Grid:
 
 
 def _grid_key(key: str) -> str:
-    """Map a TrialConfig field back to where it lives in the grid."""
-    if key == "lam":
-        return "lambdas"
-    if key == "eps":
-        return "train_eps"
-    for sec, mapping in SECTIONS.items():
-        for gk, field_name in mapping.items():
-            if key.split("[")[0] == field_name:
-                return f"{sec}.{gk}{key[len(field_name):]}"
+    """Map a TrialConfig field (``attacks[1].steps``) back to where it lives in the grid."""
+    name = key.split("[")[0].split(".")[0]
+    for gk, field_name in _FIELDS.items():
+        if field_name == name:
+            return gk + key[len(name):]
     return key
 
 

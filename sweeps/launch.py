@@ -11,7 +11,7 @@ trials continue from their last checkpoint. Bad input exits 2 with one line.
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import logging
 import os
 import shutil
@@ -19,24 +19,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(REPO))
-
-from sweeps.grid import Grid, GridError, find_grid, load_grid, trial_resources  # noqa: E402
+from sweeps.grid import Grid, find_grid, load_grid, trial_resources
+from uncertainty_robust.errors import UserError, exit_on_user_error
+from uncertainty_robust.rundir import RunDir, read_json, write_json
 
 SWEEPS_DIR = Path(__file__).resolve().parent
 
 
-class LaunchError(ValueError):
-    """The grid cannot run on the chosen cluster as it is (one line)."""
-
-
-def fail(msg: str) -> NoReturn:
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
+class LaunchError(UserError, ValueError):
+    """The grid cannot run on the chosen cluster as it is, or the run directory is not this grid's (one line)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,17 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 def write_run_dir(run_dir: Path, grid: Grid, grid_path: Path, args) -> None:
     """RUN/grid.yaml (as given), RUN/plan.json (resolved trials, resources), RUN/git_commit."""
     from cluster.trainables import trial_dirname
-    from uncertainty_robust.checkpoint import write_json_atomic
     from uncertainty_robust.evaluate import git_commit
 
+    rd = RunDir(run_dir)
     trials = [c.to_dict() for c in grid.trials]
     ids = sorted(c.trial_id() for c in grid.trials)
-    plan_path = run_dir / "plan.json"
-    if plan_path.exists():
-        old = json.loads(plan_path.read_text())
-        if sorted(old.get("trial_ids", [])) != ids:
-            fail(f"run {run_dir} exists with a different grid ({len(old.get('trial_ids', []))} trials); "
-                 f"use another --name, or the grid it was launched with ({run_dir / 'grid.yaml'})")
+    old = read_json(rd.plan)
+    if old is not None and sorted(old.get("trial_ids", [])) != ids:
+        raise LaunchError(f"run {run_dir} exists with a different grid ({len(old.get('trial_ids', []))} trials); "
+                          f"use another --name, or the grid it was launched with ({rd.grid})")
     run_dir.mkdir(parents=True, exist_ok=True)
     search = dict(grid.search)
     if args.max_concurrent:
@@ -89,10 +79,10 @@ def write_run_dir(run_dir: Path, grid: Grid, grid_path: Path, args) -> None:
     plan = {"name": run_dir.name, "grid_file": grid_path.name, "trials": trials, "trial_ids": ids,
             "trial_dirs": [trial_dirname(c) for c in grid.trials], "resources": trial_resources(grid),
             "search": search, "slurm": grid.slurm, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if not plan_path.exists():
-        (run_dir / "grid.yaml").write_text(grid.source)
-        (run_dir / "git_commit").write_text((git_commit() or "unknown") + "\n")
-    write_json_atomic(plan, plan_path)
+    if old is None:
+        rd.grid.write_text(grid.source)
+        rd.git_commit.write_text((git_commit() or "unknown") + "\n")
+    write_json(plan, rd.plan)
 
 
 def print_dry_run(grid: Grid, cluster: str) -> None:
@@ -105,7 +95,7 @@ def print_dry_run(grid: Grid, cluster: str) -> None:
           f"{'grad evals':>11} {'CPU-h':>7}")
     est = estimate(grid.trials)
     for i, (c, e) in enumerate(zip(grid.trials, est["per_trial"])):
-        lam = f"{c.lam:g}" if c.defense in ("ls", "entm", "at_ls", "at_entm") else "-"
+        lam = f"{c.lam:g}" if c.spec.takes_lam else "-"
         eps = f"{c.eps:g}" if c.is_adversarial else "-"
         print(f"{i:>3} {c.defense:<9} {lam:>7} {eps:>7} {c.seed:>4} {c.epochs:>6} {res['workers']:>7} "
               f"{e['grad_evals']:>11.3g} {e['cpu_hours']:>7.3f}")
@@ -120,48 +110,48 @@ def print_dry_run(grid: Grid, cluster: str) -> None:
 
 # ------------------------------------------------------------------------------ status
 def print_status(run_dir: Path) -> int:
-    if not (run_dir / "plan.json").exists():
-        fail(f"no run at {run_dir} (no plan.json); runs live under --storage (default ./runs)")
-    plan = json.loads((run_dir / "plan.json").read_text())
-    done = sum((run_dir / "trials" / d / "result.json").exists() for d in plan["trial_dirs"])
-    started = sum((run_dir / "trials" / d / "checkpoint.pt").exists() for d in plan["trial_dirs"])
-    print(f"run {run_dir}: {done}/{len(plan['trial_dirs'])} trials finished, {started - done} in progress or stopped")
-    if (run_dir / "sweep_status.json").exists():
-        st = json.loads((run_dir / "sweep_status.json").read_text())
+    rd = RunDir(run_dir)
+    if not rd.plan.exists():
+        raise LaunchError(f"no run at {run_dir} (no plan.json); runs live under --storage (default ./runs)")
+    trials = rd.trial_dirs()
+    done = sum(t.result.exists() for t in trials)
+    started = sum(t.checkpoint.exists() for t in trials)
+    print(f"run {run_dir}: {done}/{len(trials)} trials finished, {started - done} in progress or stopped")
+    st = read_json(rd.status)
+    if st is not None:
         print(f"last driver exit: {st['trials']} trials, {st['errors']} errored"
               + "".join(f"\n  error: {m}" for m in st.get("error_messages", [])))
-    if (run_dir / "slurm_job.json").exists():
+    job = read_json(rd.slurm_job)
+    if job is not None:
         from cluster.slurm import job_state
 
-        job = json.loads((run_dir / "slurm_job.json").read_text())
         print(f"SLURM {job_state(run_dir)} (partition {job['partition']}, submitted {job['submitted']})")
         print(f"logs: {job['stdout']}\n      {job['stderr']}")
-    if (run_dir / "FAILED").exists():
-        print(f"FAILED: {(run_dir / 'FAILED').read_text().strip()}")
+    if rd.failed.exists():
+        print(f"FAILED: {rd.failed.read_text().strip()}")
     return 0
 
 
 # ------------------------------------------------------------------------------ main
+@exit_on_user_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     storage = Path(args.storage)
     if args.status:
         return print_status(storage / args.status)
     if not args.grid:
-        fail("--grid is required (a YAML file or a bare name in sweeps/)")
-    try:
-        grid_path = find_grid(args.grid, SWEEPS_DIR)
-        grid = load_grid(grid_path)
-    except GridError as e:
-        fail(str(e))
+        raise LaunchError("--grid is required (a YAML file or a bare name in sweeps/)")
+    grid_path = find_grid(args.grid, SWEEPS_DIR)
+    grid = load_grid(grid_path)
     cluster = args.cluster
     if cluster is None:
         cluster = "slurm" if shutil.which("sbatch") else "local"
         if cluster == "local":
             print("no sbatch on PATH: running on a local Ray cluster (--cluster local)", file=sys.stderr)
     name = args.name or grid.name
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        fail(f"--name: {name!r} may contain only letters, digits, '-', '_' and '.'")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise LaunchError(f"--name: {name!r} may contain only ASCII letters, digits, '-', '_' and '.' "
+                          "(and starts with a letter or digit)")
     run_dir = (storage / name).resolve()
     from cluster.slurm import SlurmError, check_slurm, slurm_options
 
@@ -173,7 +163,7 @@ def main(argv=None) -> int:
             _check_local(grid, args)
     except (LaunchError, SlurmError) as e:
         if not args.dry_run:
-            fail(str(e))
+            raise
         print(f"note: this grid cannot run here as it is: {e}", file=sys.stderr)
     if args.dry_run:
         print_dry_run(grid, cluster)
@@ -197,7 +187,7 @@ def _check_data(grid: Grid) -> None:
             for split in ("train", "test"):
                 load_arrays(ds, split, root, download=dl)
         except DatasetNotFound as e:
-            fail(f"dataset: {e}")
+            raise LaunchError(f"dataset: {e}") from None
 
 
 def _check_local(grid: Grid, args) -> None:
@@ -216,18 +206,15 @@ def _check_local(grid: Grid, args) -> None:
 
 
 def run_local(run_dir: Path, args) -> int:
-    from cluster.driver import DriverLock, SweepLocked, init_ray, run_sweep
+    from cluster.driver import DriverLock, init_ray, run_sweep
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t0 = time.time()
-    try:
-        with DriverLock(run_dir):
-            init_ray(num_cpus=args.num_cpus or os.cpu_count())
-            print(f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir} --host 127.0.0.1",
-                  flush=True)
-            summary = run_sweep(run_dir, verbose=0 if args.quiet else 1)
-    except SweepLocked as e:
-        fail(str(e))
+    with DriverLock(run_dir):
+        init_ray(num_cpus=args.num_cpus or os.cpu_count())
+        print(f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir} --host 127.0.0.1",
+              flush=True)
+        summary = run_sweep(run_dir, verbose=0 if args.quiet else 1)
     print(f"sweep finished in {time.time() - t0:.1f} s: {summary['trials']} trials, {summary['errors']} errored")
     for m in summary["error_messages"]:
         print(f"  error: {m}")
@@ -237,13 +224,13 @@ def run_local(run_dir: Path, args) -> int:
 
 
 def aggregate(run_dir: Path) -> None:
-    """The aggregation step (tables, TensorBoard HParams, audit); rerunnable: sweeps/aggregate.py."""
-    cmd = [sys.executable, str(SWEEPS_DIR / "aggregate.py"), str(run_dir)]
-    if not (SWEEPS_DIR / "aggregate.py").exists():
-        return
-    r = subprocess.run(cmd)
-    if r.returncode != 0:
-        print(f"aggregation failed (exit {r.returncode}); rerun: {' '.join(cmd)}", file=sys.stderr)
+    """The aggregation step (tables, TensorBoard HParams, audit), in-process; rerunnable any time
+    with ``ur-aggregate RUN`` (``sweeps/aggregate.py``)."""
+    from sweeps.aggregate import main as aggregate_main
+
+    rc = aggregate_main([str(run_dir)])
+    if rc != 0:
+        print(f"aggregation failed (exit {rc}); rerun: ur-aggregate {run_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

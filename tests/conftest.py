@@ -1,11 +1,15 @@
-"""Shared fixtures: one torch thread, real MNIST test points, and how to run the trainer's CLI."""
+"""Shared fixtures: one torch thread, real MNIST test points, models trained on real digits, and how
+to run the trainer's CLI."""
 import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from common import AT_EPS, AT_STEPS, STD, SUITE_EPS, fit_quiet
 
+from uncertainty_robust.attacks import AttackSpec, run_suite
+from uncertainty_robust.config import TrialConfig, validate
 from uncertainty_robust.data import load_tensors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,10 +34,10 @@ def mnist_test():
 
 @pytest.fixture(scope="session")
 def train_cli():
-    """(argv prefix, env) to run ``python -m uncertainty_robust.train`` from this checkout."""
+    """(argv prefix, env) to run ``python -m uncertainty_robust`` (``ur-train``) from this checkout."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return [sys.executable, "-m", "uncertainty_robust.train"], env
+    return [sys.executable, "-m", "uncertainty_robust"], env
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -45,3 +49,32 @@ def pytest_runtest_makereport(item, call):
     if rep.skipped and os.environ.get("UR_REQUIRE_SLURM") == "1" and item.get_closest_marker("slurm"):
         rep.outcome = "failed"
         rep.longrepr = f"UR_REQUIRE_SLURM=1 but the SLURM test was skipped: {rep.longrepr}"
+
+
+# ----------------------------------------------------------------------------- trained models (real MNIST digits)
+@pytest.fixture(scope="session")
+def std_model(tmp_path_factory):
+    """small_cnn, width 0.5, standard training, 2 epochs on 3,000 embedded-MNIST train points."""
+    cfg = validate(TrialConfig(defense="standard", **STD))
+    return fit_quiet(cfg, tmp_path_factory.mktemp("std"))[0]
+
+
+@pytest.fixture(scope="session")
+def std_suite(std_model, mnist_test):
+    """FGSM and PGD-20 (random start, best iterate) at every eps of SUITE_EPS, same points."""
+    x, y = mnist_test
+    torch.manual_seed(0)
+    return run_suite(std_model, x, y, [AttackSpec("fgsm"), AttackSpec("pgd", steps=20)], SUITE_EPS)
+
+
+@pytest.fixture(scope="session")
+def at_model(tmp_path_factory):
+    """The same, trained with PGD-7 adversarial training at eps 0.2."""
+    cfg = validate(TrialConfig(defense="at", eps=AT_EPS, pgd_steps=AT_STEPS, **STD))
+    return fit_quiet(cfg, tmp_path_factory.mktemp("at"))[0]
+
+
+@pytest.fixture(scope="session")
+def batch():
+    """64 real embedded-MNIST training digits."""
+    return load_tensors("mnist_embedded", "train", n=64, seed=0)

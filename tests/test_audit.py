@@ -6,8 +6,17 @@ import math
 import pytest
 import torch
 
-from uncertainty_robust.audit import (AuditRules, Flag, audit, find_transfer_source, large_eps, transfer_attack,
-                                      transfer_for_trial, transfer_result, whitebox_reference)
+from uncertainty_robust.audit import (
+    AuditRules,
+    Flag,
+    audit,
+    find_transfer_source,
+    large_eps,
+    transfer_attack,
+    transfer_for_trial,
+    transfer_result,
+    whitebox_reference,
+)
 from uncertainty_robust.config import AttackSpec, TrialConfig
 from uncertainty_robust.data import load_tensors
 from uncertainty_robust.evaluate import evaluate

@@ -155,7 +155,12 @@ def pgd(model, x, y, eps: float, steps: int = 20, step_size: Optional[float] = N
 
 
 def fgsm(model, x, y, eps: float, loss: str | LossFn = "ce", cost: Optional[Cost] = None, **_) -> torch.Tensor:
-    """x + eps * sign(grad_x loss), clipped to [0,1]."""
+    """FGSM, the fast gradient sign method.
+
+    Paper: Goodfellow, Shlens & Szegedy 2015, Explaining and Harnessing Adversarial Examples.
+    Norm: L-inf. One step: x + eps * sign(grad_x loss), clipped to [0, 1].
+    Arguments: ``eps`` (radius), ``loss`` ("ce"), ``cost`` (None: passes are not counted).
+    """
     if eps <= 0:
         return x.detach().clone()
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
@@ -164,29 +169,138 @@ def fgsm(model, x, y, eps: float, loss: str | LossFn = "ce", cost: Optional[Cost
 
 
 def pgd_linf(model, x, y, eps, **kw):
+    """PGD-Linf, projected gradient descent in the L-inf ball.
+
+    Paper: Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks.
+    Norm: L-inf. Loss: cross-entropy.
+    Arguments: ``eps``, ``steps`` (20), ``step_size`` (None: 2.5 * eps / steps), ``restarts`` (1),
+    ``random_start`` (True), ``track_best`` (True), ``cost``. See :func:`pgd`.
+    """
     return pgd(model, x, y, eps, norm="linf", **kw)
 
 
 def pgd_l2(model, x, y, eps, **kw):
+    """PGD-L2, projected gradient descent in the L2 ball (eps is an L2 radius in pixel units).
+
+    Paper: Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks.
+    Norm: L2. Loss: cross-entropy. Step: the gradient normalised to unit L2 norm times ``step_size``.
+    Arguments: ``eps``, ``steps`` (20), ``step_size`` (None: 2.5 * eps / steps), ``restarts`` (1),
+    ``random_start`` (True: uniform in the ball), ``track_best`` (True), ``cost``. See :func:`pgd`.
+    """
     return pgd(model, x, y, eps, norm="l2", **kw)
 
 
 def cw_linf(model, x, y, eps, **kw):
+    """CW-Linf: PGD on the Carlini-Wagner margin loss max_{j != y} z_j - z_y in the L-inf ball.
+
+    Paper: Carlini & Wagner 2017, Towards Evaluating the Robustness of Neural Networks (the loss),
+    inside Madry et al. 2018's PGD loop, as in mnist_challenge's ``loss_func: cw``.
+    Norm: L-inf. Loss: margin (no softmax, so a flat softmax does not hide its gradient).
+    Arguments: ``eps``, ``steps`` (20), ``step_size`` (None: 2.5 * eps / steps), ``restarts`` (1),
+    ``random_start`` (True), ``track_best`` (True), ``cost``. See :func:`pgd`.
+    """
     kw.setdefault("loss", "margin")
     return pgd(model, x, y, eps, norm="linf", **kw)
 
 
-# name -> (function, norm). The norm tells the suite which epsilons are comparable.
-ATTACKS = {"fgsm": (fgsm, "Linf"), "pgd": (pgd_linf, "Linf"), "pgd_l2": (pgd_l2, "L2"), "cw": (cw_linf, "Linf")}
+# ----------------------------------------------------------------------------- the attack registry
+@dataclass(frozen=True)
+class Attack:
+    """Everything the project knows about one attack: the CLI and grids name it, the evaluation
+    runs it, the reports print its settings, the cost estimate counts its passes."""
+
+    name: str
+    fn: Callable  # fn(model, x, y, eps, steps=, step_size=, restarts=, random_start=, cost=) -> x_adv
+    norm: str  # "Linf" or "L2": which epsilons are comparable; only L-inf attacks enter the worst case
+    loss: str  # "ce" or "margin"
+    single_step: bool  # FGSM-like: one step of size eps, no restarts
+    default_steps: int
+    paper: str
+
+    def step_size(self, eps: float, steps: int, given: Optional[float] = None) -> float:
+        """The step actually used: ``given``, else eps for a single-step attack, else 2.5 * eps / steps
+        (Madry et al. 2018's rule of thumb, as in the robustness library)."""
+        if given is not None:
+            return given
+        return eps if self.single_step else 2.5 * eps / max(1, steps)
+
+    def step_rule(self, steps: int, given: Optional[float] = None) -> str:
+        """The step as text for table headers: "eps", "2.5*eps/20" or the given number."""
+        if given is not None:
+            return f"{given:g}"
+        return "eps" if self.single_step else f"2.5*eps/{steps}"
 
 
-def run_attack(model, x, y, spec, eps: float, cost: Optional[Cost] = None) -> torch.Tensor:
-    """Dispatch an :class:`~uncertainty_robust.config.AttackSpec` at one epsilon."""
-    fn, _ = ATTACKS[spec.name]
-    if spec.name == "fgsm":
-        return fn(model, x, y, eps, cost=cost)
-    return fn(model, x, y, eps, steps=spec.steps, step_size=spec.step_size, restarts=spec.restarts,
-              random_start=spec.random_start, cost=cost)
+ATTACKS: dict[str, Attack] = {}
+
+
+def register_attack(a: Attack) -> Attack:
+    if a.name in ATTACKS:
+        raise ValueError(f"attack {a.name!r} registered twice")
+    ATTACKS[a.name] = a
+    return a
+
+
+register_attack(Attack("fgsm", fgsm, "Linf", "ce", True, 1, "Goodfellow et al. 2015"))
+register_attack(Attack("pgd", pgd_linf, "Linf", "ce", False, 20, "Madry et al. 2018"))
+register_attack(Attack("pgd_l2", pgd_l2, "L2", "ce", False, 20, "Madry et al. 2018"))
+register_attack(Attack("cw", cw_linf, "Linf", "margin", False, 20, "Carlini & Wagner 2017 loss in PGD"))
+
+
+@dataclass
+class AttackSpec:
+    """One evaluation attack, run at every test epsilon of the trial.
+
+    ``steps`` None: the attack's default (1 for a single-step attack). ``step_size`` None: the
+    attack's rule (:meth:`Attack.step_size`). ``label()`` names it in results: "fgsm", "pgd20",
+    "cw30x5".
+    """
+
+    name: str = "pgd"
+    steps: Optional[int] = None
+    step_size: Optional[float] = None
+    restarts: int = 1
+    random_start: bool = True
+
+    def __post_init__(self):
+        if self.steps is None and self.name in ATTACKS:
+            self.steps = ATTACKS[self.name].default_steps
+
+    @property
+    def attack(self) -> Attack:
+        return ATTACKS[self.name]
+
+    def label(self) -> str:
+        if self.attack.single_step:
+            return self.name
+        r = f"x{self.restarts}" if self.restarts > 1 else ""
+        return f"{self.name}{self.steps}{r}"
+
+    @classmethod
+    def parse(cls, text: str, key: str = "attacks") -> "AttackSpec":
+        """``NAME[:STEPS[xRESTARTS]]``, e.g. ``fgsm``, ``pgd:20``, ``cw:30x5``: the one parser behind the
+        CLI and the grids. Raises ConfigError(key) on a malformed string or an unknown name."""
+        from .errors import ConfigError
+
+        if not isinstance(text, str):
+            raise ConfigError(key, f"expected NAME[:STEPS[xRESTARTS]] or a mapping, got {text!r}")
+        name, _, rest = text.strip().partition(":")
+        if name not in ATTACKS:
+            raise ConfigError(f"{key}.name", f"{name!r} is not one of {', '.join(ATTACKS)}")
+        steps, _, restarts = rest.partition("x")
+        try:
+            return cls(name, steps=int(steps) if steps else None, restarts=int(restarts or 1))
+        except ValueError:
+            raise ConfigError(key, f"bad attack {text!r}; expected NAME[:STEPS[xRESTARTS]], e.g. pgd:20x2") from None
+
+
+def run_attack(model, x, y, spec: AttackSpec, eps: float, cost: Optional[Cost] = None) -> torch.Tensor:
+    """Run one :class:`AttackSpec` at one epsilon."""
+    a = spec.attack
+    if a.single_step:
+        return a.fn(model, x, y, eps, cost=cost)
+    return a.fn(model, x, y, eps, steps=spec.steps, step_size=a.step_size(eps, spec.steps, spec.step_size),
+                restarts=spec.restarts, random_start=spec.random_start, cost=cost)
 
 
 @torch.no_grad()
@@ -224,7 +338,7 @@ def run_suite(model, x, y, specs, eps_list, batch_size: int = 500, per_attack: b
             worst = clean.clone()
             for spec in specs:
                 label = spec.label()
-                linf = ATTACKS[spec.name][1] == "Linf"
+                linf = spec.attack.norm == "Linf"
                 mask = clean.clone() if per_attack or not linf else worst.clone()
                 cost = Cost()
                 if eps > 0:

@@ -40,6 +40,8 @@ from typing import Optional
 
 import torch
 
+from .attacks import ATTACKS
+
 FLAG_NAMES = ("non_monotone", "large_eps_not_zero", "fgsm_beats_pgd", "more_steps_help",
               "transfer_beats_whitebox", "zero_gradients", "margin_beats_ce")
 
@@ -112,7 +114,7 @@ def audit(record: dict, rules: Optional[AuditRules] = None, skipped: Optional[li
     flags: list = []
     cv = curves(record)
     for (label, name, norm), pts in cv.items():
-        if name == "fgsm":
+        if name in ATTACKS and ATTACKS[name].single_step:
             continue
         lo_eps, lo_acc = pts[0][0], pts[0][1]
         for eps, acc, n in pts[1:]:
@@ -222,12 +224,13 @@ def transfer_for_trial(target_dir, target_record: dict, source_dir, source_recor
     with the record's PGD steps, on the record's evaluation points. ``cache`` keeps the source's
     adversarial examples across targets. None when either model.pt or the white-box PGD is missing."""
     from .data import load_tensors
-    from .trial import MODEL_NAME, load_trained
+    from .rundir import TrialDir
+    from .trial import load_trained
 
     probe = target_record.get("masking_probe") or {}
     eps = probe.get("eps")
     ref = whitebox_reference(target_record, eps) if eps is not None else None
-    if ref is None or not (Path(target_dir) / MODEL_NAME).exists() or not (Path(source_dir) / MODEL_NAME).exists():
+    if ref is None or not TrialDir(target_dir).model.exists() or not TrialDir(source_dir).model.exists():
         return None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     target, tcfg = load_trained(target_dir, device)

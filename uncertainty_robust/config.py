@@ -1,8 +1,14 @@
 """One typed config per trial. It flows YAML grid -> Tune param_space -> trainer -> result record.
 
-Every choice the paper leaves open (see ``shared/paper.md``: none of its settings could be read)
+Every choice the paper leaves open (see ``docs/paper.md``: none of its settings could be read)
 is a field here, with the usual convention as the default and the source named next to it.
+
+Each field carries its own schema in ``metadata`` (see :func:`_f`): where it lives in a YAML grid
+(``grid``: a top-level key, ``section.key``, or one of the expanded axes), whether two trials that
+differ in it are different rows of a table (``row``), and its help text. The grid parser, the
+CLI and the reports derive their keys from it (:func:`grid_fields`, :func:`row_fields`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,86 +17,77 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-DEFENSES = ("standard", "ls", "entm", "at", "at_ls", "at_entm")
-ATTACK_NAMES = ("fgsm", "pgd", "pgd_l2", "cw")
+from .attacks import ATTACKS, AttackSpec
+from .defenses import DEFENSES
+from .errors import ConfigError
+
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
+AXES = ("defenses", "lambdas", "train_eps", "seeds")  # grid keys expanded into one trial per value
+
+__all__ = ["AttackSpec", "ConfigError", "TrialConfig", "validate", "grid_fields", "row_fields"]
 
 
-class ConfigError(ValueError):
-    """A bad config value. ``str()`` is one line naming the key and the allowed values."""
-
-    def __init__(self, key: str, msg: str):
-        self.key = key
-        super().__init__(f"{key}: {msg}")
-
-
-@dataclass
-class AttackSpec:
-    """One evaluation attack, run at every test epsilon of the trial.
-
-    step_size: None -> 2.5 * eps / steps (Madry et al. 2018's rule of thumb; robustness lib).
-    """
-
-    name: str = "pgd"
-    steps: int = 20
-    step_size: Optional[float] = None
-    restarts: int = 1
-    random_start: bool = True
-
-    def label(self) -> str:
-        if self.name == "fgsm":
-            return "fgsm"
-        r = f"x{self.restarts}" if self.restarts > 1 else ""
-        return f"{self.name}{self.steps}{r}"
+def _f(default=dataclasses.MISSING, *, grid: Optional[str], row: bool = True, help: str = "", factory=None):
+    """A field with its schema: ``grid`` is where a YAML grid sets it (None: not settable from a grid),
+    ``row`` False for fields that never change a result (trials differing only in those are one row)."""
+    meta = {"grid": grid, "row": row, "help": help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrialConfig:
     # what is trained
-    defense: str = "standard"
-    lam: float = 0.0  # EntM: lambda in CE - lam*H(p); LS: smoothing alpha. Ignored by standard/at.
-    dataset: str = "mnist_embedded"
-    data_root: Optional[str] = None
-    download: bool = False
-    n_train: Optional[int] = None  # stratified subset of the training split (None: all)
-    augment: str = "none"  # "crop_flip": 4-px padded random crop + horizontal flip (the CIFAR convention)
-    model: str = "small_cnn"
-    width: float = 1.0  # channel multiplier of the model
-    seed: int = 0
+    defense: str = _f("standard", grid="defenses", help="one of uncertainty_robust.defenses.DEFENSES")
+    lam: float = _f(0.0, grid="lambdas", help="LS alpha, EntM lambda, TRADES beta; 0 for defenses without one")
+    dataset: str = _f("mnist_embedded", grid="dataset")
+    data_root: Optional[str] = _f(None, grid="data_root", row=False, help="local root of torchvision datasets")
+    download: bool = _f(False, grid="download", row=False)
+    n_train: Optional[int] = _f(None, grid="n_train", help="stratified subset of the training split (None: all)")
+    augment: str = _f("none", grid="augment", help='"crop_flip": 4-px padded random crop + horizontal flip')
+    model: str = _f("small_cnn", grid="model")
+    width: float = _f(1.0, grid="width", help="channel multiplier of the model")
+    seed: int = _f(0, grid="seeds", row=False)
     # optimisation
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    milestones: list = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs (step schedule)
-    gamma: float = 0.1
-    # adversarial training (Madry et al. 2018). Defaults: MNIST convention eps=0.3, 40 steps of 0.01
-    # (mnist_challenge config). For CIFAR-10 use eps=8/255, 10 steps of 2/255 (cifar10_challenge).
-    eps: float = 0.3
-    eps_step: Optional[float] = None  # None -> 2.5 * eps / pgd_steps
-    pgd_steps: int = 40
-    random_start: bool = True
-    # open choices of the paper, explicit (not found in the paper; see shared/paper.md §3)
-    entropy_on: str = "adv"  # at_entm: entropy term on "adv" or "clean" inputs
-    inner_loss: str = "ce"  # PGD inner maximisation: plain "ce" or the "regularized" training loss
-    adv_fraction: float = 1.0  # 1.0: all-adversarial batch (Madry); 0.5: half clean/half adv mix
-    ls_form: str = "uniform"  # LS target: "uniform" (1-a)*onehot + a/K (Szegedy) or "others" a/(K-1)
-    attack_bn_mode: str = "eval"  # BatchNorm mode while generating training adversaries
+    epochs: int = _f(10, grid="epochs")
+    batch_size: int = _f(128, grid="batch_size")
+    optimizer: str = _f("adam", grid="optimizer.name")
+    lr: float = _f(1e-3, grid="optimizer.lr")
+    momentum: float = _f(0.9, grid="optimizer.momentum")
+    weight_decay: float = _f(0.0, grid="optimizer.weight_decay")
+    schedule: str = _f("constant", grid="optimizer.schedule")
+    milestones: list = _f(grid="optimizer.milestones", factory=lambda: [0.5, 0.75], help="fractions of epochs")
+    gamma: float = _f(0.1, grid="optimizer.gamma")
+    # adversarial training (Madry et al. 2018). Defaults: the MNIST convention eps=0.3 with 40 steps;
+    # the step is 2.5 * eps / steps = 0.01875 unless eps_step is set (mnist_challenge uses 0.01).
+    # For CIFAR-10 use eps=8/255, 10 steps of 2/255 (cifar10_challenge).
+    eps: float = _f(0.3, grid="train_eps", help="training eps of adversarial defenses")
+    eps_step: Optional[float] = _f(None, grid="adversarial.eps_step", help="None: 2.5 * eps / pgd_steps")
+    pgd_steps: int = _f(40, grid="adversarial.pgd_steps")
+    random_start: bool = _f(True, grid="adversarial.random_start")
+    # open choices of the paper, explicit (not found in the paper; see docs/paper.md)
+    entropy_on: str = _f("adv", grid="adversarial.entropy_on", help='at_entm: entropy on "adv" or "clean" inputs')
+    inner_loss: str = _f("ce", grid="adversarial.inner_loss", help='PGD maximises "ce" or the "regularized" loss')
+    adv_fraction: float = _f(1.0, grid="adversarial.adv_fraction", help="1.0: all-adversarial batch; 0.5: half/half")
+    ls_form: str = _f("uniform", grid="adversarial.ls_form", help='"uniform" a/K (Szegedy) or "others" a/(K-1)')
+    attack_bn_mode: str = _f("eval", grid="adversarial.attack_bn_mode", help="BatchNorm mode of training attacks")
     # evaluation
-    test_eps: list = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
-    attacks: list = field(default_factory=lambda: [AttackSpec("fgsm", steps=1), AttackSpec("pgd", 20), AttackSpec("cw", 30)])
-    n_eval: int = 1000  # test points under attack (stated in every result)
-    jacobian_points: int = 500
-    jacobian_projections: int = 1  # random projections per example for the estimate logged per epoch
-    eval_batch_size: int = 500
+    test_eps: list = _f(grid="evaluation.test_eps", factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    attacks: list = _f(
+        grid="evaluation.attacks",
+        factory=lambda: [AttackSpec("fgsm"), AttackSpec("pgd", 20), AttackSpec("cw", 30)],
+        help="NAME[:STEPS[xRESTARTS]], e.g. fgsm pgd:20 cw:30",
+    )
+    n_eval: int = _f(1000, grid="evaluation.n_eval", help="test points under attack (stated in every result)")
+    jacobian_points: int = _f(500, grid="evaluation.jacobian_points")
+    jacobian_projections: int = _f(1, grid="evaluation.jacobian_projections", help="per-epoch estimate")
+    eval_batch_size: int = _f(500, grid="evaluation.eval_batch_size", row=False)
     # runtime
-    device: str = "auto"
-    num_threads: int = 0  # 0: leave torch's default
-    log_every: int = 0  # batches between progress lines (0: per epoch only)
+    device: str = _f("auto", grid="device", row=False)
+    num_threads: int = _f(0, grid="num_threads", row=False, help="0: leave torch's default")
+    log_every: int = _f(0, grid=None, row=False, help="batches between progress lines (0: per epoch only)")
 
     # ---------------------------------------------------------------- helpers
     def __post_init__(self):
@@ -99,8 +96,18 @@ class TrialConfig:
         self.milestones = [float(m) for m in self.milestones]
 
     @property
+    def spec(self):
+        """This trial's :class:`~uncertainty_robust.defenses.Defense` record."""
+        return DEFENSES[self.defense]
+
+    @property
     def is_adversarial(self) -> bool:
-        return self.defense.startswith("at")
+        return self.spec.adversarial
+
+    @property
+    def eps_train(self) -> float:
+        """The training eps, 0 for a defense that does not train on adversarial examples."""
+        return self.eps if self.is_adversarial else 0.0
 
     @property
     def train_step(self) -> float:
@@ -110,14 +117,15 @@ class TrialConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrialConfig":
+    def from_dict(cls, d: dict, check: bool = True) -> "TrialConfig":
+        """From a dict (a grid's trial, Tune's config, a result record's ``config``). ``check`` False
+        skips :func:`validate` (reading records of finished trials whose dataset is not here)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(unknown[0], f"unknown key; allowed: {', '.join(sorted(known))}")
         cfg = cls(**d)
-        validate(cfg)
-        return cfg
+        return validate(cfg) if check else cfg
 
     def trial_id(self) -> str:
         """Stable short hash of the config (what identifies a trial across relaunches)."""
@@ -126,12 +134,34 @@ class TrialConfig:
 
     def short_name(self) -> str:
         parts = [self.defense]
-        if self.defense in ("ls", "entm", "at_ls", "at_entm"):
+        if self.spec.takes_lam:
             parts.append(f"lam{self.lam:g}")
         if self.is_adversarial:
             parts.append(f"eps{self.eps:g}")
         parts.append(f"s{self.seed}")
         return "_".join(parts)
+
+    def method_label(self) -> str:
+        """e.g. "AT+EntM (λ=0.5, ε=0.3)": the defense's display name, its lambda and train eps."""
+        d, parts = self.spec, []
+        if d.takes_lam:
+            parts.append(f"{d.lam.symbol}={self.lam:g}")
+        if d.adversarial:
+            parts.append(f"ε={self.eps:g}")
+        return d.display + (f" ({', '.join(parts)})" if parts else "")
+
+    def row_key(self) -> dict:
+        """The fields that make a table row: everything but seed and runtime settings."""
+        return {k: v for k, v in self.to_dict().items() if k in row_fields()}
+
+
+def grid_fields() -> dict:
+    """{grid key: field name}: ``dataset`` -> dataset, ``optimizer.lr`` -> lr, ``lambdas`` -> lam."""
+    return {f.metadata["grid"]: f.name for f in fields(TrialConfig) if f.metadata.get("grid")}
+
+
+def row_fields() -> tuple:
+    return tuple(f.name for f in fields(TrialConfig) if f.metadata.get("row", True))
 
 
 def _choice(key: str, value: Any, allowed) -> None:
@@ -154,10 +184,10 @@ def _int(key: str, value: Any, lo: int, hi: int) -> None:
 
 def validate(cfg: TrialConfig) -> TrialConfig:
     """Raise ConfigError (one line, naming the key) on the first bad value."""
-    from .data import DATASETS  # local import: data pulls torchvision lazily
+    from .data import DATASETS, dataset_info  # local import: data pulls torchvision lazily
     from .models import MODELS
 
-    _choice("defense", cfg.defense, DEFENSES)
+    _choice("defense", cfg.defense, list(DEFENSES))
     _choice("dataset", cfg.dataset, sorted(DATASETS))
     _choice("model", cfg.model, sorted(MODELS))
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
@@ -167,19 +197,18 @@ def validate(cfg: TrialConfig) -> TrialConfig:
     _choice("ls_form", cfg.ls_form, ("uniform", "others"))
     _choice("attack_bn_mode", cfg.attack_bn_mode, ("eval", "train"))
     _choice("augment", cfg.augment, ("none", "crop_flip"))
-    if cfg.defense in ("ls", "at_ls"):
-        _range("lam", cfg.lam, 0.0, 0.99)  # alpha=1 would make the target uniform: nothing to learn
-    elif cfg.defense in ("entm", "at_entm"):
-        _range("lam", cfg.lam, 0.0, 10.0)  # beyond ~10 the entropy term swamps CE entirely
-    else:
-        _range("lam", cfg.lam, 0.0, 10.0)
+    d = cfg.spec
+    if d.takes_lam:
+        _range("lam", cfg.lam, d.lam.lo, d.lam.hi, d.lam.lo_open)
+    elif cfg.lam != 0:
+        raise ConfigError("lam", f"defense {cfg.defense!r} takes no lambda (got {cfg.lam!r}); leave it at 0")
     _range("eps", cfg.eps, 0.0, 1.0)
     if cfg.is_adversarial and cfg.eps == 0:
         raise ConfigError("eps", "adversarial training needs eps > 0 (inputs are in [0,1])")
     if cfg.eps_step is not None:
         _range("eps_step", cfg.eps_step, 0.0, 1.0, lo_open=True)
     _int("pgd_steps", cfg.pgd_steps, 1, 1000)
-    _range("adv_fraction", cfg.adv_fraction, 0.0, 1.0)
+    _range("adv_fraction", cfg.adv_fraction, 0.0, 1.0, lo_open=cfg.is_adversarial)  # AT with 0: clean training
     _int("epochs", cfg.epochs, 1, 100000)
     _int("batch_size", cfg.batch_size, 1, 1 << 16)
     _int("eval_batch_size", cfg.eval_batch_size, 1, 1 << 16)
@@ -203,12 +232,16 @@ def validate(cfg: TrialConfig) -> TrialConfig:
     for i, e in enumerate(cfg.test_eps):
         _range(f"test_eps[{i}]", e, 0.0, 1.0)
     if not cfg.attacks:
-        raise ConfigError("attacks", f"empty list; choose from {', '.join(ATTACK_NAMES)}")
+        raise ConfigError("attacks", f"empty list; choose from {', '.join(ATTACKS)}")
     for i, a in enumerate(cfg.attacks):
-        _choice(f"attacks[{i}].name", a.name, ATTACK_NAMES)
+        _choice(f"attacks[{i}].name", a.name, list(ATTACKS))
         _int(f"attacks[{i}].steps", a.steps, 1, 100000)
         _int(f"attacks[{i}].restarts", a.restarts, 1, 1000)
+        if a.attack.single_step and (a.steps, a.restarts) != (1, 1):
+            raise ConfigError(f"attacks[{i}].steps", f"{a.name} is a single-step attack; give it no steps or restarts")
         if a.step_size is not None:
             _range(f"attacks[{i}].step_size", a.step_size, 0.0, 1.0, lo_open=True)
     _choice("device", cfg.device if not cfg.device.startswith("cuda:") else "cuda", ("auto", "cpu", "cuda"))
+    if d.check is not None:
+        d.check(cfg, dataset_info(cfg.dataset).num_classes)
     return cfg

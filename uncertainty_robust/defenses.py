@@ -1,6 +1,13 @@
-"""Training losses, one registry: ``DEFENSES[name](model, x, y, cfg, num_classes) -> (loss, stats)``.
+"""Training defenses: one :class:`Defense` record per defense, one registry (``DEFENSES``).
 
-Standard forms (none could be confirmed from the paper's body; see shared/paper.md §3):
+Everything the rest of the project knows about a defense comes from its record: the name a grid
+uses, the label a table prints, whether it takes a lambda (and its range and symbol), whether it
+trains on adversarial examples (and so takes a training eps), the baseline it is compared with,
+and its loss. Config validation, grid expansion, the dry run, the reports, TensorBoard's HParams,
+the audit and the Tune trainables all read ``DEFENSES``; adding a defense means adding one
+:func:`register` call here (see ``docs/architecture.md``, "Adding a defense").
+
+Standard forms (none could be confirmed from the paper's body; see ``docs/paper.md``):
 
 - standard : CE(f(x), y)
 - ls       : CE against (1-a)*onehot(y) + a/K    (Szegedy et al. 2016; ``ls_form="others"`` puts
@@ -15,18 +22,75 @@ Open choices, all config fields: ``inner_loss`` (PGD maximises plain CE, or the 
 training loss), ``adv_fraction`` (1.0 = all-adversarial batch; 0.5 = the first half of the batch
 replaced by adversarial points, a clean/adversarial mix), ``attack_bn_mode`` (BatchNorm in eval
 or train mode while the adversary is generated).
+
+A loss has the signature ``loss(model, x, y, cfg, cost, attack_model=None) -> (mean loss, stats)``;
+``stats`` holds ``loss``, ``acc`` (on what the loss saw: adversarial points for AT), ``clean_acc`` and
+``entropy`` (mean, nats). It makes one forward pass of ``model`` per call, as DDP requires;
+``attack_model`` is the module the training adversary is generated on (the unwrapped module
+under DDP, so the attack's forward passes never arm DDP's gradient reducer).
 """
+
 from __future__ import annotations
 
-import functools
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .attacks import Cost, pgd
+from .errors import ConfigError
+
+LossFn = Callable[..., tuple]  # (model, x, y, cfg, cost, attack_model=None) -> (loss, stats)
+PerExample = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]  # (logits, y, cfg) -> (N,)
 
 
+@dataclass(frozen=True)
+class Lam:
+    """What a defense's ``lam`` means and which values it accepts."""
+
+    symbol: str  # "λ", "α", "β": how tables and labels print it
+    meaning: str
+    lo: float
+    hi: float
+    lo_open: bool = False
+
+
+@dataclass(frozen=True)
+class Defense:
+    name: str  # registry key, grid and CLI name
+    display: str  # table label
+    family: str  # the eps_train x eps_test matrix it is a row of ("Standard/AT": standard is AT's eps_train = 0 row)
+    adversarial: bool  # trains on adversarial examples: takes train_eps, pgd_steps, ...
+    lam: Optional[Lam]  # None: takes no lambda
+    baseline: Optional[str]  # what the reports compare it with, on the same points and seeds
+    loss: LossFn
+    paper: str
+    check: Optional[Callable[[object, int], None]] = None  # extra validation: (cfg, num_classes) -> raises ConfigError
+
+    @property
+    def takes_lam(self) -> bool:
+        return self.lam is not None
+
+
+DEFENSES: dict[str, Defense] = {}  # in registration order: the order of table rows
+
+
+def register(d: Defense) -> Defense:
+    if d.name in DEFENSES:
+        raise ValueError(f"defense {d.name!r} registered twice")
+    DEFENSES[d.name] = d
+    return d
+
+
+def get(name: str) -> Defense:
+    try:
+        return DEFENSES[name]
+    except (KeyError, TypeError):
+        raise ConfigError("defense", f"{name!r} is not one of {', '.join(DEFENSES)}") from None
+
+
+# ---------------------------------------------------------------------------- building blocks
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-example entropy (nats) of softmax(logits)."""
     logp = F.log_softmax(logits, 1)
@@ -49,85 +113,157 @@ def ls_loss(logits, y, alpha: float, form: str = "uniform") -> torch.Tensor:
     return -(t * F.log_softmax(logits, 1)).sum(1)
 
 
-def _clean_loss(defense: str, cfg) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The per-example regularized loss on one set of logits (what standard/ls/entm minimise)."""
-    if defense in ("ls", "at_ls"):
-        return lambda z, y: ls_loss(z, y, cfg.lam, cfg.ls_form)
-    if defense in ("entm", "at_entm"):
-        return lambda z, y: F.cross_entropy(z, y, reduction="none") - cfg.lam * entropy(z)
-    return lambda z, y: F.cross_entropy(z, y, reduction="none")
+def _ce(z, y, cfg) -> torch.Tensor:
+    return F.cross_entropy(z, y, reduction="none")
+
+
+def _ls(z, y, cfg) -> torch.Tensor:
+    return ls_loss(z, y, cfg.lam, cfg.ls_form)
+
+
+def _entm(z, y, cfg) -> torch.Tensor:
+    return F.cross_entropy(z, y, reduction="none") - cfg.lam * entropy(z)
 
 
 def make_adversary(model, x, y, cfg, loss_fn, cost: Cost) -> torch.Tensor:
-    """PGD-Linf training adversary, with BatchNorm in ``cfg.attack_bn_mode`` during generation."""
+    """PGD-Linf training adversary, with BatchNorm in ``cfg.attack_bn_mode`` during generation.
+    ``loss_fn``: (logits, y) -> per-example loss that PGD maximises."""
     was = model.training
     model.train(cfg.attack_bn_mode == "train")
     try:
-        inner = loss_fn if cfg.inner_loss == "regularized" else "ce"
-        return pgd(model, x, y, cfg.eps, steps=cfg.pgd_steps, step_size=cfg.train_step,
-                   random_start=cfg.random_start, loss=inner, track_best=False, cost=cost)
+        return pgd(
+            model,
+            x,
+            y,
+            cfg.eps,
+            steps=cfg.pgd_steps,
+            step_size=cfg.train_step,
+            random_start=cfg.random_start,
+            loss=loss_fn,
+            track_best=False,
+            cost=cost,
+        )
     finally:
         model.train(was)
 
 
-def defense_loss(d: str, model, x, y, cfg, cost: Cost, attack_model=None) -> tuple[torch.Tensor, dict]:
-    """Mean training loss of defense ``d`` on the batch, plus per-batch statistics:
-    loss, acc (on what the loss saw: adversarial for AT), entropy (mean, nats).
+def natural(per_example: PerExample) -> LossFn:
+    """A defense trained on clean inputs only: mean of ``per_example`` over the batch."""
 
-    ``attack_model``: the module the training adversary is generated on (the unwrapped module
-    under DDP, so the attack's forward passes never arm DDP's gradient reducer); default ``model``.
-    One forward pass of ``model`` per call, as DDP requires.
-    """
-    loss_fn = _clean_loss(d, cfg)
-    if d not in ("at", "at_ls", "at_entm"):
+    def loss(model, x, y, cfg, cost: Cost, attack_model=None):
         z = model(x)
         cost.forward += len(x)
-        loss = loss_fn(z, y).mean()
+        out = per_example(z, y, cfg).mean()
         acc = (z.argmax(1) == y).float().mean().item()
-        return loss, {"loss": loss.item(), "acc": acc, "clean_acc": acc, "entropy": entropy(z.detach()).mean().item()}
+        return out, {"loss": out.item(), "acc": acc, "clean_acc": acc, "entropy": entropy(z.detach()).mean().item()}
 
-    n_adv = len(x) if cfg.adv_fraction >= 1 else int(round(cfg.adv_fraction * len(x)))
-    x_in = x
-    if n_adv > 0:
-        x_adv = make_adversary(attack_model or model, x[:n_adv], y[:n_adv], cfg, loss_fn, cost)
-        x_in = torch.cat([x_adv, x[n_adv:]]) if n_adv < len(x) else x_adv
-    clean_too = d == "at_entm" and cfg.entropy_on == "clean" and n_adv > 0
-    z_all = model(torch.cat([x_in, x[:n_adv]]) if clean_too else x_in)
-    cost.forward += len(z_all)
-    z = z_all[:len(x_in)]
-    if d == "at_entm":
-        ce = F.cross_entropy(z, y, reduction="none")
-        h = entropy(z_all[len(x_in):]) if clean_too else entropy(z)
-        if clean_too and n_adv < len(x):  # mixed batch: clean half's entropy is its own
-            h = torch.cat([h, entropy(z[n_adv:])])
-        per_ex = ce - cfg.lam * h
-    else:
-        per_ex = loss_fn(z, y)
-    loss = per_ex.mean()
-    stats = {"loss": loss.item(), "acc": (z[:n_adv].argmax(1) == y[:n_adv]).float().mean().item() if n_adv else float("nan"),
-             "clean_acc": _clean_acc(attack_model or model, x, y, z_all, n_adv, clean_too, cost),
-             "entropy": entropy(z.detach()).mean().item()}
-    return loss, stats
+    return loss
 
 
-def _clean_acc(model, x, y, z_all, n_adv: int, clean_too: bool, cost: Cost, probe: int = 32) -> float:
-    """Clean training accuracy of an AT batch, for monitoring: from logits already computed when
-    the batch has clean points, else one no-grad eval-mode forward of ``probe`` examples (a few %
-    of an AT step; eval mode so BatchNorm statistics are not touched)."""
-    if clean_too:
-        zc, yc = z_all[len(x):], y[:n_adv]
-    elif n_adv < len(x):
-        zc, yc = z_all[n_adv:len(x)], y[n_adv:]
-    else:
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            zc, yc = model(x[:probe]), y[:probe]
-        model.train(was)
-        cost.forward += len(yc)
-    return (zc.argmax(1) == yc).float().mean().item()
+def adversarial(per_example: PerExample, entropy_term: bool = False) -> LossFn:
+    """Madry-style AT: ``per_example`` on the adversarial logits. With ``entropy_term`` (AT+EntM)
+    the loss is CE - lam * H, H on the adversarial or, with ``entropy_on="clean"``, the clean
+    logits (one forward pass of the concatenated batch). ``cfg.inner_loss="regularized"`` makes
+    PGD maximise the training loss on the iterate itself instead of plain CE."""
+
+    def loss(model, x, y, cfg, cost: Cost, attack_model=None):
+        reg = (lambda z, t: _entm(z, t, cfg)) if entropy_term else (lambda z, t: per_example(z, t, cfg))
+        n_adv = len(x) if cfg.adv_fraction >= 1 else int(round(cfg.adv_fraction * len(x)))
+        x_in = x
+        if n_adv > 0:
+            inner = reg if cfg.inner_loss == "regularized" else "ce"
+            x_adv = make_adversary(attack_model or model, x[:n_adv], y[:n_adv], cfg, inner, cost)
+            x_in = torch.cat([x_adv, x[n_adv:]]) if n_adv < len(x) else x_adv
+        clean_too = entropy_term and cfg.entropy_on == "clean" and n_adv > 0
+        z_all = model(torch.cat([x_in, x[:n_adv]]) if clean_too else x_in)
+        cost.forward += len(z_all)
+        z = z_all[: len(x_in)]
+        if entropy_term:
+            h = entropy(z_all[len(x_in) :]) if clean_too else entropy(z)
+            if clean_too and n_adv < len(x):  # mixed batch: clean half's entropy is its own
+                h = torch.cat([h, entropy(z[n_adv:])])
+            per_ex = F.cross_entropy(z, y, reduction="none") - cfg.lam * h
+        else:
+            per_ex = per_example(z, y, cfg)
+        out = per_ex.mean()
+        acc = (z[:n_adv].argmax(1) == y[:n_adv]).float().mean().item() if n_adv else float("nan")
+        if clean_too:
+            zc, yc = z_all[len(x) :], y[:n_adv]
+        elif n_adv < len(x):
+            zc, yc = z_all[n_adv : len(x)], y[n_adv:]
+        else:
+            zc, yc = _clean_probe(attack_model or model, x, y, cost)
+        stats = {
+            "loss": out.item(),
+            "acc": acc,
+            "clean_acc": (zc.argmax(1) == yc).float().mean().item(),
+            "entropy": entropy(z.detach()).mean().item(),
+        }
+        return out, stats
+
+    return loss
 
 
-# name -> loss(model, x, y, cfg, cost) -> (loss, stats)
-DEFENSES = {name: functools.partial(defense_loss, name)
-            for name in ("standard", "ls", "entm", "at", "at_ls", "at_entm")}
+def _clean_probe(model, x, y, cost: Cost, probe: int = 32) -> tuple:
+    """Clean logits of an all-adversarial batch, for monitoring: one no-grad eval-mode forward of
+    ``probe`` examples (a few % of an AT step; eval mode so BatchNorm statistics are not touched)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        zc = model(x[:probe])
+    model.train(was)
+    cost.forward += len(zc)
+    return zc, y[:probe]
+
+
+def _ls_check(cfg, num_classes: int) -> None:
+    """``ls_form="others"`` puts a/(K-1) on each wrong class and 1-a on y: from a = (K-1)/K on, y no
+    longer gets the most mass (an inverted objective that would look like a result)."""
+    if cfg.ls_form == "others" and cfg.lam >= (num_classes - 1) / num_classes:
+        raise ConfigError(
+            "lam",
+            f"{cfg.lam!r} with ls_form 'others' puts at least as much mass on each wrong class as on the "
+            f"label; use lam < (K-1)/K = {(num_classes - 1) / num_classes:g}",
+        )
+
+
+# ------------------------------------------------------------------------------------ registry
+_ALPHA = Lam("α", "label-smoothing mass", 0.0, 0.99)  # alpha = 1 makes the target uniform: nothing to learn
+_LAMBDA = Lam("λ", "entropy weight", 0.0, 10.0)  # beyond ~10 the entropy term swamps CE entirely
+_MADRY = "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks"
+
+register(Defense("standard", "Standard", "Standard/AT", False, None, None, natural(_ce), "cross-entropy"))
+register(
+    Defense(
+        "ls",
+        "LS",
+        "LS/AT+LS",
+        False,
+        _ALPHA,
+        "standard",
+        natural(_ls),
+        "Szegedy et al. 2016, Rethinking the Inception Architecture",
+        _ls_check,
+    )
+)
+register(
+    Defense(
+        "entm",
+        "EntM",
+        "EntM/AT+EntM",
+        False,
+        _LAMBDA,
+        "standard",
+        natural(_entm),
+        "Pereyra et al. 2017, Regularizing Neural Networks by Penalizing Confident Output Distributions",
+    )
+)
+register(Defense("at", "AT", "Standard/AT", True, None, "standard", adversarial(_ce), _MADRY))
+register(Defense("at_ls", "AT+LS", "LS/AT+LS", True, _ALPHA, "at", adversarial(_ls), _MADRY, _ls_check))
+register(Defense("at_entm", "AT+EntM", "EntM/AT+EntM", True, _LAMBDA, "at", adversarial(_ce, True), _MADRY))
+
+
+
+def defense_loss(name: str, model, x, y, cfg, cost: Cost, attack_model=None) -> tuple:
+    """Mean training loss of defense ``name`` on the batch and its statistics (see the module docstring)."""
+    return get(name).loss(model, x, y, cfg, cost, attack_model=attack_model)

@@ -17,14 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attacks import ATTACKS, Cost, pgd, run_suite
+from .attacks import Cost, pgd, run_suite
 from .config import TrialConfig
 from .data import load_tensors
 from .defenses import entropy
 from .jacobian import jacobian_stats
 
 SCHEMA = "uncertainty-robust/result/v1"
-RESULT_NAME = "result.json"
 
 
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
@@ -99,12 +98,12 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> di
         for eps in cfg.test_eps:
             c: Cost = suite.cost[(spec.label(), eps)]
             attacks.append({
-                "attack": spec.name, "label": spec.label(), "norm": ATTACKS[spec.name][1], "eps": eps,
-                "steps": 1 if spec.name == "fgsm" else spec.steps, "restarts": 1 if spec.name == "fgsm" else spec.restarts,
-                "step_size": eps if spec.name == "fgsm" else (spec.step_size or 2.5 * eps / spec.steps),
+                "attack": spec.name, "label": spec.label(), "norm": spec.attack.norm, "loss": spec.attack.loss,
+                "eps": eps, "steps": spec.steps, "restarts": spec.restarts,
+                "step_size": spec.attack.step_size(eps, spec.steps, spec.step_size),
                 "acc": float(suite.correct[(spec.label(), eps)].float().mean()), "n_points": n, **c.as_dict()})
     worst = [{"eps": eps, "acc": float(suite.worst[eps].float().mean()), "n_points": n,
-              "attacks": sorted({a["label"] for a in attacks if ATTACKS[a["attack"]][1] == "Linf"})}
+              "attacks": sorted({a["label"] for a in attacks if a["norm"] == "Linf"})}
              for eps in cfg.test_eps]
     jac_x = x[:cfg.jacobian_points]
     jac = jacobian_stats(model, jac_x, exact=True) if cfg.jacobian_points else {}
@@ -165,6 +164,9 @@ def result_record(cfg: TrialConfig, train_summary: dict, evaluation: dict, trial
 
 
 def read_result(trial_dir: os.PathLike) -> Optional[dict]:
-    p = Path(trial_dir) / RESULT_NAME
+    """The trial's result record, None while it has not finished."""
+    from .rundir import TrialDir
+
+    p = TrialDir(trial_dir).result
     return json.loads(p.read_text()) if p.exists() else None
 

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,9 +29,10 @@ from . import checkpoint as ckpt
 from .attacks import Cost
 from .config import TrialConfig
 from .data import dataset_info, load_tensors
-from .defenses import DEFENSES
+from .defenses import get as get_defense
 from .jacobian import jacobian_norms_estimate
 from .models import build_model
+from .rundir import TrialDir
 
 log = logging.getLogger("uncertainty_robust")
 
@@ -91,6 +93,71 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the weights: where the run is and what it has cost."""
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    cost: Cost = field(default_factory=Cost)
+    train_seconds: float = 0.0
+
+
+def restore(path: Path, model, opt, sched, device) -> Optional[TrainState]:
+    """Load a checkpoint into model/optimizer/scheduler and the global RNGs; None when there is none."""
+    state = ckpt.load(path, map_location=device)
+    if state is None:
+        return None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    ckpt.set_rng_state(state["rng"])
+    return TrainState(int(state["epoch"]), json.loads(state["history"]), Cost(**json.loads(state["cost"])),
+                      float(state["train_seconds"]))
+
+
+def train_epoch(net, model, opt, cfg: TrialConfig, x_tr, y_tr, idx, device, cost: Cost, epoch: int) -> dict:
+    """One pass over the shard ``idx`` of the training set; returns per-example sums of the
+    defense's statistics, ``{name: [sum, count]}`` (acc: on what the loss saw)."""
+    rank, _ = rank_world()
+    loss_of = get_defense(cfg.defense).loss
+    net.train()
+    sums = {"loss": [0.0, 0], "acc": [0.0, 0], "clean_acc": [0.0, 0], "entropy": [0.0, 0]}
+    for b, i in enumerate(range(0, len(idx), cfg.batch_size)):
+        bi = idx[i:i + cfg.batch_size]
+        x, y = x_tr[bi].to(device, non_blocking=True), y_tr[bi].to(device, non_blocking=True)
+        if cfg.augment == "crop_flip":
+            x = crop_flip(x)
+        loss, stats = loss_of(net, x, y, cfg, cost, attack_model=model)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        cost.backward += len(x)
+        opt.step()
+        for k in sums:
+            if not math.isnan(stats[k]):
+                sums[k][0] += stats[k] * len(x)
+                sums[k][1] += len(x)
+        if cfg.log_every and rank == 0 and b % cfg.log_every == 0:
+            log.info("epoch %d batch %d loss %.4f", epoch + 1, b, stats["loss"])
+    return sums
+
+
+def end_epoch(cfg: TrialConfig, trial: TrialDir, model, opt, sched, st: TrainState, metrics: dict, writer) -> None:
+    """Rank 0: the atomic checkpoint (RNG state after the epoch's probe, so a resumed run continues
+    from exactly here), TensorBoard scalars and the epoch's log line."""
+    ckpt.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "epoch": st.epoch, "rng": ckpt.rng_state(), "history": json.dumps(st.history),
+                      "cost": json.dumps(st.cost.as_dict()), "train_seconds": st.train_seconds,
+                      "config": json.dumps(cfg.to_dict(), default=str)}, trial.checkpoint)
+    if writer is not None:
+        for k, v in metrics.items():
+            if k != "epoch" and isinstance(v, (int, float)) and not math.isnan(v):
+                writer.add_scalar(k, v, st.epoch)
+        writer.flush()
+    log.info("epoch %d/%d %s", st.epoch, cfg.epochs,
+             " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch",)))
+
+
 def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLike] = None,
         on_epoch_end: Optional[EpochCallback] = None, tensorboard: bool = True,
         stop_after_epochs: Optional[int] = None) -> tuple[torch.nn.Module, dict]:
@@ -100,10 +167,10 @@ def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLik
     ``workdir/checkpoint.pt`` if it exists. ``stop_after_epochs`` ends the call early (used to
     simulate an interruption in tests) exactly as a kill between two epochs would.
     """
-    workdir = Path(workdir)
+    trial = TrialDir(workdir)
     rank, world = rank_world()
     if rank == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
+        trial.root.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = pick_device(cfg)
@@ -111,85 +178,46 @@ def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLik
     model = make_model(cfg).to(device)
     opt = make_optimizer(cfg, model.parameters())
     sched = make_scheduler(cfg, opt)
-    history, cost, start_epoch, train_seconds = [], Cost(), 0, 0.0
-
-    state = ckpt.load(resume_from or workdir / ckpt.CKPT_NAME, map_location=device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"])
-        history = json.loads(state["history"])
-        cost = Cost(**json.loads(state["cost"]))
-        train_seconds = float(state["train_seconds"])
-        if rank == 0:
-            log.info("resumed %s from epoch %d", workdir, start_epoch)
+    st = restore(Path(resume_from or trial.checkpoint), model, opt, sched, device) or TrainState()
+    if st.epoch and rank == 0:
+        log.info("resumed %s from epoch %d", trial.root, st.epoch)
 
     x_tr, y_tr = load_tensors(cfg.dataset, "train", cfg.data_root, n=cfg.n_train, seed=0, download=cfg.download)
     x_te, y_te = load_tensors(cfg.dataset, "test", cfg.data_root, n=min(cfg.n_eval, 512), seed=0, download=cfg.download)
     x_te, y_te = x_te.to(device), y_te.to(device)
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    loss_of = DEFENSES[cfg.defense]
     writer = None
     if tensorboard and rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(workdir / "tb"))
+        writer = SummaryWriter(str(trial.tb))
 
-    sampler = DistributedSampler(range(len(x_tr)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
-    last = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
-    for epoch in range(start_epoch, last):
+    sampler = DistributedSampler(range(len(x_tr)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=False)
+    last = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, st.epoch + stop_after_epochs)
+    for epoch in range(st.epoch, last):
         t0 = time.perf_counter()
-        net.train()
         sampler.set_epoch(epoch)  # order = f(seed, epoch): identical after a resume
         idx = torch.tensor(list(iter(sampler)))
-        sums = {"loss": [0.0, 0], "acc": [0.0, 0], "clean_acc": [0.0, 0], "entropy": [0.0, 0]}  # acc: on what the loss saw
-        for b, i in enumerate(range(0, len(idx), cfg.batch_size)):
-            bi = idx[i:i + cfg.batch_size]
-            x, y = x_tr[bi].to(device, non_blocking=True), y_tr[bi].to(device, non_blocking=True)
-            if cfg.augment == "crop_flip":
-                x = crop_flip(x)
-            loss, stats = loss_of(net, x, y, cfg, cost, attack_model=model)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            cost.backward += len(x)
-            opt.step()
-            for k in sums:
-                if not math.isnan(stats[k]):
-                    sums[k][0] += stats[k] * len(x)
-                    sums[k][1] += len(x)
-            if cfg.log_every and rank == 0 and b % cfg.log_every == 0:
-                log.info("epoch %d batch %d loss %.4f", epoch + 1, b, stats["loss"])
+        sums = train_epoch(net, model, opt, cfg, x_tr, y_tr, idx, device, st.cost, epoch)
         sched.step()
         epoch_seconds = time.perf_counter() - t0
-        train_seconds += epoch_seconds
+        st.train_seconds += epoch_seconds
+        st.epoch = epoch + 1
         metrics = {f"train/{k}": v for k, v in _reduce(sums, device).items()}
         metrics.update(_epoch_probe(model, x_te, y_te, cfg))
-        metrics.update({"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "epoch_seconds": epoch_seconds})
-        history.append(metrics)
-        path = workdir / ckpt.CKPT_NAME
+        metrics.update({"epoch": st.epoch, "lr": opt.param_groups[0]["lr"], "epoch_seconds": epoch_seconds})
+        st.history.append(metrics)
         if rank == 0:
-            # RNG state after the epoch's probe: a resumed run continues from exactly here
-            ckpt.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                              "scheduler": sched.state_dict(), "epoch": epoch + 1, "rng": ckpt.rng_state(),
-                              "history": json.dumps(history), "cost": json.dumps(cost.as_dict()),
-                              "train_seconds": train_seconds, "config": json.dumps(cfg.to_dict(), default=str)}, path)
-            if writer is not None:
-                for k, v in metrics.items():
-                    if k != "epoch" and isinstance(v, (int, float)) and not math.isnan(v):
-                        writer.add_scalar(k, v, epoch + 1)
-                writer.flush()
-            log.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
-                     " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch",)))
+            end_epoch(cfg, trial, model, opt, sched, st, metrics, writer)
         if world > 1:
             dist.barrier()
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, metrics, path)
+            on_epoch_end(st.epoch, metrics, trial.checkpoint)
     if writer is not None:
         writer.close()
-    summary = {"epochs": len(history), "history": history, "cost": cost.as_dict(), "train_seconds": train_seconds,
-               "world_size": world, "completed": len(history) >= cfg.epochs}
+    summary = {"epochs": len(st.history), "history": st.history, "cost": st.cost.as_dict(),
+               "train_seconds": st.train_seconds, "world_size": world, "completed": len(st.history) >= cfg.epochs}
     return model, summary
 
 
@@ -223,11 +251,3 @@ def _epoch_probe(model, x, y, cfg) -> dict:
     model.train(was)
     return {"test/clean_acc": (z.argmax(1) == y).float().mean().item(), "test/entropy": entropy(z).mean().item(),
             "test/jacobian_logits_est": jn["logits"].mean().item(), "test/jacobian_softmax_est": jn["softmax"].mean().item()}
-
-
-if __name__ == "__main__":  # python -m uncertainty_robust.train --defense at_entm --lam 0.5 ...
-    import sys
-
-    from .cli import main
-
-    sys.exit(main())

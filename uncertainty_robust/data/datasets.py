@@ -24,6 +24,8 @@ from importlib import resources
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -82,7 +84,7 @@ _TV = {
 }
 
 
-class DatasetNotFound(FileNotFoundError):
+class DatasetNotFound(UserError, FileNotFoundError):
     """A dataset's files are not where we looked; ``str()`` is one line saying what was
     looked for, where, and how to get it."""
 

@@ -1,0 +1,119 @@
+"""The defense registry and its losses: LS targets, the EntM and LS losses against their formulas,
+AT+EntM's entropy on clean or adversarial inputs, a half-adversarial batch, every registered
+defense takes an optimizer step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from uncertainty_robust.attacks import Cost
+from uncertainty_robust.config import TrialConfig, validate
+from uncertainty_robust.defenses import DEFENSES, entropy, ls_loss, make_adversary, smooth_targets
+from uncertainty_robust.train import make_model
+
+
+@pytest.mark.parametrize("form", ["uniform", "others"])
+def test_label_smoothing_targets(form):
+    y = torch.arange(10).repeat(3)
+    k = 10
+    for a in (0.0, 0.1, 0.5):
+        t = smooth_targets(y, k, a, form)
+        assert torch.allclose(t.sum(1), torch.ones(len(y)))
+        on_true = t.gather(1, y[:, None]).squeeze(1)
+        off = t.masked_select(~F.one_hot(y, k).bool())
+        if form == "uniform":
+            assert torch.allclose(on_true, torch.full_like(on_true, 1 - a + a / k))
+            assert torch.allclose(off, torch.full_like(off, a / k))
+        else:
+            assert torch.allclose(on_true, torch.full_like(on_true, 1 - a))
+            assert torch.allclose(off, torch.full_like(off, a / (k - 1)))
+
+
+def test_ls_and_entm_losses_equal_their_formulas(std_model, batch):
+    x, y = batch
+    with torch.no_grad():
+        z = std_model(x)
+        logp = F.log_softmax(z, 1)
+        h = -(logp.exp() * logp).sum(1)
+        ce = F.cross_entropy(z, y)
+        assert torch.allclose(entropy(z), h)
+        for lam in (0.3, 2.0):
+            loss, stats = DEFENSES["entm"].loss(std_model, x, y, TrialConfig(defense="entm", lam=lam), Cost())
+            assert torch.allclose(loss, ce - lam * h.mean(), atol=1e-6)
+            assert stats["entropy"] == pytest.approx(float(h.mean()), rel=1e-5)
+        a = 0.2
+        t = torch.full((len(y), 10), a / 10)
+        t[torch.arange(len(y)), y] += 1 - a
+        loss, _ = DEFENSES["ls"].loss(std_model, x, y, TrialConfig(defense="ls", lam=a), Cost())
+        assert torch.allclose(loss, -(t * logp).sum(1).mean(), atol=1e-6)
+        assert torch.allclose(ls_loss(z, y, 0.0).mean(), ce)
+        loss, _ = DEFENSES["standard"].loss(std_model, x, y, TrialConfig(), Cost())
+        assert torch.allclose(loss, ce)
+
+
+def _adversary(model, x, y, cfg, seed):
+    torch.manual_seed(seed)
+    return make_adversary(model, x, y, cfg, "ce", Cost())
+
+
+def test_at_entm_entropy_on_clean_or_adversarial(std_model, batch):
+    x, y = batch
+    lam, seed = 0.5, 3
+    losses = {}
+    for on in ("adv", "clean"):
+        cfg = TrialConfig(defense="at_entm", lam=lam, eps=0.2, pgd_steps=5, entropy_on=on)
+        torch.manual_seed(seed)
+        losses[on], _ = DEFENSES["at_entm"].loss(std_model, x, y, cfg, Cost())
+        x_adv = _adversary(std_model, x, y, cfg, seed)
+        with torch.no_grad():
+            z_adv = std_model(x_adv)
+            h = entropy(z_adv if on == "adv" else std_model(x))
+            assert torch.allclose(losses[on], (F.cross_entropy(z_adv, y, reduction="none") - lam * h).mean(), atol=1e-5)
+    assert abs((losses["adv"] - losses["clean"]).item()) > 1e-3
+
+
+def test_adv_fraction_half_mixes_adversarial_and_clean(std_model, batch):
+    x, y = batch
+    seed, half = 4, len(x) // 2
+    cfg = TrialConfig(defense="at", eps=0.3, pgd_steps=5, adv_fraction=0.5)
+    torch.manual_seed(seed)
+    loss, stats = DEFENSES["at"].loss(std_model, x, y, cfg, Cost())
+    x_adv = _adversary(std_model, x[:half], y[:half], cfg, seed)
+    x_all_adv = _adversary(std_model, x, y, TrialConfig(defense="at", eps=0.3, pgd_steps=5), seed)
+    with torch.no_grad():
+        z_adv, z_clean = std_model(x_adv), std_model(x[half:])
+        expected = F.cross_entropy(torch.cat([z_adv, z_clean]), y)
+        all_clean = F.cross_entropy(std_model(x), y)
+        all_adv = F.cross_entropy(std_model(x_all_adv), y)
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert all_clean.item() + 0.1 < loss.item() < all_adv.item() - 0.1  # really a mix of the two
+    assert stats["acc"] == pytest.approx(float((z_adv.argmax(1) == y[:half]).float().mean()))
+
+
+@pytest.mark.parametrize("name", list(DEFENSES))
+def test_every_defense_takes_a_step(name, batch):
+    """Parametrized over the registry: a newly registered defense is tested here with no edit."""
+    x, y = batch
+    lam = min(0.5, DEFENSES[name].lam.hi) if DEFENSES[name].takes_lam else 0.0
+    cfg = validate(TrialConfig(defense=name, lam=lam, width=0.25, eps=0.3, pgd_steps=2))
+    torch.manual_seed(0)
+    model = make_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    cost = Cost()
+    loss, stats = DEFENSES[name].loss(model, x, y, cfg, cost)
+    assert loss.dim() == 0 and math.isfinite(loss.item()) and math.isfinite(stats["loss"])
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and bool(torch.isfinite(p.grad).all()), pname
+    assert any(float(p.grad.abs().max()) > 0 for p in model.parameters())
+    opt.step()
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert cost.forward >= len(x)
+    if cfg.is_adversarial:
+        assert cost.backward == cfg.pgd_steps * len(x)  # the training adversary's input gradients
+        assert 0 <= stats["acc"] <= 1 and 0 <= stats["clean_acc"] <= 1

@@ -1,0 +1,170 @@
+"""The trainer and one trial end to end: bit-identical resume (in process and after SIGKILL),
+adversarial training works, ``run_trial`` writes a complete record and never reruns a finished trial."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from common import AT_EPS, AT_STEPS, STD, acc, fit_quiet
+
+from uncertainty_robust import checkpoint, trial
+from uncertainty_robust.attacks import AttackSpec, run_suite
+from uncertainty_robust.config import TrialConfig, validate
+
+RESUME = dict(defense="at_entm", lam=0.5, eps=0.3, pgd_steps=3, n_train=1000, width=0.25, epochs=3,
+              n_eval=20, jacobian_points=0, test_eps=[0.0], attacks=[AttackSpec("fgsm", steps=1)])
+RESUME_ARGS = ["--defense", "at_entm", "--lam", "0.5", "--eps", "0.3", "--pgd-steps", "3", "--n-train", "1000",
+               "--width", "0.25", "--epochs", "3", "--n-eval", "20", "--jacobian-points", "0", "--test-eps", "0",
+               "--attacks", "fgsm"]
+
+
+@pytest.fixture(scope="module")
+def resume_reference(tmp_path_factory):
+    """The uninterrupted run's final weights."""
+    cfg = validate(TrialConfig(**RESUME))
+    model, summary = fit_quiet(cfg, tmp_path_factory.mktemp("resume_ref"))
+    assert summary["completed"] and summary["epochs"] == cfg.epochs
+    return cfg, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ after resume: {different}"
+
+
+def test_resume_in_process_gives_identical_weights(resume_reference, tmp_path, monkeypatch):
+    cfg, ref = resume_reference
+    d = tmp_path / "b"
+    _, first = fit_quiet(cfg, d, stop_after_epochs=1)
+    assert not first["completed"] and first["epochs"] == 1
+    assert checkpoint.load(d / "checkpoint.pt")["epoch"] == 1
+    shutil.copytree(d, tmp_path / "c")  # the same interrupted state, for the control below
+    model, second = fit_quiet(cfg, d)
+    assert second["completed"] and second["epochs"] == cfg.epochs
+    assert second["history"][0] == first["history"][0]  # epoch 1 restored (its wall time too), not redone
+    _assert_same_weights(model.state_dict(), ref)
+    # control: the same resume without restoring the RNG (PGD's random start draws from it) must
+    # not give the same weights, or this test would not see a broken RNG restore
+    monkeypatch.setattr(checkpoint, "set_rng_state", lambda state: None)
+    model_c, _ = fit_quiet(cfg, tmp_path / "c")
+    assert any(not torch.equal(v, ref[k]) for k, v in model_c.state_dict().items())
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_identical_weights(resume_reference, train_cli, tmp_path):
+    """``python -m uncertainty_robust`` killed with SIGKILL after its first checkpoint, then
+    rerun with the same command, ends with the uninterrupted run's weights, tensor for tensor."""
+    cfg, ref = resume_reference
+    argv, env = train_cli
+    d = tmp_path / "trial"
+    cmd = argv + RESUME_ARGS + ["--workdir", str(d)]
+    ck = d / "checkpoint.pt"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            assert proc.poll() is None, f"trainer ended before it could be killed:\n{proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            if ck.exists() and checkpoint.load(ck)["epoch"] >= 1:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = checkpoint.load(ck)
+    assert 1 <= killed_at["epoch"] < cfg.epochs
+    assert not (d / "model.pt").exists() and not (d / "result.json").exists()
+    # the CLI resolved the same config as the in-process reference
+    assert json.loads((d / "config.json").read_text()) == json.loads(json.dumps(cfg.to_dict()))
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"from epoch {killed_at['epoch']}" in rerun.stderr  # it resumed rather than started over
+    final = checkpoint.load(d / "model.pt")["model"]
+    _assert_same_weights(final, ref)
+    hist = json.loads((d / "result.json").read_text())["train"]["history"]
+    assert len(hist) == cfg.epochs and hist[0] == json.loads(killed_at["history"])[0]
+
+@pytest.mark.slow
+def test_adversarial_training_raises_pgd_accuracy(std_model, std_suite, at_model, mnist_test):
+    x, y = mnist_test
+    torch.manual_seed(0)
+    at = run_suite(at_model, x, y, [AttackSpec("fgsm", steps=1), AttackSpec("pgd", steps=20)], [AT_EPS])
+    rows = {"standard": std_suite, f"at (PGD-{AT_STEPS}, eps {AT_EPS})": at}
+    print(f"\nsmall_cnn width {STD['width']}, {STD['epochs']} epochs on {STD['n_train']} mnist_embedded train "
+          f"points; test: {len(y)} held-out points, PGD-20 (step 2.5*eps/20, random start), eps={AT_EPS}")
+    for name, r in rows.items():
+        print(f"  {name:24s} clean {acc(r.clean_correct):.3f}  FGSM {acc(r.correct[('fgsm', AT_EPS)]):.3f}  "
+              f"PGD-20 {acc(r.correct[('pgd20', AT_EPS)]):.3f}")
+    std_pgd, at_pgd = acc(std_suite.correct[("pgd20", AT_EPS)]), acc(at.correct[("pgd20", AT_EPS)])
+    assert at_pgd >= std_pgd + 0.15
+    assert acc(at.clean_correct) > 0.8  # robust because it learned, not because the suite broke
+
+def test_run_trial_result_record_and_no_rerun(tmp_path, monkeypatch):
+    cfg = validate(TrialConfig(defense="standard", width=0.25, n_train=500, epochs=1, n_eval=40, jacobian_points=20,
+                               test_eps=[0.0, 0.1], attacks=[AttackSpec("fgsm", 1), AttackSpec("pgd", 5),
+                                                             AttackSpec("cw", 5)]))
+    d = tmp_path / "trial"
+    rec = trial.run_trial(cfg, d)
+    on_disk = json.loads((d / "result.json").read_text())
+    assert on_disk == json.loads(json.dumps(rec, default=float))
+    assert TrialConfig.from_dict(on_disk["config"]) == cfg
+    assert 0 <= on_disk["clean_acc"] <= 1 and on_disk["n_points"] == 40
+    grid = {(a["label"], a["eps"]): a for a in on_disk["attacks"]}
+    assert set(grid) == {(s.label(), e) for s in cfg.attacks for e in cfg.test_eps}
+    for (label, eps), a in grid.items():
+        assert a["n_points"] == 40 and 0 <= a["acc"] <= 1
+        assert a["steps"] == {"fgsm": 1, "pgd5": 5, "cw5": 5}[label] and a["norm"] == "Linf"
+        if eps == 0:
+            assert a["acc"] == on_disk["clean_acc"]
+    assert [w["eps"] for w in on_disk["worst_case"]] == cfg.test_eps
+    for w in on_disk["worst_case"]:
+        assert w["n_points"] == 40 and w["acc"] <= min(grid[(s.label(), w["eps"])]["acc"] for s in cfg.attacks)
+    jac = on_disk["jacobian"]
+    assert jac["method"] == "exact"
+    for out in ("logits", "softmax"):
+        assert jac[out]["n"] == 20 and all(jac[out][k] > 0 for k in ("mean", "median", "p95"))
+    assert on_disk["entropy_mean"] > 0 and 0 <= on_disk["ece"] <= 1
+    assert on_disk["cost"]["train"]["forward"] > 0 and on_disk["cost"]["eval"]["backward"] > 0
+    assert on_disk["versions"]["torch"] == torch.__version__
+    assert "git_commit" in on_disk
+    gc = on_disk["git_commit"]
+    assert gc is None or (len(gc) == 40 and all(c in "0123456789abcdef" for c in gc))
+    for name in ("checkpoint.pt", "model.pt", "config.json"):
+        assert (d / name).is_file()
+    model, cfg2 = trial.load_trained(d)
+    assert cfg2 == cfg
+
+    # a finished trial is not run again: same record, no training, checkpoint untouched
+    mtime = (d / "checkpoint.pt").stat().st_mtime_ns
+
+    def no_fit(*a, **k):
+        raise AssertionError("fit() called for a finished trial")
+
+    monkeypatch.setattr(trial, "fit", no_fit)
+    assert trial.run_trial(cfg, d) == on_disk
+    assert (d / "checkpoint.pt").stat().st_mtime_ns == mtime
+
+
+def test_git_commit_is_none_without_a_commit(monkeypatch):
+    from uncertainty_robust import evaluate
+
+    def fake_git(returncode, stdout):
+        return lambda *a, **k: subprocess.CompletedProcess(a, returncode, stdout=stdout, stderr="")
+
+    monkeypatch.setattr(evaluate.subprocess, "run", fake_git(128, "HEAD\n"))  # `git init`, no commit yet
+    assert evaluate.git_commit() is None
+    monkeypatch.setattr(evaluate.subprocess, "run", fake_git(0, "a" * 40 + "\n"))
+    assert evaluate.git_commit() == "a" * 40

@@ -1,0 +1,106 @@
+"""Aggregation of a sweep run (``ur-aggregate RUN``): every finished trial's ``result.json`` -> ``RUN/aggregate/``.
+
+What it writes, and why each piece exists:
+
+- ``tables.md`` and ``table_<dataset>_<model>.{csv,json}``: the paper's layout (rows = methods,
+  columns = clean, attack@eps, worst@eps), mean ± std over seeds (sample std, ddof=1; blank for
+  one seed), with dataset, model, n_points and attack settings stated next to the numbers and an
+  audit column, because a robust accuracy means nothing without its threat model and red flags.
+- ``tb/``: TensorBoard: HParams (one session per trial), accuracy-vs-eps curves, Jacobian norm vs
+  lambda, eps_train x eps_test matrices (scalars + a custom-scalars layout), adversarial examples,
+  audit flags as text. Scalar steps are integers, so curves use x = ``round(1000 * eps)``.
+- ``figures/*.png`` (when matplotlib is importable) and ``examples/*.png`` (torchvision + Pillow).
+- ``summary.json`` (counts, flags, skipped checks) and ``transfer.json`` (the audit's transfer
+  attacks; the next aggregation reuses them as a cache).
+
+Safe while trials are still running (``result.json`` appears atomically and last) and idempotent:
+everything goes to a temporary sibling directory that replaces ``aggregate/`` at the end. Only
+records with our ``schema`` are read: Ray Tune writes its own ``result.json`` (JSON lines) into
+the same run directory.
+
+Modules: :mod:`.scan` (trials, groups, per-trial values), :mod:`.tables` (tables and derived
+series), :mod:`.tensorboard`, :mod:`.figures`; :func:`aggregate` ties them together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .. import audit as au
+from ..rundir import RunDir, read_json
+from .figures import write_figures
+from .scan import Group, NoTrialsError, Scan, Trial, group_trials, hparams, metrics, scan_run, slug
+from .tables import build_tables, matrices, matrix_markdown, table_markdown, write_table_files
+from .tensorboard import write_tensorboard
+
+__all__ = ["Group", "NoTrialsError", "Scan", "Summary", "Trial", "aggregate", "build_tables", "group_trials",
+           "hparams", "metrics", "scan_run", "slug"]
+
+
+@dataclass
+class Summary:
+    out: Path
+    n_trials: int
+    unfinished: list
+    ignored: list
+    markdown: str
+    flags: dict  # trial name -> [Flag]
+    transfers: dict
+
+
+def aggregate(run_dir, out=None, transfer: bool = True, rules: Optional[au.AuditRules] = None, device=None) -> Summary:
+    """Read the run, audit every trial, write ``out`` (default ``RUN/aggregate``). Raises
+    NoTrialsError when the run has no trials at all (finished or not)."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else RunDir(run_dir).aggregate
+    scan = scan_run(run_dir, exclude=[out])
+    if not scan.trials and not scan.unfinished:
+        raise NoTrialsError(f"no trials under {run_dir} (no result.json, config.json or checkpoint.pt)")
+    transfers, errors = au.transfers_for_run([(t.dir, t.record) for t in scan.trials], read_json(out / "transfer.json") or {},
+                                             device) if transfer else ({}, {})
+    for t in scan.trials:
+        if t.name in transfers:
+            t.record["transfer"] = transfers[t.name]
+        t.skipped += errors.get(t.name, [])
+        t.flags = au.audit(t.record, rules, t.skipped)
+    groups = group_trials(scan.trials)
+    tables = build_tables(groups)
+    md = [f"# Aggregate of {run_dir.name}", "", f"{len(scan.trials)} finished trial(s); {len(scan.unfinished)} unfinished "
+          f"trial(s) skipped.", ""] + [table_markdown(t) for t in tables]
+    md += [matrix_markdown(k, m) for k, m in matrices(groups).items()]
+    audit_md = "\n".join(f"- {t.name}: " + ("; ".join(str(f) for f in t.flags) or "no flags") for t in scan.trials)
+    markdown = "\n".join(md) + "\n## Audit flags\n\n" + (audit_md or "(no finished trials)") + "\n"
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / "tables.md").write_text(markdown)
+        for tab in tables:
+            write_table_files(tab, tmp)
+        (tmp / "transfer.json").write_text(json.dumps(transfers, indent=1))
+        summary = {"run_dir": str(run_dir), "n_trials": len(scan.trials), "n_unfinished": len(scan.unfinished),
+                   "unfinished": [str(p) for p in scan.unfinished], "ignored": [str(p) for p in scan.ignored],
+                   "flags": {t.name: [f.as_dict() for f in t.flags] for t in scan.trials},
+                   "skipped_checks": {t.name: t.skipped for t in scan.trials}, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+        if scan.trials:
+            write_tensorboard(tmp / "tb", scan.trials, groups, markdown, audit_md)
+            write_figures(tmp / "figures", groups)
+        _swap(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Summary(out, len(scan.trials), scan.unfinished, scan.ignored, markdown, {t.name: t.flags for t in scan.trials}, transfers)
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
