@@ -5,10 +5,10 @@ Restoring is decided from disk alone (``Tuner.can_restore``), so a driver restar
 a preemption, a time limit or ``scontrol requeue`` continues the same experiment: finished trials
 keep their results, unfinished and errored ones resume from their last checkpoint.
 """
+
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import sys
@@ -50,8 +50,10 @@ class DriverLock:
                     continue
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
-                raise SweepLocked(f"run {self.path.parent} is already being driven by {holder}; "
-                                  "wait for it or stop it first") from None
+                raise SweepLocked(
+                    f"run {self.path.parent} is already being driven by {holder}; "
+                    "wait for it or stop it first"
+                ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
         self.fd = fd
@@ -63,8 +65,12 @@ class DriverLock:
             os.close(self.fd)
 
 
-def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_gpus: Optional[int] = None,
-             object_store_mb: int = 512) -> None:
+def init_ray(
+    address: Optional[str] = None,
+    num_cpus: Optional[int] = None,
+    num_gpus: Optional[int] = None,
+    object_store_mb: int = 512,
+) -> None:
     import ray
 
     if ray.is_initialized():
@@ -73,8 +79,16 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, num_
         ray.init(address=address, log_to_driver=True)
     else:
         # the dashboard process serves the State API that Ray Train's placement-group cleaner polls
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=None, dashboard_host="127.0.0.1",
-                 dashboard_port=None, object_store_memory=object_store_mb * 1024 * 1024, log_to_driver=True)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=None,
+            dashboard_host="127.0.0.1",
+            dashboard_port=None,
+            object_store_memory=object_store_mb * 1024 * 1024,
+            log_to_driver=True,
+        )
 
 
 def _max_concurrent(resources: dict, search: dict) -> int:
@@ -105,11 +119,22 @@ def _trial_name(trial) -> str:
 
 
 def _reporter(cls):
-    return cls(parameter_columns={"trial/defense": "defense", "trial/lam": "lam", "trial/eps": "eps",
-                                  "trial/seed": "seed"},
-               metric_columns={"training_iteration": "iter", "test_clean_acc": "clean(probe)",
-                               "clean_acc": "clean", "worst_mean": "worst(mean eps)"},
-               max_report_frequency=30, sort_by_metric=False)
+    return cls(
+        parameter_columns={
+            "trial/defense": "defense",
+            "trial/lam": "lam",
+            "trial/eps": "eps",
+            "trial/seed": "seed",
+        },
+        metric_columns={
+            "training_iteration": "iter",
+            "test_clean_acc": "clean(probe)",
+            "clean_acc": "clean",
+            "worst_mean": "worst(mean eps)",
+        },
+        max_report_frequency=30,
+        sort_by_metric=False,
+    )
 
 
 def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
@@ -122,8 +147,8 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
     # and blank out the aggregate's HParams table in `tensorboard --logdir RUN`; keep JSON + CSV.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune import CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from . import trainables
 
@@ -132,7 +157,9 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
     plan = rd.read_plan()
     resources, search = plan["resources"], plan["search"]
     trainables.register_all()
-    trainable = tune.with_resources(trainables.TRAINABLES[trainables.GENERIC], {"CPU": 0, "memory": 64 * 1024 * 1024})
+    trainable = tune.with_resources(
+        trainables.TRAINABLES[trainables.GENERIC], {"CPU": 0, "memory": 64 * 1024 * 1024}
+    )
     exp_path = rd.tune
     if Tuner.can_restore(str(exp_path)):
         log.info("restoring experiment %s (finished trials are kept)", exp_path)
@@ -148,17 +175,26 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
         if search.get("scheduler") == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(time_attr="training_iteration", metric="test_clean_acc", mode="max",
-                                      grace_period=1)
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration", metric="test_clean_acc", mode="max", grace_period=1
+            )
         tuner = Tuner(
             trainable,
             param_space=param_space,
-            tune_config=TuneConfig(max_concurrent_trials=_max_concurrent(resources, search), scheduler=scheduler,
-                                   trial_dirname_creator=lambda t: t.trial_id, trial_name_creator=_trial_name),
-            run_config=RunConfig(name=rd.tune.name, storage_path=str(run_dir), verbose=verbose,
-                                 progress_reporter=_reporter(CLIReporter),
-                                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
-                                 failure_config=FailureConfig(max_failures=int(search.get("trial_retries", 2)))),
+            tune_config=TuneConfig(
+                max_concurrent_trials=_max_concurrent(resources, search),
+                scheduler=scheduler,
+                trial_dirname_creator=lambda t: t.trial_id,
+                trial_name_creator=_trial_name,
+            ),
+            run_config=RunConfig(
+                name=rd.tune.name,
+                storage_path=str(run_dir),
+                verbose=verbose,
+                progress_reporter=_reporter(CLIReporter),
+                callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+                failure_config=FailureConfig(max_failures=int(search.get("trial_retries", 2))),
+            ),
         )
     results = tuner.fit()
     errors = [_last_line(r.error) for r in results if r.error]

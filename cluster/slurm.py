@@ -9,9 +9,9 @@ On preemption or time limit submitit calls :meth:`SweepJob.checkpoint`, which re
 job; a requeue from outside (``scontrol requeue``) restarts it without that call. Either way the
 restarted driver restores the Tune experiment from disk.
 """
+
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -69,32 +69,46 @@ def check_slurm(opts: dict, resources: dict) -> None:
     try:
         r = _run(["sinfo", "-h", "-o", "%P|%c|%D|%a"])
     except subprocess.TimeoutExpired:
-        raise SlurmError("SLURM controller does not answer (sinfo timed out); is slurmctld running?") from None
+        raise SlurmError(
+            "SLURM controller does not answer (sinfo timed out); is slurmctld running?"
+        ) from None
     if r.returncode != 0:
         msg = (r.stderr.strip().splitlines() or ["no output"])[-1]
         raise SlurmError(f"SLURM controller unreachable (sinfo: {msg}); is slurmctld running?")
     parts = {}
     for line in r.stdout.split():
         name, cpus, nodes, avail = line.split("|")
-        parts[name.rstrip("*")] = {"default": name.endswith("*"), "cpus": int(cpus.rstrip("+")), "nodes": int(nodes),
-                                   "up": avail == "up"}
+        parts[name.rstrip("*")] = {
+            "default": name.endswith("*"),
+            "cpus": int(cpus.rstrip("+")),
+            "nodes": int(nodes),
+            "up": avail == "up",
+        }
     if opts["partition"] is None:
         opts["partition"] = next((p for p, v in parts.items() if v["default"]), None)
         if opts["partition"] is None:
             raise SlurmError(f"--partition: none given and no default; partitions: {', '.join(parts)}")
     if opts["partition"] not in parts:
-        raise SlurmError(f"--partition: unknown partition {opts['partition']!r}; partitions: {', '.join(sorted(parts))}")
+        raise SlurmError(
+            f"--partition: unknown partition {opts['partition']!r}; partitions: {', '.join(sorted(parts))}"
+        )
     p = parts[opts["partition"]]
     if not p["up"]:
         raise SlurmError(f"--partition: partition {opts['partition']!r} is not up")
     if opts["nodes"] > p["nodes"]:
-        raise SlurmError(f"--nodes: {opts['nodes']} requested, partition {opts['partition']!r} has {p['nodes']}")
+        raise SlurmError(
+            f"--nodes: {opts['nodes']} requested, partition {opts['partition']!r} has {p['nodes']}"
+        )
     if opts["cpus_per_node"] > p["cpus"]:
-        raise SlurmError(f"--cpus-per-node: {opts['cpus_per_node']} requested, nodes of {opts['partition']!r} have {p['cpus']}")
+        raise SlurmError(
+            f"--cpus-per-node: {opts['cpus_per_node']} requested, nodes of {opts['partition']!r} have {p['cpus']}"
+        )
     need = resources["workers"] * resources["cpus_per_worker"]
     if need > opts["cpus_per_node"] * opts["nodes"]:
-        raise SlurmError(f"resources: one trial needs {need:g} CPUs, the job has {opts['nodes']} x "
-                         f"{opts['cpus_per_node']} (raise --cpus-per-node/--nodes or lower resources.workers)")
+        raise SlurmError(
+            f"resources: one trial needs {need:g} CPUs, the job has {opts['nodes']} x "
+            f"{opts['cpus_per_node']} (raise --cpus-per-node/--nodes or lower resources.workers)"
+        )
     if resources["gpus_per_worker"] > 0 and not opts["gpus_per_node"]:
         raise SlurmError("resources.gpus_per_worker > 0 but the job asks for no GPUs: set --gpus-per-node")
 
@@ -109,10 +123,16 @@ def _extra_params(extra: list) -> dict:
 
 def executor_for(run_dir: Path, opts: dict) -> submitit.AutoExecutor:
     ex = submitit.AutoExecutor(folder=str(RunDir(run_dir).slurm_logs / "%j"), cluster="slurm")
-    params = dict(slurm_partition=opts["partition"], nodes=opts["nodes"], tasks_per_node=1,
-                  cpus_per_task=opts["cpus_per_node"], timeout_min=opts["time_min"], name=f"ur-{run_dir.name}",
-                  slurm_setup=[f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}"],
-                  slurm_additional_parameters=_extra_params(opts["extra"]))
+    params = dict(
+        slurm_partition=opts["partition"],
+        nodes=opts["nodes"],
+        tasks_per_node=1,
+        cpus_per_task=opts["cpus_per_node"],
+        timeout_min=opts["time_min"],
+        name=f"ur-{run_dir.name}",
+        slurm_setup=[f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        slurm_additional_parameters=_extra_params(opts["extra"]),
+    )
     if opts["gpus_per_node"]:
         params["gpus_per_node"] = opts["gpus_per_node"]
     if opts["mem_gb"]:
@@ -134,7 +154,9 @@ def _queue_state(job_id) -> Optional[str]:
     if r.returncode != 0:
         if "Invalid job id" in r.stderr:  # purged from the controller (MinJobAge): it ended
             return None
-        raise SlurmError(f"squeue failed for job {job_id}: {(r.stderr.strip().splitlines() or ['no output'])[-1]}")
+        raise SlurmError(
+            f"squeue failed for job {job_id}: {(r.stderr.strip().splitlines() or ['no output'])[-1]}"
+        )
     return r.stdout.strip() or None
 
 
@@ -147,7 +169,9 @@ def active_job(run_dir: Path) -> Optional[str]:
     try:
         state = _queue_state(job_id)
     except SlurmError as e:
-        raise SlurmError(f"cannot tell whether job {job_id} of this run is still queued ({e}); try again") from None
+        raise SlurmError(
+            f"cannot tell whether job {job_id} of this run is still queued ({e}); try again"
+        ) from None
     return job_id if state and state not in ("COMPLETED", "FAILED", "CANCELLED") else None
 
 
@@ -171,16 +195,25 @@ def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
     rd = RunDir(run_dir)
     job_id = active_job(run_dir)
     if job_id:
-        raise SlurmError(f"run {run_dir.name} already has SLURM job {job_id} queued or running; "
-                         f"wait for it, or scancel {job_id}")
+        raise SlurmError(
+            f"run {run_dir.name} already has SLURM job {job_id} queued or running; "
+            f"wait for it, or scancel {job_id}"
+        )
     rd.failed.unlink(missing_ok=True)
     ex = executor_for(run_dir, opts)
     job = ex.submit(SweepJob(str(run_dir), aggregate=opts.get("aggregate", True)))
-    info = {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), **opts,
-            "stdout": str(job.paths.stdout).replace("%t", "0"), "stderr": str(job.paths.stderr).replace("%t", "0")}
+    info = {
+        "job_id": job.job_id,
+        "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **opts,
+        "stdout": str(job.paths.stdout).replace("%t", "0"),
+        "stderr": str(job.paths.stderr).replace("%t", "0"),
+    }
     write_json(info, rd.slurm_job)
-    print(f"submitted SLURM job {job.job_id} (partition {opts['partition']}, {opts['nodes']} node(s) x "
-          f"{opts['cpus_per_node']} CPUs, {opts['time_min']} min)")
+    print(
+        f"submitted SLURM job {job.job_id} (partition {opts['partition']}, {opts['nodes']} node(s) x "
+        f"{opts['cpus_per_node']} CPUs, {opts['time_min']} min)"
+    )
     print(f"logs:        {info['stdout']}\n             {info['stderr']}")
     print(f"TensorBoard: tensorboard --logdir {run_dir} --host 127.0.0.1")
     print(f"status:      python sweeps/launch.py --status {run_dir.name} --storage {run_dir.parent}")
@@ -210,11 +243,22 @@ class SweepJob(submitit.helpers.Checkpointable):
         run_dir = RunDir(self.run_dir)
         restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         tag = f"{env.job_id}.{restart}"
-        cpus = int(os.environ.get("SLURM_CPUS_ON_NODE") or os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count())
+        cpus = int(
+            os.environ.get("SLURM_CPUS_ON_NODE") or os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count()
+        )
         gpus = _gpus_on_node()
-        run_dir.event({"event": "task_start", "rank": env.global_rank, "job": env.job_id, "restart": restart,
-                         "node": env.hostname, "slurm_node": os.environ.get("SLURMD_NODENAME"), "cpus": cpus,
-                         "gpus": gpus})
+        run_dir.event(
+            {
+                "event": "task_start",
+                "rank": env.global_rank,
+                "job": env.job_id,
+                "restart": restart,
+                "node": env.hostname,
+                "slurm_node": os.environ.get("SLURMD_NODENAME"),
+                "cpus": cpus,
+                "gpus": gpus,
+            }
+        )
         if env.global_rank == 0:
             return self._head(run_dir, tag, cpus, gpus, env.num_nodes)
         return self._worker(run_dir, tag, cpus, gpus)
@@ -245,8 +289,10 @@ class SweepJob(submitit.helpers.Checkpointable):
                 _aggregate(run_dir)
             return summary
         except Exception as e:
-            run_dir.failed.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {tag}: "
-                                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
+            run_dir.failed.write_text(
+                f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {tag}: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
+            )
             traceback.print_exc()
             raise
         finally:
@@ -262,7 +308,17 @@ class SweepJob(submitit.helpers.Checkpointable):
             time.sleep(1)
         addr = head_file.read_text().strip()
         ray_bin = str(Path(sys.executable).with_name("ray"))
-        cmd = [ray_bin, "start", "--address", addr, "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--block"]
+        cmd = [
+            ray_bin,
+            "start",
+            "--address",
+            addr,
+            "--num-cpus",
+            str(cpus),
+            "--num-gpus",
+            str(gpus),
+            "--block",
+        ]
         env = dict(os.environ)
         token = run_dir.auth_token(tag)
         if token.exists():
@@ -272,7 +328,9 @@ class SweepJob(submitit.helpers.Checkpointable):
             while not done.exists() and proc.poll() is None:
                 time.sleep(2)
             if not done.exists():  # ray start died: tell the head now rather than after its timeout
-                run_dir.ray_worker_failed(tag).write_text(f"{os.uname().nodename}: ray start exited {proc.returncode}")
+                run_dir.ray_worker_failed(tag).write_text(
+                    f"{os.uname().nodename}: ray start exited {proc.returncode}"
+                )
         finally:
             if proc.poll() is None:
                 proc.terminate()
@@ -313,9 +371,13 @@ def _wait_for_nodes(run_dir: RunDir, tag: str, n: int, timeout: float) -> None:
     while len([x for x in ray.nodes() if x["Alive"]]) < n:
         failed = run_dir.ray_worker_failed(tag)
         if failed.exists():
-            raise RuntimeError(f"a Ray worker could not join: {failed.read_text().strip()} (see the task logs)")
+            raise RuntimeError(
+                f"a Ray worker could not join: {failed.read_text().strip()} (see the task logs)"
+            )
         if time.time() - t0 > timeout:
-            raise RuntimeError(f"only {len([x for x in ray.nodes() if x['Alive']])} of {n} Ray nodes joined in {timeout:.0f} s")
+            raise RuntimeError(
+                f"only {len([x for x in ray.nodes() if x['Alive']])} of {n} Ray nodes joined in {timeout:.0f} s"
+            )
         time.sleep(1)
 
 

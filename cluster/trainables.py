@@ -11,6 +11,7 @@ A trial's identity is its config (``TrialConfig.trial_id``), not Tune's trial na
 relaunched or requeued sweep finds the same directories, and a trial whose ``result.json``
 exists is reported from disk instead of being trained again.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,10 @@ def _log_start(trial_dir: Path, what: str) -> None:
     """Append one line per start: tests and humans count (re)starts from it."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     with open(TrialDir(trial_dir).starts, "a") as f:
-        f.write(json.dumps({"event": what, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}) + "\n")
+        f.write(
+            json.dumps({"event": what, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()})
+            + "\n"
+        )
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -110,10 +114,16 @@ def run_one(config: dict) -> None:
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"trial": cfg.to_dict(), "trial_dir": str(trial_dir), "cpus_per_worker": cpus},
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker
+            ),
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            run_config=RunConfig(name=name, storage_path=str(run_dir.root / "train"), callbacks=[TuneReportCallback()],
-                                 failure_config=FailureConfig(max_failures=int(config.get("worker_retries", 2)))),
+            run_config=RunConfig(
+                name=name,
+                storage_path=str(run_dir.root / "train"),
+                callbacks=[TuneReportCallback()],
+                failure_config=FailureConfig(max_failures=int(config.get("worker_retries", 2))),
+            ),
         )
         trainer.fit()  # raises (and Tune retries the trial) if the workers failed for good
         record = read_result(trial_dir)
@@ -125,7 +135,9 @@ def run_one(config: dict) -> None:
 def _bound(defense: str):
     def trainable(config: dict) -> None:
         if config["trial"].get("defense", defense) != defense:
-            raise ValueError(f"trainable {TRAINABLE_PREFIX}{defense} got defense {config['trial']['defense']!r}")
+            raise ValueError(
+                f"trainable {TRAINABLE_PREFIX}{defense} got defense {config['trial']['defense']!r}"
+            )
         run_one({**config, "trial": {**config["trial"], "defense": defense}})
 
     trainable.__name__ = f"{TRAINABLE_PREFIX}{defense}"

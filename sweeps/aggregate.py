@@ -8,6 +8,7 @@ audit, written to RUN/aggregate/ (or --out). Rerun it any time, also while trial
 Prints the Markdown tables, how many unfinished trials were skipped and the audit flags.
 Exit 2 with one line when RUN_DIR is missing or holds no trials at all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,15 +19,27 @@ from uncertainty_robust.errors import UserError, exit_on_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sweeps/aggregate.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="sweeps/aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir", type=Path, help="the sweep's run directory (holds trials/<trial>/result.json)")
-    p.add_argument("--out", type=Path, help="output directory (default RUN_DIR/aggregate); replaced as a whole")
-    p.add_argument("--no-transfer", action="store_true",
-                   help="skip the transfer attack from the standard model (the audit then says the check was skipped)")
-    p.add_argument("--large-eps", type=float, default=None,
-                   help="L-inf eps from which accuracy must be ~0 (default 0.5: every input reaches the constant image)")
-    p.add_argument("--device", default=None, help="device for the transfer attacks (default cuda if available, else cpu)")
+    p.add_argument(
+        "--out", type=Path, help="output directory (default RUN_DIR/aggregate); replaced as a whole"
+    )
+    p.add_argument(
+        "--no-transfer",
+        action="store_true",
+        help="skip the transfer attack from the standard model (the audit then says the check was skipped)",
+    )
+    p.add_argument(
+        "--large-eps",
+        type=float,
+        default=None,
+        help="L-inf eps from which accuracy must be ~0 (default 0.5: every input reaches the constant image)",
+    )
+    p.add_argument(
+        "--device", default=None, help="device for the transfer attacks (default cuda if available, else cpu)"
+    )
     return p
 
 
@@ -38,8 +51,13 @@ def main(argv=None) -> int:
 
     if not args.run_dir.is_dir():
         raise UserError(f"{args.run_dir} is not a directory")
-    s = aggregate(args.run_dir, out=args.out, transfer=not args.no_transfer,
-                  rules=AuditRules(large_eps=args.large_eps), device=args.device)
+    s = aggregate(
+        args.run_dir,
+        out=args.out,
+        transfer=not args.no_transfer,
+        rules=AuditRules(large_eps=args.large_eps),
+        device=args.device,
+    )
     print(s.markdown)
     print(f"{s.n_trials} finished trial(s) aggregated; {len(s.unfinished)} unfinished trial(s) skipped")
     for d in s.unfinished:

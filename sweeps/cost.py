@@ -1,5 +1,6 @@
 """Cost of a sweep before it runs: gradient evaluations counted from the configs, and CPU-hours
 from a step time measured here (a few forward+backward passes of the trial's model)."""
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,14 @@ def grad_evals(c: TrialConfig) -> float:
 
 
 def _train_size(name: str) -> int:
-    return {"mnist_embedded": 8000, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000,
-            "svhn": 73257}.get(name, 50000)
+    return {
+        "mnist_embedded": 8000,
+        "mnist": 60000,
+        "fashion_mnist": 60000,
+        "cifar10": 50000,
+        "cifar100": 50000,
+        "svhn": 73257,
+    }.get(name, 50000)
 
 
 def seconds_per_example(c: TrialConfig, batch: int = 64, reps: int = 3) -> float:
@@ -59,5 +66,10 @@ def estimate(trials: list) -> dict:
         g = grad_evals(c)
         per.append({"grad_evals": g, "cpu_hours": g * cache[key] / 3600})
     sec = next(iter(cache.values())) if cache else 0.0
-    return {"per_trial": per, "grad_evals": sum(p["grad_evals"] for p in per),
-            "cpu_hours": sum(p["cpu_hours"] for p in per), "sec_per_grad_eval": sec, "threads": 1}
+    return {
+        "per_trial": per,
+        "grad_evals": sum(p["grad_evals"] for p in per),
+        "cpu_hours": sum(p["cpu_hours"] for p in per),
+        "sec_per_grad_eval": sec,
+        "threads": 1,
+    }

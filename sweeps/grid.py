@@ -28,6 +28,7 @@ Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` f
     slurm: {nodes: 1, time_min: 240, cpus_per_node: null, gpus_per_node: 0, mem_gb: null,
             account: null, qos: null, constraint: null, extra: []}
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,11 +52,30 @@ for _key, _name in _FIELDS.items():
         SECTIONS.setdefault(_sec, {})[_k] = _name
 TOP_FIELDS = tuple(k for k in _FIELDS if "." not in k and k not in AXES)
 RESOURCES = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
-SEARCH = {"mode": "grid", "num_samples": 1, "scheduler": "none", "metric": "worst_mean", "max_concurrent": None,
-          "trial_retries": 2, "worker_retries": 2, "seed": 0}
-SLURM = {"nodes": 1, "time_min": 240, "cpus_per_node": None, "gpus_per_node": 0, "mem_gb": None, "account": None,
-         "qos": None, "constraint": None, "extra": []}
-TOP_KEYS = set(TOP_FIELDS) | set(SECTIONS) | set(AXES) | {"name", "description", "resources", "search", "slurm"}
+SEARCH = {
+    "mode": "grid",
+    "num_samples": 1,
+    "scheduler": "none",
+    "metric": "worst_mean",
+    "max_concurrent": None,
+    "trial_retries": 2,
+    "worker_retries": 2,
+    "seed": 0,
+}
+SLURM = {
+    "nodes": 1,
+    "time_min": 240,
+    "cpus_per_node": None,
+    "gpus_per_node": 0,
+    "mem_gb": None,
+    "account": None,
+    "qos": None,
+    "constraint": None,
+    "extra": [],
+}
+TOP_KEYS = (
+    set(TOP_FIELDS) | set(SECTIONS) | set(AXES) | {"name", "description", "resources", "search", "slurm"}
+)
 
 
 class GridError(ConfigError):
@@ -113,7 +133,9 @@ def _attack(key: str, a: Any) -> dict:
     if isinstance(a, dict):
         extra = sorted(set(a) - {"name", "steps", "step_size", "restarts", "random_start"})
         if extra:
-            raise GridError(f"{key}.{extra[0]}", "unknown key; allowed: name, steps, step_size, restarts, random_start")
+            raise GridError(
+                f"{key}.{extra[0]}", "unknown key; allowed: name, steps, step_size, restarts, random_start"
+            )
         return dict(a)
     try:
         return dataclasses.asdict(AttackSpec.parse(a, key))
@@ -146,7 +168,9 @@ def parse_grid(text: str) -> Grid:
     if isinstance(lambdas, dict):
         bad = sorted(set(lambdas) - set(with_lam))
         if bad:
-            raise GridError(f"lambdas.{bad[0]}", f"not a defense with a lambda; allowed: {', '.join(with_lam)}")
+            raise GridError(
+                f"lambdas.{bad[0]}", f"not a defense with a lambda; allowed: {', '.join(with_lam)}"
+            )
         lam_of = {d: _list(f"lambdas.{d}", v, (int, float)) for d, v in lambdas.items()}
     else:
         lam_list = _list("lambdas", lambdas, (int, float))
@@ -162,8 +186,10 @@ def parse_grid(text: str) -> Grid:
                 raise GridError(f"{sec}.{k}", f"unknown key; allowed: {', '.join(mapping)}")
             base[mapping[k]] = v
     if "attacks" in base:
-        base["attacks"] = [_attack(f"evaluation.attacks[{i}]", a)
-                           for i, a in enumerate(_list("evaluation.attacks", base["attacks"]))]
+        base["attacks"] = [
+            _attack(f"evaluation.attacks[{i}]", a)
+            for i, a in enumerate(_list("evaluation.attacks", base["attacks"]))
+        ]
     if "test_eps" in base:
         _list("evaluation.test_eps", base["test_eps"], (int, float))
     resources = _section(data, "resources", RESOURCES)
@@ -180,7 +206,9 @@ def parse_grid(text: str) -> Grid:
         epss = eps_list if spec.adversarial else [base.get("eps", TrialConfig().eps)]
         for lam, eps, seed in itertools.product(lams, epss, seeds):
             try:
-                cfg = TrialConfig(**{**base, "defense": d, "lam": float(lam), "eps": float(eps), "seed": int(seed)})
+                cfg = TrialConfig(
+                    **{**base, "defense": d, "lam": float(lam), "eps": float(eps), "seed": int(seed)}
+                )
                 validate(cfg)
             except ConfigError as e:
                 raise GridError(_grid_key(e.key), e.msg) from None
@@ -200,7 +228,7 @@ def _grid_key(key: str) -> str:
     name = key.split("[")[0].split(".")[0]
     for gk, field_name in _FIELDS.items():
         if field_name == name:
-            return gk + key[len(name):]
+            return gk + key[len(name) :]
     return key
 
 
@@ -244,6 +272,8 @@ def load_grid(path: Path) -> Grid:
 
 def trial_resources(grid: Grid) -> dict:
     r = grid.resources
-    return {"workers": int(r["workers"]), "cpus_per_worker": float(r["cpus_per_worker"]),
-            "gpus_per_worker": float(r["gpus_per_worker"])}
-
+    return {
+        "workers": int(r["workers"]),
+        "cpus_per_worker": float(r["cpus_per_worker"]),
+        "gpus_per_worker": float(r["gpus_per_worker"]),
+    }

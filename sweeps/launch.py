@@ -8,14 +8,14 @@
 Launching again with the same --name resumes: finished trials are kept, unfinished and errored
 trials continue from their last checkpoint. Bad input exits 2 with one line.
 """
+
 from __future__ import annotations
 
 import argparse
-import re
 import logging
 import os
+import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,11 +32,18 @@ class LaunchError(UserError, ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sweeps/launch.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", default="quickstart", help="YAML grid: a path, or a bare name found in sweeps/ (default: quickstart)")
+    p = argparse.ArgumentParser(
+        prog="sweeps/launch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--grid",
+        default="quickstart",
+        help="YAML grid: a path, or a bare name found in sweeps/ (default: quickstart)",
+    )
     p.add_argument("--name", help="experiment name (default: the grid's name); the same name resumes")
-    p.add_argument("--cluster", choices=["local", "slurm"], help="default: slurm when sbatch is on PATH, else local")
+    p.add_argument(
+        "--cluster", choices=["local", "slurm"], help="default: slurm when sbatch is on PATH, else local"
+    )
     p.add_argument("--partition", help="SLURM partition (checked against sinfo)")
     p.add_argument("--nodes", type=int, help="SLURM nodes (default from the grid's slurm.nodes)")
     p.add_argument("--time", type=int, dest="time_min", help="SLURM time limit in minutes")
@@ -46,12 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account")
     p.add_argument("--qos")
     p.add_argument("--constraint")
-    p.add_argument("--sbatch-opt", action="append", default=[], help="extra sbatch option, repeatable (e.g. --sbatch-opt=--exclusive)")
+    p.add_argument(
+        "--sbatch-opt",
+        action="append",
+        default=[],
+        help="extra sbatch option, repeatable (e.g. --sbatch-opt=--exclusive)",
+    )
     p.add_argument("--wait", action="store_true", help="SLURM: follow the job until it ends")
-    p.add_argument("--dry-run", action="store_true", help="print the trials and a cost estimate; submit nothing")
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
-    p.add_argument("--storage", default=os.environ.get("UR_STORAGE", "runs"),
-                   help="where run directories live (shared storage on a cluster; default ./runs or $UR_STORAGE)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the trials and a cost estimate; submit nothing"
+    )
+    p.add_argument(
+        "--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)"
+    )
+    p.add_argument(
+        "--storage",
+        default=os.environ.get("UR_STORAGE", "runs"),
+        help="where run directories live (shared storage on a cluster; default ./runs or $UR_STORAGE)",
+    )
     p.add_argument("--num-cpus", type=int, help="local: CPUs Ray may use (default: all)")
     p.add_argument("--no-aggregate", action="store_true", help="skip the aggregation step at the end")
     p.add_argument("--status", metavar="NAME", help="print the state of run NAME and exit")
@@ -70,15 +89,25 @@ def write_run_dir(run_dir: Path, grid: Grid, grid_path: Path, args) -> None:
     ids = sorted(c.trial_id() for c in grid.trials)
     old = read_json(rd.plan)
     if old is not None and sorted(old.get("trial_ids", [])) != ids:
-        raise LaunchError(f"run {run_dir} exists with a different grid ({len(old.get('trial_ids', []))} trials); "
-                          f"use another --name, or the grid it was launched with ({rd.grid})")
+        raise LaunchError(
+            f"run {run_dir} exists with a different grid ({len(old.get('trial_ids', []))} trials); "
+            f"use another --name, or the grid it was launched with ({rd.grid})"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     search = dict(grid.search)
     if args.max_concurrent:
         search["max_concurrent"] = args.max_concurrent
-    plan = {"name": run_dir.name, "grid_file": grid_path.name, "trials": trials, "trial_ids": ids,
-            "trial_dirs": [trial_dirname(c) for c in grid.trials], "resources": trial_resources(grid),
-            "search": search, "slurm": grid.slurm, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    plan = {
+        "name": run_dir.name,
+        "grid_file": grid_path.name,
+        "trials": trials,
+        "trial_ids": ids,
+        "trial_dirs": [trial_dirname(c) for c in grid.trials],
+        "resources": trial_resources(grid),
+        "search": search,
+        "slurm": grid.slurm,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     if old is None:
         rd.grid.write_text(grid.source)
         rd.git_commit.write_text((git_commit() or "unknown") + "\n")
@@ -89,22 +118,32 @@ def print_dry_run(grid: Grid, cluster: str) -> None:
     from sweeps.cost import estimate
 
     res = trial_resources(grid)
-    print(f"grid {grid.name!r}: {len(grid.trials)} trials on {cluster}; each {res['workers']} DDP worker(s) x "
-          f"{res['cpus_per_worker']:g} CPU, {res['gpus_per_worker']:g} GPU")
-    print(f"{'#':>3} {'defense':<9} {'lambda':>7} {'eps':>7} {'seed':>4} {'epochs':>6} {'workers':>7} "
-          f"{'grad evals':>11} {'CPU-h':>7}")
+    print(
+        f"grid {grid.name!r}: {len(grid.trials)} trials on {cluster}; each {res['workers']} DDP worker(s) x "
+        f"{res['cpus_per_worker']:g} CPU, {res['gpus_per_worker']:g} GPU"
+    )
+    print(
+        f"{'#':>3} {'defense':<9} {'lambda':>7} {'eps':>7} {'seed':>4} {'epochs':>6} {'workers':>7} "
+        f"{'grad evals':>11} {'CPU-h':>7}"
+    )
     est = estimate(grid.trials)
     for i, (c, e) in enumerate(zip(grid.trials, est["per_trial"])):
         lam = f"{c.lam:g}" if c.spec.takes_lam else "-"
         eps = f"{c.eps:g}" if c.is_adversarial else "-"
-        print(f"{i:>3} {c.defense:<9} {lam:>7} {eps:>7} {c.seed:>4} {c.epochs:>6} {res['workers']:>7} "
-              f"{e['grad_evals']:>11.3g} {e['cpu_hours']:>7.3f}")
+        print(
+            f"{i:>3} {c.defense:<9} {lam:>7} {eps:>7} {c.seed:>4} {c.epochs:>6} {res['workers']:>7} "
+            f"{e['grad_evals']:>11.3g} {e['cpu_hours']:>7.3f}"
+        )
     c0 = grid.trials[0]
-    print(f"dataset {c0.dataset}, model {c0.model} (width {c0.width:g}); test eps {c0.test_eps}; attacks "
-          f"{', '.join(a.label() for a in c0.attacks)} on {c0.n_eval} test points")
-    print(f"total: {est['grad_evals']:.3g} gradient evaluations (forward+backward per example), "
-          f"~{est['cpu_hours']:.2f} CPU-hours at the measured {est['sec_per_grad_eval'] * 1e3:.3f} ms per example "
-          f"on this machine's CPU ({est['threads']} thread); GPUs are typically 20-100x faster per example")
+    print(
+        f"dataset {c0.dataset}, model {c0.model} (width {c0.width:g}); test eps {c0.test_eps}; attacks "
+        f"{', '.join(a.label() for a in c0.attacks)} on {c0.n_eval} test points"
+    )
+    print(
+        f"total: {est['grad_evals']:.3g} gradient evaluations (forward+backward per example), "
+        f"~{est['cpu_hours']:.2f} CPU-hours at the measured {est['sec_per_grad_eval'] * 1e3:.3f} ms per example "
+        f"on this machine's CPU ({est['threads']} thread); GPUs are typically 20-100x faster per example"
+    )
     print("dry run: nothing submitted")
 
 
@@ -119,8 +158,10 @@ def print_status(run_dir: Path) -> int:
     print(f"run {run_dir}: {done}/{len(trials)} trials finished, {started - done} in progress or stopped")
     st = read_json(rd.status)
     if st is not None:
-        print(f"last driver exit: {st['trials']} trials, {st['errors']} errored"
-              + "".join(f"\n  error: {m}" for m in st.get("error_messages", [])))
+        print(
+            f"last driver exit: {st['trials']} trials, {st['errors']} errored"
+            + "".join(f"\n  error: {m}" for m in st.get("error_messages", []))
+        )
     job = read_json(rd.slurm_job)
     if job is not None:
         from cluster.slurm import job_state
@@ -150,8 +191,10 @@ def main(argv=None) -> int:
             print("no sbatch on PATH: running on a local Ray cluster (--cluster local)", file=sys.stderr)
     name = args.name or grid.name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise LaunchError(f"--name: {name!r} may contain only ASCII letters, digits, '-', '_' and '.' "
-                          "(and starts with a letter or digit)")
+        raise LaunchError(
+            f"--name: {name!r} may contain only ASCII letters, digits, '-', '_' and '.' "
+            "(and starts with a letter or digit)"
+        )
     run_dir = (storage / name).resolve()
     from cluster.slurm import SlurmError, check_slurm, slurm_options
 
@@ -195,14 +238,18 @@ def _check_local(grid: Grid, args) -> None:
     cpus = args.num_cpus or os.cpu_count() or 1
     need = res["workers"] * res["cpus_per_worker"]
     if need > cpus:
-        raise LaunchError(f"resources: one trial needs {res['workers']} workers x {res['cpus_per_worker']:g} CPUs = {need:g} CPUs, "
-             f"the local cluster has {cpus} (--num-cpus); lower resources.workers/cpus_per_worker")
+        raise LaunchError(
+            f"resources: one trial needs {res['workers']} workers x {res['cpus_per_worker']:g} CPUs = {need:g} CPUs, "
+            f"the local cluster has {cpus} (--num-cpus); lower resources.workers/cpus_per_worker"
+        )
     if res["gpus_per_worker"] > 0:
         import torch
 
         if torch.cuda.device_count() < res["workers"] * res["gpus_per_worker"]:
-            raise LaunchError(f"resources.gpus_per_worker: {res['gpus_per_worker']:g} GPU(s) per worker requested, "
-                 f"this machine has {torch.cuda.device_count()}; set it to 0 for CPU")
+            raise LaunchError(
+                f"resources.gpus_per_worker: {res['gpus_per_worker']:g} GPU(s) per worker requested, "
+                f"this machine has {torch.cuda.device_count()}; set it to 0 for CPU"
+            )
 
 
 def run_local(run_dir: Path, args) -> int:
@@ -212,10 +259,14 @@ def run_local(run_dir: Path, args) -> int:
     t0 = time.time()
     with DriverLock(run_dir):
         init_ray(num_cpus=args.num_cpus or os.cpu_count())
-        print(f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir} --host 127.0.0.1",
-              flush=True)
+        print(
+            f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir} --host 127.0.0.1",
+            flush=True,
+        )
         summary = run_sweep(run_dir, verbose=0 if args.quiet else 1)
-    print(f"sweep finished in {time.time() - t0:.1f} s: {summary['trials']} trials, {summary['errors']} errored")
+    print(
+        f"sweep finished in {time.time() - t0:.1f} s: {summary['trials']} trials, {summary['errors']} errored"
+    )
     for m in summary["error_messages"]:
         print(f"  error: {m}")
     if not args.no_aggregate:

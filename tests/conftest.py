@@ -1,5 +1,6 @@
 """Shared fixtures: one torch thread, real MNIST test points, models trained on real digits, and how
 to run the trainer's CLI."""
+
 import os
 import sys
 from pathlib import Path
@@ -36,7 +37,9 @@ def mnist_test():
 def train_cli():
     """(argv prefix, env) to run ``python -m uncertainty_robust`` (``ur-train``) from this checkout."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     return [sys.executable, "-m", "uncertainty_robust"], env
 
 

@@ -18,8 +18,10 @@ def test_pgd_accuracy_falls_monotonically_with_eps_to_zero(std_suite, mnist_test
     clean = acc(std_suite.clean_correct)
     pgd_acc = [acc(std_suite.correct[("pgd20", e)]) for e in SUITE_EPS]
     worst = [acc(std_suite.worst[e]) for e in SUITE_EPS]
-    print(f"\nstandard small_cnn, {len(mnist_test[1])} MNIST test points: clean {clean:.3f}; "
-          + ", ".join(f"PGD-20 eps={e:g}: {a:.3f}" for e, a in zip(SUITE_EPS, pgd_acc)))
+    print(
+        f"\nstandard small_cnn, {len(mnist_test[1])} MNIST test points: clean {clean:.3f}; "
+        + ", ".join(f"PGD-20 eps={e:g}: {a:.3f}" for e, a in zip(SUITE_EPS, pgd_acc))
+    )
     assert clean > 0.9  # a real classifier, so the fall below means something
     for accs in (pgd_acc, worst):
         for e0, e1, a0, a1 in zip(SUITE_EPS, SUITE_EPS[1:], accs, accs[1:]):
@@ -35,7 +37,9 @@ def test_pgd20_is_at_least_as_strong_as_fgsm(std_suite):
         if eps > 0:
             assert a_pgd <= a_fgsm, f"eps={eps}: PGD-20 {a_pgd:.3f} > FGSM {a_fgsm:.3f}"
         # the worst case is the per-example AND of the attacks
-        assert torch.equal(std_suite.worst[eps], std_suite.correct[("fgsm", eps)] & std_suite.correct[("pgd20", eps)])
+        assert torch.equal(
+            std_suite.worst[eps], std_suite.correct[("fgsm", eps)] & std_suite.correct[("pgd20", eps)]
+        )
     eps = 0.2  # and strictly stronger where FGSM leaves something to break
     assert acc(std_suite.correct[("pgd20", eps)]) < acc(std_suite.correct[("fgsm", eps)])
 
@@ -86,7 +90,9 @@ class _AlwaysTrain(torch.nn.Module):
 
 
 @pytest.mark.parametrize("name,loss,restarts", [("pgd", "ce", 1), ("cw", "margin", 2)])
-def test_pgd_early_exit_gives_the_full_batch_result_for_fewer_passes(std_model, mnist_test, name, loss, restarts):
+def test_pgd_early_exit_gives_the_full_batch_result_for_fewer_passes(
+    std_model, mnist_test, name, loss, restarts
+):
     """In eval mode PGD drops broken points from the batch; the adversarial inputs it returns must
     be exactly those of the full-batch loop (same random starts), at a lower cost."""
     x, y = mnist_test[0][:200], mnist_test[1][:200]

@@ -1,6 +1,7 @@
 """The gradient-masking audit on real models: a model whose softmax saturates (logits x 1e4, so the
 CE input gradient is exactly zero) must raise the masking flags, a normal adversarially trained
 model must raise none. Plus each rule on hand-written records (thresholds, noise, skips)."""
+
 import math
 
 import pytest
@@ -24,9 +25,17 @@ from uncertainty_robust.trial import load_trained, run_trial
 
 # small but real: width-0.5 small_cnn, PGD-5 AT at eps 0.2 on 2,000 embedded MNIST digits, evaluated
 # out to eps 0.5 where a working attack must reach ~0 accuracy (the audit's "large eps")
-COMMON = dict(dataset="mnist_embedded", model="small_cnn", width=0.5, n_train=2000, n_eval=100, jacobian_points=20,
-              test_eps=[0.0, 0.1, 0.2, 0.3, 0.5], pgd_steps=5,
-              attacks=[AttackSpec("fgsm", 1), AttackSpec("pgd", 5), AttackSpec("cw", 5)])
+COMMON = dict(
+    dataset="mnist_embedded",
+    model="small_cnn",
+    width=0.5,
+    n_train=2000,
+    n_eval=100,
+    jacobian_points=20,
+    test_eps=[0.0, 0.1, 0.2, 0.3, 0.5],
+    pgd_steps=5,
+    attacks=[AttackSpec("fgsm", 1), AttackSpec("pgd", 5), AttackSpec("cw", 5)],
+)
 
 
 class Saturate(torch.nn.Module):
@@ -83,7 +92,9 @@ def test_saturated_softmax_raises_masking_flags(trained):
     rec["transfer"] = transfer_result(std, eps, ref, acc, len(y))
     flags = audit(rec)
     got = names(flags)
-    assert {"zero_gradients", "large_eps_not_zero", "transfer_beats_whitebox", "margin_beats_ce"} <= got, [str(f) for f in flags]
+    assert {"zero_gradients", "large_eps_not_zero", "transfer_beats_whitebox", "margin_beats_ce"} <= got, [
+        str(f) for f in flags
+    ]
     assert all(isinstance(f, Flag) and "\n" not in f.detail for f in flags)
     assert rec["masking_probe"]["zero_grad_frac"] > 0.5
     # the flagged attack is the CE one; the margin attack (CW) still drives accuracy to ~0
@@ -97,13 +108,37 @@ def record(curve=None, fgsm=None, cw=None, n=1000, probe=None, eps=(0.0, 0.1, 0.
     attacks = []
     for label, name, accs in (("pgd20", "pgd", curve), ("fgsm", "fgsm", fgsm), ("cw30", "cw", cw)):
         for e, a in zip(eps, accs or []):
-            attacks.append({"attack": name, "label": label, "norm": "Linf", "eps": e, "acc": a, "n_points": n,
-                            "steps": 20, "restarts": 1, "step_size": 2.5 * e / 20})
+            attacks.append(
+                {
+                    "attack": name,
+                    "label": label,
+                    "norm": "Linf",
+                    "eps": e,
+                    "acc": a,
+                    "n_points": n,
+                    "steps": 20,
+                    "restarts": 1,
+                    "step_size": 2.5 * e / 20,
+                }
+            )
     worst = [{"eps": e, "acc": min(a["acc"] for a in attacks if a["eps"] == e), "n_points": n} for e in eps]
-    rec = {"dataset": "mnist_embedded", "model": "small_cnn", "config": {"seed": 0}, "attacks": attacks, "worst_case": worst,
-           "n_points": n}
+    rec = {
+        "dataset": "mnist_embedded",
+        "model": "small_cnn",
+        "config": {"seed": 0},
+        "attacks": attacks,
+        "worst_case": worst,
+        "n_points": n,
+    }
     if probe is not None:
-        rec["masking_probe"] = {"eps": 0.2, "n_points": 200, "steps": 20, "strong_steps": 100, "strong_restarts": 5, **probe}
+        rec["masking_probe"] = {
+            "eps": 0.2,
+            "n_points": 200,
+            "steps": 20,
+            "strong_steps": 100,
+            "strong_restarts": 5,
+            **probe,
+        }
     rec.update(extra)
     return rec
 
@@ -126,7 +161,9 @@ def test_large_eps_rule_and_its_skip():
     assert any(s.startswith("large_eps_not_zero(pgd20)") and "0.3 < large eps 0.5" in s for s in skipped)
     flags = audit(record([0.9, 0.6, 0.5, 0.4]), AuditRules(large_eps=0.3))
     assert "large_eps_not_zero" in names(flags)
-    assert "large_eps_not_zero" in names(audit(record([0.9, 0.6, 0.5, 0.4], config={"audit_large_eps": 0.3, "seed": 0})))
+    assert "large_eps_not_zero" in names(
+        audit(record([0.9, 0.6, 0.5, 0.4], config={"audit_large_eps": 0.3, "seed": 0}))
+    )
     assert "large_eps_not_zero" not in names(audit(record([0.9, 0.6, 0.5, 0.03]), AuditRules(large_eps=0.3)))
     assert large_eps({"dataset": "mnist_embedded"}, "L2", AuditRules()) == pytest.approx(0.5 * 28)
     # FGSM is exempt from the "must reach 0" and monotonicity rules
@@ -142,16 +179,35 @@ def test_fgsm_beating_pgd_and_margin_beating_ce():
 
 
 def test_probe_flags():
-    assert audit(record([0.9, 0.5, 0.3, 0.1], probe={"pgd": 0.30, "pgd_strong": 0.29, "zero_grad_frac": 0.0})) == []
-    flags = audit(record([0.9, 0.5, 0.3, 0.1], probe={"pgd": 0.30, "pgd_strong": 0.10, "zero_grad_frac": 0.5}))
+    assert (
+        audit(record([0.9, 0.5, 0.3, 0.1], probe={"pgd": 0.30, "pgd_strong": 0.29, "zero_grad_frac": 0.0}))
+        == []
+    )
+    flags = audit(
+        record([0.9, 0.5, 0.3, 0.1], probe={"pgd": 0.30, "pgd_strong": 0.10, "zero_grad_frac": 0.5})
+    )
     assert names(flags) == {"more_steps_help", "zero_gradients"}
-    assert names(audit(record([0.9, 0.5, 0.3, 0.1], probe={"pgd": 0.3, "pgd_strong": 0.3, "zero_grad_frac": 0.5}),
-                       AuditRules(zero_grad_frac=0.6))) == set()
+    assert (
+        names(
+            audit(
+                record([0.9, 0.5, 0.3, 0.1], probe={"pgd": 0.3, "pgd_strong": 0.3, "zero_grad_frac": 0.5}),
+                AuditRules(zero_grad_frac=0.6),
+            )
+        )
+        == set()
+    )
 
 
 def test_transfer_flag_uses_whitebox_of_same_points():
-    tr = {"source_trial": "standard_s0", "eps": 0.2, "steps": 20, "n_points": 1000, "acc": 0.25, "whitebox_label": "pgd20",
-          "whitebox_acc": 0.30}
+    tr = {
+        "source_trial": "standard_s0",
+        "eps": 0.2,
+        "steps": 20,
+        "n_points": 1000,
+        "acc": 0.25,
+        "whitebox_label": "pgd20",
+        "whitebox_acc": 0.30,
+    }
     assert "transfer_beats_whitebox" in names(audit(record([0.9, 0.5, 0.3, 0.1], transfer=tr)))
     tr["acc"] = 0.29
     assert audit(record([0.9, 0.5, 0.3, 0.1], transfer=tr)) == []
@@ -162,10 +218,20 @@ def test_transfer_flag_uses_whitebox_of_same_points():
 
 def test_transfer_source_prefers_same_seed():
     def rec(defense, seed, width=1.0, dataset="mnist_embedded"):
-        return {"trial_id": f"{defense}{seed}{width}", "dataset": dataset, "model": "small_cnn",
-                "config": {"defense": defense, "seed": seed, "width": width}}
-    pool = [("a", rec("standard", 0)), ("b", rec("standard", 1)), ("c", rec("standard", 1, 0.5)), ("d", rec("at", 1)),
-            ("e", rec("standard", 1, dataset="fashion_mnist"))]
+        return {
+            "trial_id": f"{defense}{seed}{width}",
+            "dataset": dataset,
+            "model": "small_cnn",
+            "config": {"defense": defense, "seed": seed, "width": width},
+        }
+
+    pool = [
+        ("a", rec("standard", 0)),
+        ("b", rec("standard", 1)),
+        ("c", rec("standard", 1, 0.5)),
+        ("d", rec("at", 1)),
+        ("e", rec("standard", 1, dataset="fashion_mnist")),
+    ]
     assert find_transfer_source(rec("entm", 1), pool)[0] == "b"
     assert find_transfer_source(rec("entm", 1, 0.5), pool)[0] == "c"
     assert find_transfer_source(rec("entm", 7), pool)[0] == "a"

@@ -1,5 +1,6 @@
 """Tests of uncertainty_robust.data on real data (embedded MNIST, Debian Fashion-MNIST,
 torchvision's MNIST loader fed with the embedded digits)."""
+
 import os
 import struct
 
@@ -19,8 +20,7 @@ from uncertainty_robust.data import (
 
 
 def test_registry():
-    assert set(DATASETS) == {"mnist_embedded", "mnist", "fashion_mnist", "cifar10",
-                             "cifar100", "svhn"}
+    assert set(DATASETS) == {"mnist_embedded", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"}
     for name, info in DATASETS.items():
         assert isinstance(info, DatasetInfo) and info.name == name
         assert len(info.mean) == len(info.std) == info.channels
@@ -86,8 +86,9 @@ def test_load_tensors_range_and_subset():
 
 def test_fashion_mnist_debian():
     if not os.path.isfile(os.path.join(DEBIAN_FASHION_MNIST, "t10k-labels-idx1-ubyte.gz")):
-        pytest.skip(f"Debian Fashion-MNIST not in {DEBIAN_FASHION_MNIST} "
-                    "(apt-get install dataset-fashion-mnist)")
+        pytest.skip(
+            f"Debian Fashion-MNIST not in {DEBIAN_FASHION_MNIST} (apt-get install dataset-fashion-mnist)"
+        )
     for split, n in (("train", 60000), ("test", 10000)):
         x, y = load_arrays("fashion_mnist", split)
         assert x.shape == (n, 1, 28, 28) and x.dtype == np.uint8

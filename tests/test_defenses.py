@@ -72,7 +72,9 @@ def test_at_entm_entropy_on_clean_or_adversarial(std_model, batch):
         with torch.no_grad():
             z_adv = std_model(x_adv)
             h = entropy(z_adv if on == "adv" else std_model(x))
-            assert torch.allclose(losses[on], (F.cross_entropy(z_adv, y, reduction="none") - lam * h).mean(), atol=1e-5)
+            assert torch.allclose(
+                losses[on], (F.cross_entropy(z_adv, y, reduction="none") - lam * h).mean(), atol=1e-5
+            )
     assert abs((losses["adv"] - losses["clean"]).item()) > 1e-3
 
 

@@ -14,7 +14,7 @@ def _fd_jacobian(f, x: torch.Tensor, h: float) -> torch.Tensor:
     d = x.numel()
     e = torch.eye(d, dtype=x.dtype).view(d, *x.shape) * h
     with torch.no_grad():
-        cols = [(f(x + e[i:i + 392]) - f(x - e[i:i + 392])) / (2 * h) for i in range(0, d, 392)]
+        cols = [(f(x + e[i : i + 392]) - f(x - e[i : i + 392])) / (2 * h) for i in range(0, d, 392)]
     return torch.cat(cols).T
 
 
@@ -41,7 +41,7 @@ def test_exact_jacobian_matches_finite_differences(std_model, mnist_test):
         errs = []
         for i in range(len(x)):
             j_fd = _fd_jacobian(f, x[i], h)
-            j_ad = torch.autograd.functional.jacobian(lambda t: f(t[None])[0], x[i]).flatten(1)
+            j_ad = torch.autograd.functional.jacobian(lambda t, f=f: f(t[None])[0], x[i]).flatten(1)
             assert j_fd.shape == j_ad.shape == (10, 784)
             errs.append(float((j_fd - j_ad).norm() / j_ad.norm()))  # the whole matrix
             for ref in (j_fd.norm(), j_ad.norm()):  # the library's Frobenius norm against both
@@ -73,6 +73,8 @@ def test_projection_estimate_is_within_10_percent_of_exact(std_model, mnist_test
         assert e.shape == a.shape == (len(x),) and bool(torch.isfinite(a).all()) and bool((e > 0).all())
         of_means = float(a.mean() / e.mean()) - 1
         ratio = float((a / e).mean()) - 1
-        print(f"\nJacobian ({name}), {len(x)} points: exact mean {float(e.mean()):.4g}, 8-projection "
-              f"estimate mean {float(a.mean()):.4g} ({of_means:+.2%}); mean per-example ratio - 1 = {ratio:+.2%}")
+        print(
+            f"\nJacobian ({name}), {len(x)} points: exact mean {float(e.mean()):.4g}, 8-projection "
+            f"estimate mean {float(a.mean()):.4g} ({of_means:+.2%}); mean per-example ratio - 1 = {ratio:+.2%}"
+        )
         assert abs(of_means) < 0.10 and abs(ratio) < 0.10

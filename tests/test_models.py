@@ -9,8 +9,15 @@ from uncertainty_robust.data import dataset_info
 from uncertainty_robust.models import Normalize, build_model
 
 
-@pytest.mark.parametrize("name, dataset, width", [("small_cnn", "mnist_embedded", 1.0), ("small_cnn", "mnist_embedded", 0.25),
-                                                  ("preact_resnet18", "cifar10", 0.25), ("wrn_16_4", "cifar10", 0.25)])
+@pytest.mark.parametrize(
+    "name, dataset, width",
+    [
+        ("small_cnn", "mnist_embedded", 1.0),
+        ("small_cnn", "mnist_embedded", 0.25),
+        ("preact_resnet18", "cifar10", 0.25),
+        ("wrn_16_4", "cifar10", 0.25),
+    ],
+)
 def test_models_give_logits_and_normalize_inside(name, dataset, width):
     info = dataset_info(dataset)
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """The aggregation step on a real (tiny) sweep: what TensorBoard's own reader finds in the event
 files matches the result.json files, the tables hold the hand-computed mean ± std over seeds,
 unfinished trials and Ray's files are skipped and counted, reruns replace aggregate/ cleanly."""
+
 import csv
 import json
 import math
@@ -19,11 +20,25 @@ from uncertainty_robust.config import AttackSpec, TrialConfig
 from uncertainty_robust.trial import run_trial
 
 REPO = Path(__file__).resolve().parent.parent
-COMMON = dict(width=0.25, n_train=1000, epochs=1, n_eval=100, jacobian_points=50, test_eps=[0.0, 0.1, 0.2, 0.3],
-              attacks=[AttackSpec("fgsm", 1), AttackSpec("pgd", 10), AttackSpec("cw", 10)], pgd_steps=3)
-SPECS = [dict(defense="standard", seed=0), dict(defense="standard", seed=1), dict(defense="entm", lam=0.5, seed=0),
-         dict(defense="entm", lam=0.5, seed=1), dict(defense="at", eps=0.1, seed=0), dict(defense="at", eps=0.3, seed=0),
-         dict(defense="at_entm", lam=0.5, eps=0.3, seed=0)]
+COMMON = dict(
+    width=0.25,
+    n_train=1000,
+    epochs=1,
+    n_eval=100,
+    jacobian_points=50,
+    test_eps=[0.0, 0.1, 0.2, 0.3],
+    attacks=[AttackSpec("fgsm", 1), AttackSpec("pgd", 10), AttackSpec("cw", 10)],
+    pgd_steps=3,
+)
+SPECS = [
+    dict(defense="standard", seed=0),
+    dict(defense="standard", seed=1),
+    dict(defense="entm", lam=0.5, seed=0),
+    dict(defense="entm", lam=0.5, seed=1),
+    dict(defense="at", eps=0.1, seed=0),
+    dict(defense="at", eps=0.3, seed=0),
+    dict(defense="at_entm", lam=0.5, eps=0.3, seed=0),
+]
 
 
 @pytest.fixture(scope="session")
@@ -70,13 +85,18 @@ def test_hparams_rows_match_result_files(sweep, aggregated):
     for name in runs:
         ea = EventAccumulator(str(tb / "trials" / name), size_guidance={"scalars": 0, "tensors": 0}).Reload()
         content = ea.PluginTagToContent(hp_meta.PLUGIN_NAME)
-        ssi = plugin_data_pb2.HParamsPluginData.FromString(content[hp_meta.SESSION_START_INFO_TAG]).session_start_info
+        ssi = plugin_data_pb2.HParamsPluginData.FromString(
+            content[hp_meta.SESSION_START_INFO_TAG]
+        ).session_start_info
         r, cfg = recs[name], recs[name]["config"]
-        hp = {k: (v.string_value if v.HasField("string_value") else v.number_value) for k, v in ssi.hparams.items()}
+        hp = {
+            k: (v.string_value if v.HasField("string_value") else v.number_value)
+            for k, v in ssi.hparams.items()
+        }
         assert hp["defense"] == cfg["defense"] and hp["dataset"] == r["dataset"] and hp["model"] == r["model"]
         assert hp["lam"] == pytest.approx(cfg["lam"]) and hp["seed"] == cfg["seed"]
         assert hp["eps"] == pytest.approx(cfg["eps"] if cfg["defense"].startswith("at") else 0.0)
-        scalar = lambda tag: ea.Scalars(tag)[-1].value  # noqa: E731
+        scalar = lambda tag, ea=ea: ea.Scalars(tag)[-1].value  # noqa: E731
         assert scalar("clean_acc") == pytest.approx(r["clean_acc"])
         for w in r["worst_case"]:
             assert scalar(f"worst/eps_{w['eps']:g}") == pytest.approx(w["acc"])
@@ -91,11 +111,17 @@ def test_hparams_rows_match_result_files(sweep, aggregated):
         assert "acc/pgd10/eps_0.3" in ea.Tags()["scalars"]
     root = EventAccumulator(str(tb), size_guidance={"tensors": 0}).Reload()
     exp = plugin_data_pb2.HParamsPluginData.FromString(
-        root.PluginTagToContent(hp_meta.PLUGIN_NAME)[hp_meta.EXPERIMENT_TAG]).experiment
+        root.PluginTagToContent(hp_meta.PLUGIN_NAME)[hp_meta.EXPERIMENT_TAG]
+    ).experiment
     assert {h.name for h in exp.hparam_infos} >= {"defense", "lam", "eps", "seed", "dataset", "model"}
     defenses = next(h for h in exp.hparam_infos if h.name == "defense").domain_discrete.values
     assert sorted(v.string_value for v in defenses) == sorted({r["config"]["defense"] for r in recs.values()})
-    assert {m.name.tag for m in exp.metric_infos} >= {"clean_acc", "worst/eps_0.3", "acc/cw10/eps_0.2", "audit/flags"}
+    assert {m.name.tag for m in exp.metric_infos} >= {
+        "clean_acc",
+        "worst/eps_0.3",
+        "acc/cw10/eps_0.2",
+        "audit/flags",
+    }
     assert "custom_scalars__config__" in root.Tags()["tensors"]
     assert {"tables/text_summary", "audit/text_summary"} <= set(root.Tags()["tensors"])
 
@@ -108,7 +134,9 @@ def test_curves_and_examples_in_tensorboard(sweep, aggregated):
     assert sorted(worst) == [0, 100, 200, 300]  # x = round(1000 * eps)
     assert worst[300] == pytest.approx(sum(r["worst_case"][3]["acc"] for r in std) / 2)
     pgd = {e.step: e.value for e in ea.Scalars("curve/pgd10")}
-    assert pgd[100] == pytest.approx(sum(a["acc"] for r in std for a in r["attacks"] if a["label"] == "pgd10" and a["eps"] == 0.1) / 2)
+    assert pgd[100] == pytest.approx(
+        sum(a["acc"] for r in std for a in r["attacks"] if a["label"] == "pgd10" and a["eps"] == 0.1) / 2
+    )
     ex = EventAccumulator(str(tb / "examples" / "AT_eps0.3"), size_guidance={"images": 0}).Reload()
     assert "adv/eps_0.3" in ex.Tags()["images"]
     jac = EventAccumulator(str(tb / "jacobian" / "EntM")).Reload()
@@ -121,27 +149,51 @@ def test_curves_and_examples_in_tensorboard(sweep, aggregated):
 
 def test_tables_hold_mean_and_std_over_seeds(sweep, aggregated):
     recs = results(sweep)
-    std = sorted((r for r in recs.values() if r["config"]["defense"] == "standard"), key=lambda r: r["config"]["seed"])
+    std = sorted(
+        (r for r in recs.values() if r["config"]["defense"] == "standard"), key=lambda r: r["config"]["seed"]
+    )
     a, b = std[0]["worst_case"][1]["acc"], std[1]["worst_case"][1]["acc"]
     mean, sd = (a + b) / 2, abs(a - b) / math.sqrt(2)  # sample std (ddof=1) of two values
     rows = list(csv.DictReader(open(aggregated.out / "table_mnist_embedded_small_cnn.csv")))
-    assert [r["method"] for r in rows] == ["Standard", "EntM (λ=0.5)", "AT (ε=0.1)", "AT (ε=0.3)", "AT+EntM (λ=0.5, ε=0.3)"]
+    assert [r["method"] for r in rows] == [
+        "Standard",
+        "EntM (λ=0.5)",
+        "AT (ε=0.1)",
+        "AT (ε=0.3)",
+        "AT+EntM (λ=0.5, ε=0.3)",
+    ]
     row = rows[0]
-    assert row["n_seeds"] == "2" and row["seeds"] == "0 1" and row["n_points"] == "100" and row["dataset"] == "mnist_embedded"
-    assert float(row["worst@0.1_mean"]) == pytest.approx(mean) and float(row["worst@0.1_std"]) == pytest.approx(sd)
+    assert (
+        row["n_seeds"] == "2"
+        and row["seeds"] == "0 1"
+        and row["n_points"] == "100"
+        and row["dataset"] == "mnist_embedded"
+    )
+    assert float(row["worst@0.1_mean"]) == pytest.approx(mean) and float(
+        row["worst@0.1_std"]
+    ) == pytest.approx(sd)
     assert rows[2]["worst@0.1_std"] == ""  # one seed: no std
     assert "pgd10:10x1" in row["attack_settings"]
     doc = json.loads((aggregated.out / "table_mnist_embedded_small_cnn.json").read_text())
     assert doc["n_points"] == [100] and doc["norm"] == "Linf" and doc["eps"] == [0.1, 0.2, 0.3]
-    assert doc["attack_settings"]["pgd10"]["steps"] == 10 and doc["attack_settings"]["cw10"]["loss"] == "margin"
+    assert (
+        doc["attack_settings"]["pgd10"]["steps"] == 10 and doc["attack_settings"]["cw10"]["loss"] == "margin"
+    )
     e = doc["entries"][0]
     assert e["name"] == "Standard" and e["n_seeds"] == 2
-    assert e["worst_case_acc"]["0.1"]["mean"] == pytest.approx(mean) and e["worst_case_acc"]["0.1"]["std"] == pytest.approx(sd)
+    assert e["worst_case_acc"]["0.1"]["mean"] == pytest.approx(mean) and e["worst_case_acc"]["0.1"][
+        "std"
+    ] == pytest.approx(sd)
     pa, pb = (next(x["acc"] for x in r["attacks"] if x["label"] == "pgd10" and x["eps"] == 0.2) for r in std)
     assert e["robust_acc"]["pgd10"]["0.2"]["mean"] == pytest.approx((pa + pb) / 2)
     assert e["clean_acc"] == pytest.approx((std[0]["clean_acc"] + std[1]["clean_acc"]) / 2)
     md = (aggregated.out / "tables.md").read_text()
-    assert "dataset: mnist_embedded" in md and "model: small_cnn" in md and "n_points: 100" in md and "10 step(s)" in md
+    assert (
+        "dataset: mnist_embedded" in md
+        and "model: small_cnn" in md
+        and "n_points: 100" in md
+        and "10 step(s)" in md
+    )
     assert f"| Standard | 2 | {100 * (std[0]['clean_acc'] + std[1]['clean_acc']) / 2:.1f} ± " in md
     assert "2 unfinished trial(s) skipped" in md and "audit flags" in md
 
@@ -149,23 +201,60 @@ def test_tables_hold_mean_and_std_over_seeds(sweep, aggregated):
 def test_table_math_on_hand_written_records():
     def rec(defense, seed, clean, worst, lam=0.0, width=1.0):
         cfg = TrialConfig(defense=defense, lam=lam, seed=seed, width=width, test_eps=[0, 0.3]).to_dict()
-        return {"config": cfg, "dataset": cfg["dataset"], "model": cfg["model"], "clean_acc": clean, "n_points": 500,
-                "attacks": [{"attack": "pgd", "label": "pgd20", "norm": "Linf", "eps": e, "acc": w, "n_points": 500, "steps": 20,
-                             "restarts": 1, "step_size": 2.5 * e / 20} for e, w in ((0.0, clean), (0.3, worst))],
-                "worst_case": [{"eps": 0.0, "acc": clean, "n_points": 500}, {"eps": 0.3, "acc": worst, "n_points": 500}]}
-    trials = [report.Trial(Path(f"t{i}"), r) for i, r in enumerate(
-        [rec("entm", 0, 0.9, 0.1, 0.5), rec("entm", 1, 0.8, 0.2, 0.5), rec("entm", 2, 0.7, 0.6, 0.5),
-         rec("entm", 0, 0.5, 0.0, 0.5, width=0.5)])]
+        return {
+            "config": cfg,
+            "dataset": cfg["dataset"],
+            "model": cfg["model"],
+            "clean_acc": clean,
+            "n_points": 500,
+            "attacks": [
+                {
+                    "attack": "pgd",
+                    "label": "pgd20",
+                    "norm": "Linf",
+                    "eps": e,
+                    "acc": w,
+                    "n_points": 500,
+                    "steps": 20,
+                    "restarts": 1,
+                    "step_size": 2.5 * e / 20,
+                }
+                for e, w in ((0.0, clean), (0.3, worst))
+            ],
+            "worst_case": [
+                {"eps": 0.0, "acc": clean, "n_points": 500},
+                {"eps": 0.3, "acc": worst, "n_points": 500},
+            ],
+        }
+
+    trials = [
+        report.Trial(Path(f"t{i}"), r)
+        for i, r in enumerate(
+            [
+                rec("entm", 0, 0.9, 0.1, 0.5),
+                rec("entm", 1, 0.8, 0.2, 0.5),
+                rec("entm", 2, 0.7, 0.6, 0.5),
+                rec("entm", 0, 0.5, 0.0, 0.5, width=0.5),
+            ]
+        )
+    ]
     trials[0].flags = [report.au.Flag("zero_gradients", "x")]
     (tab,) = report.build_tables(report.group_trials(trials))
     assert [c[0] for c in tab["columns"]] == ["clean", "pgd20@0.3", "worst@0.3"]
     r0, r1 = tab["rows"]
-    assert r0["method"] == 'EntM (λ=0.5) [width=0.5]' and r1["method"] == 'EntM (λ=0.5) [width=1.0]'
+    assert r0["method"] == "EntM (λ=0.5) [width=0.5]" and r1["method"] == "EntM (λ=0.5) [width=1.0]"
     m, s, n = r1["cells"]["worst@0.3"]
-    assert n == 3 and m == pytest.approx(0.3) and s == pytest.approx(math.sqrt(((0.2) ** 2 + 0.1 ** 2 + 0.3 ** 2) / 2))
+    assert (
+        n == 3
+        and m == pytest.approx(0.3)
+        and s == pytest.approx(math.sqrt(((0.2) ** 2 + 0.1**2 + 0.3**2) / 2))
+    )
     assert r1["flags"] == {"zero_gradients": 1}
     md = report.table_markdown(tab)
-    assert "| EntM (λ=0.5) [width=1.0] | 3 | 80.0 ± 10.0 | 30.0 ± 26.5 | 30.0 ± 26.5 | zero_gradients (1/3) |" in md
+    assert (
+        "| EntM (λ=0.5) [width=1.0] | 3 | 80.0 ± 10.0 | 30.0 ± 26.5 | 30.0 ± 26.5 | zero_gradients (1/3) |"
+        in md
+    )
 
 
 def test_rerun_replaces_aggregate_and_reuses_transfers(sweep, aggregated, monkeypatch):
@@ -174,7 +263,9 @@ def test_rerun_replaces_aggregate_and_reuses_transfers(sweep, aggregated, monkey
     assert set(tr) == {n for n, r in results(sweep).items() if r["config"]["defense"] != "standard"}
     assert all(t["source_trial"] == f"standard_s{t['source_seed']}" for t in tr.values())
     (out / "stale.txt").write_text("from an older aggregation")
-    monkeypatch.setattr(report.au, "transfer_for_trial", lambda *a, **k: pytest.fail("cached transfer recomputed"))
+    monkeypatch.setattr(
+        report.au, "transfer_for_trial", lambda *a, **k: pytest.fail("cached transfer recomputed")
+    )
     again = report.aggregate(sweep, transfer=True)
     assert again.out == out and not (out / "stale.txt").exists()
     assert json.loads((out / "transfer.json").read_text()) == tr
@@ -185,18 +276,49 @@ def test_rerun_replaces_aggregate_and_reuses_transfers(sweep, aggregated, monkey
 def test_figures_when_matplotlib_is_available(aggregated):
     pytest.importorskip("matplotlib")
     figs = {p.name for p in (aggregated.out / "figures").glob("*.png")}
-    assert {"acc_vs_eps_worst.png", "acc_vs_eps_pgd10.png", "jacobian_vs_lam_logits_mean.png", "matrix_Standard_AT.png"} <= figs
+    assert {
+        "acc_vs_eps_worst.png",
+        "acc_vs_eps_pgd10.png",
+        "jacobian_vs_lam_logits_mean.png",
+        "matrix_Standard_AT.png",
+    } <= figs
 
 
 def test_cli_script_and_module(sweep, tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1"}  # the script finds the repo itself
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        "OMP_NUM_THREADS": "1",
+    }  # the script finds the repo itself
     out = tmp_path / "agg"
-    p = subprocess.run([sys.executable, str(REPO / "sweeps" / "aggregate.py"), str(sweep), "--out", str(out), "--no-transfer"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "sweeps" / "aggregate.py"),
+            str(sweep),
+            "--out",
+            str(out),
+            "--no-transfer",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
-    assert "| Standard | 2 |" in p.stdout and "2 unfinished trial(s) skipped" in p.stdout and "audit:" in p.stdout
+    assert (
+        "| Standard | 2 |" in p.stdout
+        and "2 unfinished trial(s) skipped" in p.stdout
+        and "audit:" in p.stdout
+    )
     assert (out / "tb").is_dir() and not (sweep / "aggregate" / "stale.txt").exists()
     (tmp_path / "empty").mkdir()
-    p = subprocess.run([sys.executable, "-m", "sweeps.aggregate", str(tmp_path / "empty")], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "sweeps.aggregate", str(tmp_path / "empty")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "no trials" in p.stderr

@@ -71,7 +71,9 @@ def test_urgent_partition_preempts(slurm_cluster):
     assert out.returncode == 0, out.stderr
     fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
     debug = dict(
-        f.split("=", 1) for f in _run("scontrol", "show", "partition", "debug", "-o").stdout.split() if "=" in f
+        f.split("=", 1)
+        for f in _run("scontrol", "show", "partition", "debug", "-o").stdout.split()
+        if "=" in f
     )
     assert int(fields["PriorityTier"]) > int(debug["PriorityTier"]), (fields, debug)
     config = _run("scontrol", "show", "config").stdout

@@ -17,6 +17,7 @@ Needs ``slurm/local-cluster/slurm-local.sh up`` (2 virtual nodes n1, n2, >= 2 CP
 for 2 CPUs per node). Skips with the reason when there is no cluster; with ``UR_REQUIRE_SLURM=1``
 (CI) it fails instead. About 6 minutes on a 2-core machine; every wait has a hard deadline.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -86,7 +87,9 @@ def cancel_jobs():
     for sw in sweeps:
         f = sw.run_dir / "slurm_job.json"
         if f.exists():
-            subprocess.run(["scancel", str(json.loads(f.read_text())["job_id"])], capture_output=True, timeout=30)
+            subprocess.run(
+                ["scancel", str(json.loads(f.read_text())["job_id"])], capture_output=True, timeout=30
+            )
         if sw.proc.poll() is None:
             sw.proc.kill()
             sw.proc.wait(30)
@@ -95,7 +98,9 @@ def cancel_jobs():
 
 def _env(**extra) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     return env
 
 
@@ -152,7 +157,9 @@ def _squeue(job_id: str) -> tuple[str, str, str]:
 
 
 def _sacct_history(job_id: str) -> str:
-    return _run(["sacct", "-j", job_id, "-D", "-X", "-o", "JobID,JobName%16,Partition,State,Start,End,NodeList"]).stdout
+    return _run(
+        ["sacct", "-j", job_id, "-D", "-X", "-o", "JobID,JobName%16,Partition,State,Start,End,NodeList"]
+    ).stdout
 
 
 def _job_line(status_out: str, job_id: str) -> str:
@@ -185,9 +192,28 @@ class Sweep:
         self.run_dir = self.storage / name
         self.out = open(tmp_path / f"{name}.launch.log", "w+")
         self.t0 = time.time()
-        self.proc = subprocess.Popen([sys.executable, str(LAUNCH), "--grid", str(grid), "--name", name,
-                                      "--storage", str(self.storage), "--partition", "gpu", "--wait", "-q", *args],
-                                     cwd=REPO, env=_env(), stdout=self.out, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(LAUNCH),
+                "--grid",
+                str(grid),
+                "--name",
+                name,
+                "--storage",
+                str(self.storage),
+                "--partition",
+                "gpu",
+                "--wait",
+                "-q",
+                *args,
+            ],
+            cwd=REPO,
+            env=_env(),
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         register(self)  # the cancel_jobs fixture: scancel + kill at teardown, whatever happens next
         if on_plan is not None:  # launch.py checked the grid and wrote the plan; it has not submitted yet
             self._wait_for(lambda: (self.run_dir / "plan.json").exists(), 60, "plan.json", poll=0.05)
@@ -211,15 +237,21 @@ class Sweep:
             if v:
                 return v
             if self.proc.poll() is not None:
-                pytest.fail(f"launch.py exited ({self.proc.returncode}) while waiting for {what}:\n{self.log()[-3000:]}")
+                pytest.fail(
+                    f"launch.py exited ({self.proc.returncode}) while waiting for {what}:\n{self.log()[-3000:]}"
+                )
             time.sleep(poll)
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; job {getattr(self, 'job_id', '?')} "
-                    f"{_squeue(str(getattr(self, 'job_id', '0')))}; events: {_events(self.run_dir)[-4:]}")
+        pytest.fail(
+            f"timed out after {timeout:.0f} s waiting for {what}; job {getattr(self, 'job_id', '?')} "
+            f"{_squeue(str(getattr(self, 'job_id', '0')))}; events: {_events(self.run_dir)[-4:]}"
+        )
 
     def restarts(self) -> int:
         """SLURM_RESTART_COUNT of the latest incarnation whose rank 0 started."""
-        return max([e["restart"] for e in _events(self.run_dir) if e["event"] == "task_start" and e["rank"] == 0],
-                   default=-1)
+        return max(
+            [e["restart"] for e in _events(self.run_dir) if e["event"] == "task_start" and e["rank"] == 0],
+            default=-1,
+        )
 
     def wait_running(self, restart: int, timeout: float = 150) -> float:
         """Until rank 0 of incarnation ``restart`` started; lifts the requeue hold (BeginTime) once the
@@ -242,8 +274,10 @@ class Sweep:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            pytest.fail(f"sweep {self.name} (job {self.job_id}) not finished after {timeout:.0f} s more; "
-                        f"squeue: {_squeue(self.job_id)}\n{self.log()[-3000:]}")
+            pytest.fail(
+                f"sweep {self.name} (job {self.job_id}) not finished after {timeout:.0f} s more; "
+                f"squeue: {_squeue(self.job_id)}\n{self.log()[-3000:]}"
+            )
         self.wall = time.time() - self.t0
         return rc
 
@@ -269,7 +303,9 @@ def test_bad_input_exits_2_and_submits_nothing(slurm_cluster, tmp_path):
         return lines[0]
 
     # unknown partition: the message lists the real ones
-    r = _launch("--grid", grid, "--name", "nope", "--storage", storage, "--partition", "nope", "--cluster", "slurm")
+    r = _launch(
+        "--grid", grid, "--name", "nope", "--storage", storage, "--partition", "nope", "--cluster", "slurm"
+    )
     msg = one_line_error(r, "'nope'", "debug", "gpu", "urgent")
     print(f"\nunknown partition -> {msg}")
     nothing_submitted("nope")
@@ -277,8 +313,17 @@ def test_bad_input_exits_2_and_submits_nothing(slurm_cluster, tmp_path):
     # no sbatch on PATH, --cluster slurm asked for explicitly
     empty = tmp_path / "empty-bin"
     empty.mkdir()
-    r = _launch("--grid", grid, "--name", "nosbatch", "--storage", storage, "--cluster", "slurm",
-                env=_env(PATH=str(empty)))
+    r = _launch(
+        "--grid",
+        grid,
+        "--name",
+        "nosbatch",
+        "--storage",
+        storage,
+        "--cluster",
+        "slurm",
+        env=_env(PATH=str(empty)),
+    )
     msg = one_line_error(r, "sbatch")
     print(f"no sbatch -> {msg}")
     nothing_submitted("nosbatch")
@@ -289,14 +334,26 @@ def test_bad_input_exits_2_and_submits_nothing(slurm_cluster, tmp_path):
     dead = tmp_path / "deadctld"
     dead.mkdir()
     port = 1  # privileged, unused: connection refused at once
-    text = "\n".join(f"SlurmctldPort={port}" if ln.startswith("SlurmctldPort=") else ln
-                     for ln in conf.read_text().splitlines())
+    text = "\n".join(
+        f"SlurmctldPort={port}" if ln.startswith("SlurmctldPort=") else ln
+        for ln in conf.read_text().splitlines()
+    )
     if "SlurmctldPort=" not in text:
         text += f"\nSlurmctldPort={port}"
     (dead / "slurm.conf").write_text(text + "\n")
     t = time.time()
-    r = _launch("--grid", grid, "--name", "deadctld", "--storage", storage, "--partition", "gpu",
-                env=_env(SLURM_CONF=str(dead / "slurm.conf")), timeout=60)
+    r = _launch(
+        "--grid",
+        grid,
+        "--name",
+        "deadctld",
+        "--storage",
+        storage,
+        "--partition",
+        "gpu",
+        env=_env(SLURM_CONF=str(dead / "slurm.conf")),
+        timeout=60,
+    )
     took = time.time() - t
     msg = one_line_error(r, "controller")
     print(f"dead slurmctld -> {msg} ({took:.1f} s)")
@@ -314,8 +371,10 @@ def test_bad_input_exits_2_and_submits_nothing(slurm_cluster, tmp_path):
     mp.setattr(cs, "_run", hanging)
     try:
         with pytest.raises(cs.SlurmError) as ei:
-            cs.check_slurm({"partition": "gpu", "nodes": 1, "cpus_per_node": 2, "gpus_per_node": 0},
-                           {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0})
+            cs.check_slurm(
+                {"partition": "gpu", "nodes": 1, "cpus_per_node": 2, "gpus_per_node": 0},
+                {"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0},
+            )
     finally:
         mp.undo()
     assert "\n" not in str(ei.value) and "timed out" in str(ei.value), str(ei.value)
@@ -333,8 +392,12 @@ def _mnist_root(root: Path) -> Path:
     x, y = load_arrays("mnist_embedded", "train")
     for prefix, sl in (("train", slice(0, 1000)), ("t10k", slice(1000, 1200))):
         xs, ys = x[sl].reshape(-1, 28 * 28), y[sl]
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, len(xs), 28, 28) + xs.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, len(ys)) + ys.astype("uint8").tobytes())
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">iiii", 2051, len(xs), 28, 28) + xs.tobytes()
+        )
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">ii", 2049, len(ys)) + ys.astype("uint8").tobytes()
+        )
     return root
 
 
@@ -343,10 +406,25 @@ def test_failed_sweep_reports_reason(slurm_cluster, tmp_path, cancel_jobs):
     """The data root is there when launch.py checks it, gone when the job runs (as when the data sits on
     a disk the compute nodes do not mount): the trial fails for good, the sweep ends with the error."""
     data = _mnist_root(tmp_path / "data")
-    grid = _grid(tmp_path, "broken", dataset="mnist", data_root=str(data), defenses=["standard"], epochs=1,
-                 search={"trial_retries": 0, "worker_retries": 0})
-    sw = Sweep(tmp_path, grid, "broken", "--cpus-per-node", "2", "--no-aggregate", register=cancel_jobs,
-               on_plan=lambda: shutil.rmtree(data))
+    grid = _grid(
+        tmp_path,
+        "broken",
+        dataset="mnist",
+        data_root=str(data),
+        defenses=["standard"],
+        epochs=1,
+        search={"trial_retries": 0, "worker_retries": 0},
+    )
+    sw = Sweep(
+        tmp_path,
+        grid,
+        "broken",
+        "--cpus-per-node",
+        "2",
+        "--no-aggregate",
+        register=cancel_jobs,
+        on_plan=lambda: shutil.rmtree(data),
+    )
     rc = sw.finish(timeout=210)
     print(f"\nfailing sweep: job {sw.job_id}, wall {sw.wall:.1f} s, launch.py exit {rc}")
     print(_sacct_history(sw.job_id))
@@ -363,7 +441,9 @@ def test_failed_sweep_reports_reason(slurm_cluster, tmp_path, cancel_jobs):
     assert " 0/1 trials finished" in r.stdout, r.stdout
     assert _job_line(r.stdout, sw.job_id), f"no SLURM job state in --status:\n{r.stdout}"
     # the reason, not just "1 errored": the trial's exception names the missing data root
-    assert "not found" in r.stdout and str(data) in r.stdout, f"--status does not say why it failed:\n{r.stdout}"
+    assert "not found" in r.stdout and str(data) in r.stdout, (
+        f"--status does not say why it failed:\n{r.stdout}"
+    )
 
 
 # ------------------------------------------------------------------------ 1 + 2 + 3 + 5. two nodes, interruptions, --status
@@ -378,8 +458,9 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
     while a trial is training; the sweep must still complete, and --status must say so."""
     import submitit
 
-    grid = _grid(tmp_path, "interrupted", defenses=["at", "at_entm"], train_eps=[0.2, 0.3], epochs=EPOCHS,
-                 n_train=4000)
+    grid = _grid(
+        tmp_path, "interrupted", defenses=["at", "at_entm"], train_eps=[0.2, 0.3], epochs=EPOCHS, n_train=4000
+    )
     sw = Sweep(tmp_path, grid, "interrupted", "--nodes", "2", "--cpus-per-node", "2", register=cancel_jobs)
     trials = _trial_dirs(sw.run_dir)
     assert len(trials) == 4
@@ -402,8 +483,14 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
 
     def interrupt(kind: str, action, min_epoch: int = 1, need_finished: bool = False, timeout: float = 240):
         restart = sw.restarts()
-        since = max([ev_time(e) for e in _events(sw.run_dir) if e["event"] == "task_start" and e["restart"] == restart]
-                    + [sw.t0])
+        since = max(
+            [
+                ev_time(e)
+                for e in _events(sw.run_dir)
+                if e["event"] == "task_start" and e["restart"] == restart
+            ]
+            + [sw.t0]
+        )
 
         def ready():
             if need_finished and not any((d / "result.json").exists() for d in trials):
@@ -416,9 +503,13 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
         finished = {d.name for d in trials if (d / "result.json").exists()}
         t = time.time()
         detail = action()
-        print(f"[{time.strftime('%H:%M:%S')}] interruption {kind}: {detail}; restart count {restart}; "
-              f"checkpoint epochs {before}; finished {sorted(finished)}")
-        interruptions.append({"kind": kind, "time": t, "restart": restart, "before": before, "finished": finished})
+        print(
+            f"[{time.strftime('%H:%M:%S')}] interruption {kind}: {detail}; restart count {restart}; "
+            f"checkpoint epochs {before}; finished {sorted(finished)}"
+        )
+        interruptions.append(
+            {"kind": kind, "time": t, "restart": restart, "before": before, "finished": finished}
+        )
         took = sw.wait_running(restart + 1)
         print(f"    job {job_id} running again (incarnation {restart + 1}) {took:.0f} s later")
 
@@ -426,8 +517,25 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
 
     def preempt():
         node = sorted(_run(["scontrol", "show", "hostnames", _squeue(job_id)[2]]).stdout.split())[0]
-        r = _run(["sbatch", "--parsable", "-p", "urgent", "-w", node, "--exclusive", "-t", "2", "-J", "ur-test-urgent",
-                  "-o", "/dev/null", "--wrap", "sleep 5"])
+        r = _run(
+            [
+                "sbatch",
+                "--parsable",
+                "-p",
+                "urgent",
+                "-w",
+                node,
+                "--exclusive",
+                "-t",
+                "2",
+                "-J",
+                "ur-test-urgent",
+                "-o",
+                "/dev/null",
+                "--wrap",
+                "sleep 5",
+            ]
+        )
         assert r.returncode == 0, r.stderr
         urgent.append(r.stdout.strip().split(";")[0])
         return f"urgent job {urgent[-1]} on {node}"
@@ -475,8 +583,12 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
     ia, ib, ic = interruptions
     ck = [ev_time(e) for e in events if e["event"] == "checkpoint_requeue"]
     # the urgent job's preemption reaches the sweep as USR2 first (preempt_send_user_signal)
-    assert any(ia["time"] - 1 <= t < ib["time"] for t in ck), f"no checkpoint_requeue event after the preemption: {events}"
-    assert any(ib["time"] - 1 <= t < ic["time"] for t in ck), f"no checkpoint_requeue event after _interrupt(): {events}"
+    assert any(ia["time"] - 1 <= t < ib["time"] for t in ck), (
+        f"no checkpoint_requeue event after the preemption: {events}"
+    )
+    assert any(ib["time"] - 1 <= t < ic["time"] for t in ck), (
+        f"no checkpoint_requeue event after _interrupt(): {events}"
+    )
     assert not any(t >= ic["time"] for t in ck), "scontrol requeue unexpectedly went through checkpoint()"
     assert max(e["restart"] for e in starts) >= 3, starts
     # every restarted driver restored the Tune experiment from disk (also after c, without checkpoint())
@@ -485,7 +597,9 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
     assert restored >= 3, f"the driver restored the experiment {restored} time(s) in 3 restarts"
     # the head ignored the SIGTERMs of b and c as submitit intends (ray.init's own handler exits at once,
     # which loses the race with _interrupt()'s USR2 and fails the job instead of requeueing it)
-    assert any("Bypassing signal SIGTERM" in t for t in logs), "the Ray head did not leave SIGTERM to submitit"
+    assert any("Bypassing signal SIGTERM" in t for t in logs), (
+        "the Ray head did not leave SIGTERM to submitit"
+    )
 
     for it in interruptions:
         # no finished trial trained again
@@ -503,18 +617,25 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
             resumed_from = after[0][1] - 1
             print(f"  {it['kind']}: {name} at epoch {e_before} before, resumed from epoch {resumed_from}")
             assert resumed_from >= e_before, (
-                f"{it['kind']}: {name} had finished epoch {e_before} but resumed from {resumed_from}")
+                f"{it['kind']}: {name} had finished epoch {e_before} but resumed from {resumed_from}"
+            )
     # and in no trial did two consecutive (re)starts overlap by more than one epoch
     for d in trials:
         runs = _tb_runs(d)
         for (_, _, prev_last), (_, nxt_first, _) in zip(runs, runs[1:]):
-            assert prev_last - nxt_first + 1 <= 1, f"{d.name}: epochs {nxt_first}..{prev_last} redone ({runs})"
-        print(f"  {d.name}: training runs (first, last epoch) {[(a, b) for _, a, b in runs]}, "
-              f"{len(_starts(d))} train_start(s)")
+            assert prev_last - nxt_first + 1 <= 1, (
+                f"{d.name}: epochs {nxt_first}..{prev_last} redone ({runs})"
+            )
+        print(
+            f"  {d.name}: training runs (first, last epoch) {[(a, b) for _, a, b in runs]}, "
+            f"{len(_starts(d))} train_start(s)"
+        )
 
     # 5. --status after the sweep: finished count and the SLURM job state
     r = _launch("--status", sw.name, "--storage", sw.storage)
     print(r.stdout)
     assert r.returncode == 0, r.stderr
     assert " 4/4 trials finished" in r.stdout, r.stdout
-    assert "COMPLETED" in _job_line(r.stdout, job_id), f"no COMPLETED SLURM job state in --status:\n{r.stdout}"
+    assert "COMPLETED" in _job_line(r.stdout, job_id), (
+        f"no COMPLETED SLURM job state in --status:\n{r.stdout}"
+    )

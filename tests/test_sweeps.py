@@ -1,6 +1,7 @@
 """Sweeps on a real local Ray cluster: grids validated up front, a sweep killed with SIGKILL and
 relaunched finishes without rerunning finished trials, a killed DDP worker is retried from its
 checkpoint, two drivers of one run are refused."""
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,10 @@ BAD_GRIDS = {
     "empty seeds": ("defenses: [at]\nseeds: []\n", "seeds"),
     "empty defenses": ("defenses: []\n", "defenses"),
     "empty test eps": ("defenses: [at]\nevaluation: {test_eps: []}\n", "evaluation.test_eps"),
-    "unknown attack": ("defenses: [at]\nevaluation: {attacks: [fgsm, deepfool]}\n", "evaluation.attacks[1].name"),
+    "unknown attack": (
+        "defenses: [at]\nevaluation: {attacks: [fgsm, deepfool]}\n",
+        "evaluation.attacks[1].name",
+    ),
     "zero workers": ("defenses: [at]\nresources: {workers: 0}\n", "resources.workers"),
     "unknown resources key": ("defenses: [at]\nresources: {gpus: 1}\n", "resources.gpus"),
     "not YAML": ("defenses: [at\n", "yaml"),
@@ -85,20 +89,32 @@ def test_malformed_grid_exits_2_with_one_line(case, tmp_path, capsys):
 def test_cluster_cannot_give_resources(tmp_path, capsys):
     g = tmp_path / "big.yaml"
     g.write_text("defenses: [at]\nresources: {workers: 64, cpus_per_worker: 2}\n")
-    assert launch.main(["--grid", str(g), "--cluster", "local", "--num-cpus", "2", "--storage", str(tmp_path)]) == 2
+    assert (
+        launch.main(["--grid", str(g), "--cluster", "local", "--num-cpus", "2", "--storage", str(tmp_path)])
+        == 2
+    )
     assert "128 CPUs" in capsys.readouterr().err
 
 
 def test_shipped_grids_parse_and_dry_run_lists_the_paper_grid():
     for g in sorted((REPO / "sweeps").glob("*.yaml")):
         assert parse_grid(g.read_text()).trials, g
-    r = subprocess.run(launch_cmd("--grid", "lambda_eps.yaml", "--cluster", "local", "--dry-run"),
-                       capture_output=True, text=True, env=ENV, timeout=120)
+    r = subprocess.run(
+        launch_cmd("--grid", "lambda_eps.yaml", "--cluster", "local", "--dry-run"),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     grid = parse_grid((REPO / "sweeps" / "lambda_eps.yaml").read_text())
     for d in ("standard", "ls", "entm", "at", "at_ls", "at_entm"):
         assert f" {d} " in r.stdout
-    assert f"{len(grid.trials)} trials" in r.stdout and "CPU-hours" in r.stdout and "nothing submitted" in r.stdout
+    assert (
+        f"{len(grid.trials)} trials" in r.stdout
+        and "CPU-hours" in r.stdout
+        and "nothing submitted" in r.stdout
+    )
 
 
 # ----------------------------------------------------------------------------- real Ray sweeps
@@ -108,8 +124,20 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
     """A 4-trial, 2-worker-per-trial sweep; the driver is SIGKILLed once a trial has finished,
     a second launch of the same name is refused while the first runs, and the relaunch completes
     every trial without training a finished one again."""
-    args = launch_cmd("--grid", str(TINY), "--cluster", "local", "--num-cpus", "4", "--storage", str(tmp_path),
-                      "--name", "k", "-q", "--no-aggregate")
+    args = launch_cmd(
+        "--grid",
+        str(TINY),
+        "--cluster",
+        "local",
+        "--num-cpus",
+        "4",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "k",
+        "-q",
+        "--no-aggregate",
+    )
     run = tmp_path / "k"
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
@@ -140,7 +168,9 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
         rec = json.loads((d / "result.json").read_text())
         assert rec["train"]["epochs"] == 3 and len(rec["train"]["history"]) == 3
         if d.name in finished_before:
-            assert starts(d) == starts_before[d.name] == 1, f"{d.name} finished before the kill but trained again"
+            assert starts(d) == starts_before[d.name] == 1, (
+                f"{d.name} finished before the kill but trained again"
+            )
         else:
             assert starts(d) <= starts_before[d.name] + 1
 
@@ -152,8 +182,20 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
     grid.update(defenses=["at"], epochs=8, n_train=2000, adversarial={"pgd_steps": 5, "eps_step": 0.05})
     g = tmp_path / "one.yaml"
     g.write_text(yaml.safe_dump(grid))
-    args = launch_cmd("--grid", str(g), "--cluster", "local", "--num-cpus", "2", "--storage", str(tmp_path),
-                      "--name", "w", "-q", "--no-aggregate")
+    args = launch_cmd(
+        "--grid",
+        str(g),
+        "--cluster",
+        "local",
+        "--num-cpus",
+        "2",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "w",
+        "-q",
+        "--no-aggregate",
+    )
     out = open(tmp_path / "out.log", "w")
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
     run = tmp_path / "w"
@@ -168,7 +210,9 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
         else:
             pytest.fail("training never reached epoch 2")
         epoch_at_kill = ckpt_epoch(dirs[0])
-        workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+        workers = subprocess.run(
+            ["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True
+        ).stdout.split()
         assert workers, "no Ray Train worker process found"
         os.kill(int(workers[-1]), signal.SIGKILL)
         assert proc.wait(400) == 0, (tmp_path / "out.log").read_text()[-3000:]
@@ -180,5 +224,7 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
     assert len(rec["train"]["history"]) == 8  # no epoch lost or duplicated in the record
     assert starts(d) == 2, "the worker group should have been restarted exactly once"
     text = (tmp_path / "out.log").read_text()
-    resumed = [int(line.rsplit("from epoch", 1)[1].split()[0]) for line in text.splitlines() if "from epoch" in line]
+    resumed = [
+        int(line.rsplit("from epoch", 1)[1].split()[0]) for line in text.splitlines() if "from epoch" in line
+    ]
     assert resumed and resumed[0] >= epoch_at_kill, (resumed, epoch_at_kill)

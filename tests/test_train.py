@@ -17,11 +17,43 @@ from uncertainty_robust import checkpoint, trial
 from uncertainty_robust.attacks import AttackSpec, run_suite
 from uncertainty_robust.config import TrialConfig, validate
 
-RESUME = dict(defense="at_entm", lam=0.5, eps=0.3, pgd_steps=3, n_train=1000, width=0.25, epochs=3,
-              n_eval=20, jacobian_points=0, test_eps=[0.0], attacks=[AttackSpec("fgsm", steps=1)])
-RESUME_ARGS = ["--defense", "at_entm", "--lam", "0.5", "--eps", "0.3", "--pgd-steps", "3", "--n-train", "1000",
-               "--width", "0.25", "--epochs", "3", "--n-eval", "20", "--jacobian-points", "0", "--test-eps", "0",
-               "--attacks", "fgsm"]
+RESUME = dict(
+    defense="at_entm",
+    lam=0.5,
+    eps=0.3,
+    pgd_steps=3,
+    n_train=1000,
+    width=0.25,
+    epochs=3,
+    n_eval=20,
+    jacobian_points=0,
+    test_eps=[0.0],
+    attacks=[AttackSpec("fgsm", steps=1)],
+)
+RESUME_ARGS = [
+    "--defense",
+    "at_entm",
+    "--lam",
+    "0.5",
+    "--eps",
+    "0.3",
+    "--pgd-steps",
+    "3",
+    "--n-train",
+    "1000",
+    "--width",
+    "0.25",
+    "--epochs",
+    "3",
+    "--n-eval",
+    "20",
+    "--jacobian-points",
+    "0",
+    "--test-eps",
+    "0",
+    "--attacks",
+    "fgsm",
+]
 
 
 @pytest.fixture(scope="module")
@@ -97,25 +129,40 @@ def test_resume_after_sigkill_gives_identical_weights(resume_reference, train_cl
     hist = json.loads((d / "result.json").read_text())["train"]["history"]
     assert len(hist) == cfg.epochs and hist[0] == json.loads(killed_at["history"])[0]
 
+
 @pytest.mark.slow
 def test_adversarial_training_raises_pgd_accuracy(std_model, std_suite, at_model, mnist_test):
     x, y = mnist_test
     torch.manual_seed(0)
     at = run_suite(at_model, x, y, [AttackSpec("fgsm", steps=1), AttackSpec("pgd", steps=20)], [AT_EPS])
     rows = {"standard": std_suite, f"at (PGD-{AT_STEPS}, eps {AT_EPS})": at}
-    print(f"\nsmall_cnn width {STD['width']}, {STD['epochs']} epochs on {STD['n_train']} mnist_embedded train "
-          f"points; test: {len(y)} held-out points, PGD-20 (step 2.5*eps/20, random start), eps={AT_EPS}")
+    print(
+        f"\nsmall_cnn width {STD['width']}, {STD['epochs']} epochs on {STD['n_train']} mnist_embedded train "
+        f"points; test: {len(y)} held-out points, PGD-20 (step 2.5*eps/20, random start), eps={AT_EPS}"
+    )
     for name, r in rows.items():
-        print(f"  {name:24s} clean {acc(r.clean_correct):.3f}  FGSM {acc(r.correct[('fgsm', AT_EPS)]):.3f}  "
-              f"PGD-20 {acc(r.correct[('pgd20', AT_EPS)]):.3f}")
+        print(
+            f"  {name:24s} clean {acc(r.clean_correct):.3f}  FGSM {acc(r.correct[('fgsm', AT_EPS)]):.3f}  "
+            f"PGD-20 {acc(r.correct[('pgd20', AT_EPS)]):.3f}"
+        )
     std_pgd, at_pgd = acc(std_suite.correct[("pgd20", AT_EPS)]), acc(at.correct[("pgd20", AT_EPS)])
     assert at_pgd >= std_pgd + 0.15
     assert acc(at.clean_correct) > 0.8  # robust because it learned, not because the suite broke
 
+
 def test_run_trial_result_record_and_no_rerun(tmp_path, monkeypatch):
-    cfg = validate(TrialConfig(defense="standard", width=0.25, n_train=500, epochs=1, n_eval=40, jacobian_points=20,
-                               test_eps=[0.0, 0.1], attacks=[AttackSpec("fgsm", 1), AttackSpec("pgd", 5),
-                                                             AttackSpec("cw", 5)]))
+    cfg = validate(
+        TrialConfig(
+            defense="standard",
+            width=0.25,
+            n_train=500,
+            epochs=1,
+            n_eval=40,
+            jacobian_points=20,
+            test_eps=[0.0, 0.1],
+            attacks=[AttackSpec("fgsm", 1), AttackSpec("pgd", 5), AttackSpec("cw", 5)],
+        )
+    )
     d = tmp_path / "trial"
     rec = trial.run_trial(cfg, d)
     on_disk = json.loads((d / "result.json").read_text())
@@ -131,7 +178,9 @@ def test_run_trial_result_record_and_no_rerun(tmp_path, monkeypatch):
             assert a["acc"] == on_disk["clean_acc"]
     assert [w["eps"] for w in on_disk["worst_case"]] == cfg.test_eps
     for w in on_disk["worst_case"]:
-        assert w["n_points"] == 40 and w["acc"] <= min(grid[(s.label(), w["eps"])]["acc"] for s in cfg.attacks)
+        assert w["n_points"] == 40 and w["acc"] <= min(
+            grid[(s.label(), w["eps"])]["acc"] for s in cfg.attacks
+        )
     jac = on_disk["jacobian"]
     assert jac["method"] == "exact"
     for out in ("logits", "softmax"):

@@ -13,6 +13,7 @@ the model's mode; :func:`run_suite` puts the model in eval mode for evaluation a
 During evaluation every iterate is checked: an example that is misclassified at any step counts
 as broken and keeps that adversarial input (the usual "best iterate" of AutoAttack).
 """
+
 from __future__ import annotations
 
 import time
@@ -33,7 +34,7 @@ class Cost:
     backward: int = 0
     seconds: float = 0.0
 
-    def add(self, other: "Cost") -> None:
+    def add(self, other: Cost) -> None:
         self.forward += other.forward
         self.backward += other.backward
         self.seconds += other.seconds
@@ -91,9 +92,20 @@ def _step(g: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
     return step_size * g / n
 
 
-def pgd(model, x, y, eps: float, steps: int = 20, step_size: Optional[float] = None, norm: str = "linf",
-        restarts: int = 1, random_start: bool = True, loss: str | LossFn = "ce", track_best: bool = True,
-        cost: Optional[Cost] = None) -> torch.Tensor:
+def pgd(
+    model,
+    x,
+    y,
+    eps: float,
+    steps: int = 20,
+    step_size: Optional[float] = None,
+    norm: str = "linf",
+    restarts: int = 1,
+    random_start: bool = True,
+    loss: str | LossFn = "ce",
+    track_best: bool = True,
+    cost: Optional[Cost] = None,
+) -> torch.Tensor:
     """Projected gradient ascent on ``loss`` within the eps-ball around x, clipped to [0,1].
 
     step_size None -> 2.5 * eps / steps. With ``track_best`` (evaluation) every iterate is checked
@@ -154,7 +166,9 @@ def pgd(model, x, y, eps: float, steps: int = 20, step_size: Optional[float] = N
     return best
 
 
-def fgsm(model, x, y, eps: float, loss: str | LossFn = "ce", cost: Optional[Cost] = None, **_) -> torch.Tensor:
+def fgsm(
+    model, x, y, eps: float, loss: str | LossFn = "ce", cost: Optional[Cost] = None, **_
+) -> torch.Tensor:
     """FGSM, the fast gradient sign method.
 
     Paper: Goodfellow, Shlens & Szegedy 2015, Explaining and Harnessing Adversarial Examples.
@@ -277,7 +291,7 @@ class AttackSpec:
         return f"{self.name}{self.steps}{r}"
 
     @classmethod
-    def parse(cls, text: str, key: str = "attacks") -> "AttackSpec":
+    def parse(cls, text: str, key: str = "attacks") -> AttackSpec:
         """``NAME[:STEPS[xRESTARTS]]``, e.g. ``fgsm``, ``pgd:20``, ``cw:30x5``: the one parser behind the
         CLI and the grids. Raises ConfigError(key) on a malformed string or an unknown name."""
         from .errors import ConfigError
@@ -291,7 +305,9 @@ class AttackSpec:
         try:
             return cls(name, steps=int(steps) if steps else None, restarts=int(restarts or 1))
         except ValueError:
-            raise ConfigError(key, f"bad attack {text!r}; expected NAME[:STEPS[xRESTARTS]], e.g. pgd:20x2") from None
+            raise ConfigError(
+                key, f"bad attack {text!r}; expected NAME[:STEPS[xRESTARTS]], e.g. pgd:20x2"
+            ) from None
 
 
 def run_attack(model, x, y, spec: AttackSpec, eps: float, cost: Optional[Cost] = None) -> torch.Tensor:
@@ -299,13 +315,22 @@ def run_attack(model, x, y, spec: AttackSpec, eps: float, cost: Optional[Cost] =
     a = spec.attack
     if a.single_step:
         return a.fn(model, x, y, eps, cost=cost)
-    return a.fn(model, x, y, eps, steps=spec.steps, step_size=a.step_size(eps, spec.steps, spec.step_size),
-                restarts=spec.restarts, random_start=spec.random_start, cost=cost)
+    return a.fn(
+        model,
+        x,
+        y,
+        eps,
+        steps=spec.steps,
+        step_size=a.step_size(eps, spec.steps, spec.step_size),
+        restarts=spec.restarts,
+        random_start=spec.random_start,
+        cost=cost,
+    )
 
 
 @torch.no_grad()
 def predict(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
 @dataclass
@@ -317,8 +342,9 @@ class SuiteResult:
     adv_examples: dict = field(default_factory=dict)  # eps -> a few (x_adv, y, pred, attack, x) for reports
 
 
-def run_suite(model, x, y, specs, eps_list, batch_size: int = 500, per_attack: bool = True,
-              keep_examples: int = 0) -> SuiteResult:
+def run_suite(
+    model, x, y, specs, eps_list, batch_size: int = 500, per_attack: bool = True, keep_examples: int = 0
+) -> SuiteResult:
     """Evaluate every (attack, eps) and the per-example worst case over the L-inf attacks at each eps.
 
     Only points still correctly classified are attacked. With ``per_attack`` each attack runs on
@@ -345,7 +371,7 @@ def run_suite(model, x, y, specs, eps_list, batch_size: int = 500, per_attack: b
                     t0 = time.perf_counter()
                     idx = mask.nonzero().squeeze(1)
                     for i in range(0, len(idx), batch_size):
-                        b = idx[i:i + batch_size]
+                        b = idx[i : i + batch_size]
                         xa = run_attack(model, x[b], y[b], spec, eps, cost)
                         with torch.no_grad():
                             pred = model(xa).argmax(1)
@@ -353,7 +379,13 @@ def run_suite(model, x, y, specs, eps_list, batch_size: int = 500, per_attack: b
                         mask[b] = pred == y[b]
                         if keep_examples and linf and i == 0:  # the last L-inf attack's first batch wins
                             k = min(keep_examples, len(b))
-                            res.adv_examples[eps] = (xa[:k].cpu(), y[b][:k].cpu(), pred[:k].cpu(), label, x[b][:k].cpu())
+                            res.adv_examples[eps] = (
+                                xa[:k].cpu(),
+                                y[b][:k].cpu(),
+                                pred[:k].cpu(),
+                                label,
+                                x[b][:k].cpu(),
+                            )
                     cost.seconds = time.perf_counter() - t0
                 res.cost[(label, eps)] = cost
                 if per_attack or not linf:

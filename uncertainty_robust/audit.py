@@ -31,6 +31,7 @@ Checks (flag name: rule). ``tol(p, n) = abs_tol + z * sqrt(p (1 - p) / n)``: a f
 - ``margin_beats_ce``: the margin-loss attack (CW) beats CE-loss PGD by more than tol (abs_tol
   0.05): a saturated softmax hides the CE gradient but not the margin one.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,15 @@ import torch
 
 from .attacks import ATTACKS
 
-FLAG_NAMES = ("non_monotone", "large_eps_not_zero", "fgsm_beats_pgd", "more_steps_help",
-              "transfer_beats_whitebox", "zero_gradients", "margin_beats_ce")
+FLAG_NAMES = (
+    "non_monotone",
+    "large_eps_not_zero",
+    "fgsm_beats_pgd",
+    "more_steps_help",
+    "transfer_beats_whitebox",
+    "zero_gradients",
+    "margin_beats_ce",
+)
 
 
 @dataclass(frozen=True)
@@ -120,20 +128,34 @@ def audit(record: dict, rules: Optional[AuditRules] = None, skipped: Optional[li
         for eps, acc, n in pts[1:]:
             t = rules.tol(lo_acc, n)
             if acc > lo_acc + t:
-                flags.append(Flag("non_monotone", f"{label}: accuracy {acc:.3f} at eps {eps:g} > {lo_acc:.3f} at eps "
-                                                  f"{lo_eps:g} (+{acc - lo_acc:.3f}, tolerance {t:.3f})"))
+                flags.append(
+                    Flag(
+                        "non_monotone",
+                        f"{label}: accuracy {acc:.3f} at eps {eps:g} > {lo_acc:.3f} at eps "
+                        f"{lo_eps:g} (+{acc - lo_acc:.3f}, tolerance {t:.3f})",
+                    )
+                )
                 break
             if acc < lo_acc:
                 lo_eps, lo_acc = eps, acc
         big = large_eps(record, norm, rules)
         eps, acc, _ = pts[-1]
         if big is None or eps < big - 1e-12:
-            skipped.append(f"large_eps_not_zero({label}): largest eps {eps:g} < large eps {big if big is None else f'{big:g}'}")
+            skipped.append(
+                f"large_eps_not_zero({label}): largest eps {eps:g} < large eps {big if big is None else f'{big:g}'}"
+            )
         elif acc > rules.large_eps_max_acc:
-            flags.append(Flag("large_eps_not_zero", f"{label}: accuracy {acc:.3f} at eps {eps:g} > {rules.large_eps_max_acc:g} "
-                                                    f"(eps >= {big:g} reaches the constant image from any input)"))
-    for name, other, flag, abs_tol in (("fgsm", "pgd", "fgsm_beats_pgd", rules.abs_tol),
-                                       ("cw", "pgd", "margin_beats_ce", rules.margin_tol)):
+            flags.append(
+                Flag(
+                    "large_eps_not_zero",
+                    f"{label}: accuracy {acc:.3f} at eps {eps:g} > {rules.large_eps_max_acc:g} "
+                    f"(eps >= {big:g} reaches the constant image from any input)",
+                )
+            )
+    for name, other, flag, abs_tol in (
+        ("fgsm", "pgd", "fgsm_beats_pgd", rules.abs_tol),
+        ("cw", "pgd", "margin_beats_ce", rules.margin_tol),
+    ):
         worst = None
         for (label, nm, norm), pts in cv.items():
             if nm != name or norm != "Linf":
@@ -144,31 +166,54 @@ def audit(record: dict, rules: Optional[AuditRules] = None, skipped: Optional[li
                     continue
                 gap, t = ref[1] - acc, rules.tol(ref[1], n, abs_tol)
                 if gap > t and (worst is None or gap - t > worst[0]):
-                    worst = (gap - t, f"{label} {acc:.3f} < {ref[0]} {ref[1]:.3f} at eps {eps:g} (gap {gap:.3f}, tolerance {t:.3f})")
+                    worst = (
+                        gap - t,
+                        f"{label} {acc:.3f} < {ref[0]} {ref[1]:.3f} at eps {eps:g} (gap {gap:.3f}, tolerance {t:.3f})",
+                    )
         if worst:
             flags.append(Flag(flag, worst[1]))
     probe = record.get("masking_probe")
     if probe:
-        drop, t = probe["pgd"] - probe["pgd_strong"], rules.tol(probe["pgd"], probe["n_points"], rules.more_steps_tol)
+        drop, t = (
+            probe["pgd"] - probe["pgd_strong"],
+            rules.tol(probe["pgd"], probe["n_points"], rules.more_steps_tol),
+        )
         if drop > t:
-            flags.append(Flag("more_steps_help", f"PGD-{probe['steps']} {probe['pgd']:.3f} -> PGD-{probe['strong_steps']}"
-                                                 f"x{probe['strong_restarts']} {probe['pgd_strong']:.3f} at eps {probe['eps']:g} "
-                                                 f"(drop {drop:.3f} > {t:.3f})"))
+            flags.append(
+                Flag(
+                    "more_steps_help",
+                    f"PGD-{probe['steps']} {probe['pgd']:.3f} -> PGD-{probe['strong_steps']}"
+                    f"x{probe['strong_restarts']} {probe['pgd_strong']:.3f} at eps {probe['eps']:g} "
+                    f"(drop {drop:.3f} > {t:.3f})",
+                )
+            )
         if probe.get("zero_grad_frac", 0.0) > rules.zero_grad_frac:
-            flags.append(Flag("zero_gradients", f"{probe['zero_grad_frac']:.2f} of {probe['n_points']} points have a zero "
-                                                f"input gradient (> {rules.zero_grad_frac:g})"))
+            flags.append(
+                Flag(
+                    "zero_gradients",
+                    f"{probe['zero_grad_frac']:.2f} of {probe['n_points']} points have a zero "
+                    f"input gradient (> {rules.zero_grad_frac:g})",
+                )
+            )
     else:
         skipped.append("more_steps_help/zero_gradients: no masking_probe in the record")
     tr = record.get("transfer")
     if tr and tr.get("whitebox_acc") is not None:
         t = rules.tol(tr["whitebox_acc"], tr["n_points"])
         if tr["acc"] < tr["whitebox_acc"] - t:
-            flags.append(Flag("transfer_beats_whitebox", f"PGD-{tr['steps']} from {tr['source_trial']} {tr['acc']:.3f} < "
-                                                         f"white-box {tr['whitebox_label']} {tr['whitebox_acc']:.3f} at eps "
-                                                         f"{tr['eps']:g} (tolerance {t:.3f})"))
+            flags.append(
+                Flag(
+                    "transfer_beats_whitebox",
+                    f"PGD-{tr['steps']} from {tr['source_trial']} {tr['acc']:.3f} < "
+                    f"white-box {tr['whitebox_label']} {tr['whitebox_acc']:.3f} at eps "
+                    f"{tr['eps']:g} (tolerance {t:.3f})",
+                )
+            )
     else:
-        skipped.append("transfer_beats_whitebox: no transfer result (a standard trial itself, no finished standard model of "
-                       "this dataset/model, or --no-transfer)")
+        skipped.append(
+            "transfer_beats_whitebox: no transfer result (a standard trial itself, no finished standard model of "
+            "this dataset/model, or --no-transfer)"
+        )
     return flags
 
 
@@ -177,13 +222,25 @@ def find_transfer_source(target: dict, candidates: list) -> Optional[tuple]:
     """The standard-training trial to transfer from: same dataset and model, preferring the same
     seed, then the same width, then the lowest seed. ``candidates``: [(trial_dir, record)]."""
     tc = target.get("config", {})
-    pool = [(d, r) for d, r in candidates
-            if r["config"]["defense"] == "standard" and r["dataset"] == target.get("dataset")
-            and r["model"] == target.get("model") and r.get("trial_id") != target.get("trial_id")]
+    pool = [
+        (d, r)
+        for d, r in candidates
+        if r["config"]["defense"] == "standard"
+        and r["dataset"] == target.get("dataset")
+        and r["model"] == target.get("model")
+        and r.get("trial_id") != target.get("trial_id")
+    ]
     if not pool:
         return None
-    return min(pool, key=lambda dr: (dr[1]["config"]["seed"] != tc.get("seed"), dr[1]["config"].get("width") != tc.get("width"),
-                                     dr[1]["config"]["seed"], str(dr[0])))
+    return min(
+        pool,
+        key=lambda dr: (
+            dr[1]["config"]["seed"] != tc.get("seed"),
+            dr[1]["config"].get("width") != tc.get("width"),
+            dr[1]["config"]["seed"],
+            str(dr[0]),
+        ),
+    )
 
 
 def whitebox_reference(record: dict, eps: float) -> Optional[dict]:
@@ -196,11 +253,27 @@ def whitebox_reference(record: dict, eps: float) -> Optional[dict]:
 
 @torch.no_grad()
 def _accuracy(model, x, y, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size] for i in range(0, len(x), batch_size)])
+    return torch.cat(
+        [
+            model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]
+            for i in range(0, len(x), batch_size)
+        ]
+    )
 
 
-def transfer_attack(source, target, x, y, eps: float, steps: int, restarts: int = 1, step_size: Optional[float] = None,
-                    batch_size: int = 500, x_adv: Optional[torch.Tensor] = None, seed: int = 0) -> tuple:
+def transfer_attack(
+    source,
+    target,
+    x,
+    y,
+    eps: float,
+    steps: int,
+    restarts: int = 1,
+    step_size: Optional[float] = None,
+    batch_size: int = 500,
+    x_adv: Optional[torch.Tensor] = None,
+    seed: int = 0,
+) -> tuple:
     """PGD (CE, L-inf, last iterate, as in Madry et al.'s transfer evaluation) crafted on
     ``source``, evaluated on ``target``. A point counts as robust only if ``target`` classifies it
     correctly both clean and adversarial, as in the white-box suite. Returns (accuracy, x_adv);
@@ -212,14 +285,33 @@ def transfer_attack(source, target, x, y, eps: float, steps: int, restarts: int 
     if x_adv is None:
         torch.manual_seed(seed)
         with torch.enable_grad():
-            x_adv = torch.cat([pgd(source, x[i:i + batch_size], y[i:i + batch_size], eps, steps=steps, step_size=step_size,
-                                   restarts=restarts, track_best=False) for i in range(0, len(x), batch_size)])
+            x_adv = torch.cat(
+                [
+                    pgd(
+                        source,
+                        x[i : i + batch_size],
+                        y[i : i + batch_size],
+                        eps,
+                        steps=steps,
+                        step_size=step_size,
+                        restarts=restarts,
+                        track_best=False,
+                    )
+                    for i in range(0, len(x), batch_size)
+                ]
+            )
     ok = _accuracy(target, x, y, batch_size) & _accuracy(target, x_adv, y, batch_size)
     return float(ok.float().mean()), x_adv
 
 
-def transfer_for_trial(target_dir, target_record: dict, source_dir, source_record: dict, device=None,
-                       cache: Optional[dict] = None) -> Optional[dict]:
+def transfer_for_trial(
+    target_dir,
+    target_record: dict,
+    source_dir,
+    source_record: dict,
+    device=None,
+    cache: Optional[dict] = None,
+) -> Optional[dict]:
     """Transfer from a finished standard trial to a finished target trial at the record's probe eps,
     with the record's PGD steps, on the record's evaluation points. ``cache`` keeps the source's
     adversarial examples across targets. None when either model.pt or the white-box PGD is missing."""
@@ -240,18 +332,37 @@ def transfer_for_trial(target_dir, target_record: dict, source_dir, source_recor
     x, y = load_tensors(tcfg.dataset, "test", tcfg.data_root, n=tcfg.n_eval, seed=0, download=tcfg.download)
     x, y = x.to(device), y.to(device)
     step = ref.get("step_size")
-    acc, xa = transfer_attack(source, target, x, y, eps, ref["steps"], ref["restarts"], step, tcfg.eval_batch_size,
-                              x_adv=cache.get(key))
+    acc, xa = transfer_attack(
+        source,
+        target,
+        x,
+        y,
+        eps,
+        ref["steps"],
+        ref["restarts"],
+        step,
+        tcfg.eval_batch_size,
+        x_adv=cache.get(key),
+    )
     cache[key] = xa
     return transfer_result(source_record, eps, ref, acc, len(y))
 
 
 def transfer_result(source_record: dict, eps: float, ref: dict, acc: float, n: int) -> dict:
     """The ``record["transfer"]`` entry the audit reads (also written to aggregate/transfer.json)."""
-    return {"source_trial": source_record.get("name"), "source_trial_id": source_record.get("trial_id"),
-            "source_seed": source_record["config"]["seed"], "eps": eps, "steps": ref["steps"], "restarts": ref["restarts"],
-            "step_size": ref.get("step_size"), "n_points": n, "acc": acc, "whitebox_label": ref["label"],
-            "whitebox_acc": ref["acc"]}
+    return {
+        "source_trial": source_record.get("name"),
+        "source_trial_id": source_record.get("trial_id"),
+        "source_seed": source_record["config"]["seed"],
+        "eps": eps,
+        "steps": ref["steps"],
+        "restarts": ref["restarts"],
+        "step_size": ref.get("step_size"),
+        "n_points": n,
+        "acc": acc,
+        "whitebox_label": ref["label"],
+        "whitebox_acc": ref["acc"],
+    }
 
 
 def transfers_for_run(trials: list, cache: Optional[dict] = None, device=None) -> tuple:
@@ -268,13 +379,19 @@ def transfers_for_run(trials: list, cache: Optional[dict] = None, device=None) -
         if src is None or ref is None:
             continue
         old = cache.get(name) or {}
-        if (old.get("source_trial_id"), old.get("eps"), old.get("steps"), old.get("whitebox_acc")) == \
-                (src[1].get("trial_id"), eps, ref["steps"], ref["acc"]):
+        if (old.get("source_trial_id"), old.get("eps"), old.get("steps"), old.get("whitebox_acc")) == (
+            src[1].get("trial_id"),
+            eps,
+            ref["steps"],
+            ref["acc"],
+        ):
             out[name] = old
             continue
         try:
             res = transfer_for_trial(d, rec, src[0], src[1], device, adv)
-        except Exception as e:  # e.g. the dataset is not on this machine: the audit reports the check as skipped
+        except (
+            Exception
+        ) as e:  # e.g. the dataset is not on this machine: the audit reports the check as skipped
             errors[name] = [f"transfer_beats_whitebox: transfer attack failed: {type(e).__name__}: {e}"]
             continue
         if res is not None:

@@ -4,6 +4,7 @@ A checkpoint is written to a temporary file in the same directory, fsynced, then
 old one, so a crash at any moment leaves either the previous or the new checkpoint, never half of
 one. RNG states are stored as uint8 tensors so that ``torch.load(weights_only=True)`` accepts them.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.stack(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else torch.empty(0, dtype=torch.uint8),
+        "cuda": torch.stack(torch.cuda.get_rng_state_all())
+        if torch.cuda.is_available()
+        else torch.empty(0, dtype=torch.uint8),
         "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
         "numpy_pos": int(np_state[2]),
         "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),

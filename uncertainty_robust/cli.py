@@ -29,7 +29,9 @@ def _bool(v: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ur-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ur-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--workdir", default=None, help="trial directory (default runs/single/<defense>_...)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     defaults = TrialConfig()
@@ -53,10 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("workdir", "print_config")}
+    overrides = {
+        k: v for k, v in vars(args).items() if v is not None and k not in ("workdir", "print_config")
+    }
     try:
         if "attacks" in overrides:
-            overrides["attacks"] = [AttackSpec.parse(a, f"attacks[{i}]") for i, a in enumerate(overrides["attacks"])]
+            overrides["attacks"] = [
+                AttackSpec.parse(a, f"attacks[{i}]") for i, a in enumerate(overrides["attacks"])
+            ]
         cfg = validate(TrialConfig(**overrides))
     except ConfigError as e:
         flag = "--" + e.key.split("[")[0].split(".")[0].replace("_", "-")

@@ -41,11 +41,17 @@ def _f(default=dataclasses.MISSING, *, grid: Optional[str], row: bool = True, he
 class TrialConfig:
     # what is trained
     defense: str = _f("standard", grid="defenses", help="one of uncertainty_robust.defenses.DEFENSES")
-    lam: float = _f(0.0, grid="lambdas", help="LS alpha, EntM lambda, TRADES beta; 0 for defenses without one")
+    lam: float = _f(
+        0.0, grid="lambdas", help="LS alpha, EntM lambda, TRADES beta; 0 for defenses without one"
+    )
     dataset: str = _f("mnist_embedded", grid="dataset")
-    data_root: Optional[str] = _f(None, grid="data_root", row=False, help="local root of torchvision datasets")
+    data_root: Optional[str] = _f(
+        None, grid="data_root", row=False, help="local root of torchvision datasets"
+    )
     download: bool = _f(False, grid="download", row=False)
-    n_train: Optional[int] = _f(None, grid="n_train", help="stratified subset of the training split (None: all)")
+    n_train: Optional[int] = _f(
+        None, grid="n_train", help="stratified subset of the training split (None: all)"
+    )
     augment: str = _f("none", grid="augment", help='"crop_flip": 4-px padded random crop + horizontal flip')
     model: str = _f("small_cnn", grid="model")
     width: float = _f(1.0, grid="width", help="channel multiplier of the model")
@@ -58,7 +64,9 @@ class TrialConfig:
     momentum: float = _f(0.9, grid="optimizer.momentum")
     weight_decay: float = _f(0.0, grid="optimizer.weight_decay")
     schedule: str = _f("constant", grid="optimizer.schedule")
-    milestones: list = _f(grid="optimizer.milestones", factory=lambda: [0.5, 0.75], help="fractions of epochs")
+    milestones: list = _f(
+        grid="optimizer.milestones", factory=lambda: [0.5, 0.75], help="fractions of epochs"
+    )
     gamma: float = _f(0.1, grid="optimizer.gamma")
     # adversarial training (Madry et al. 2018). Defaults: the MNIST convention eps=0.3 with 40 steps;
     # the step is 2.5 * eps / steps = 0.01875 unless eps_step is set (mnist_challenge uses 0.01).
@@ -68,11 +76,21 @@ class TrialConfig:
     pgd_steps: int = _f(40, grid="adversarial.pgd_steps")
     random_start: bool = _f(True, grid="adversarial.random_start")
     # open choices of the paper, explicit (not found in the paper; see docs/paper.md)
-    entropy_on: str = _f("adv", grid="adversarial.entropy_on", help='at_entm: entropy on "adv" or "clean" inputs')
-    inner_loss: str = _f("ce", grid="adversarial.inner_loss", help='PGD maximises "ce" or the "regularized" loss')
-    adv_fraction: float = _f(1.0, grid="adversarial.adv_fraction", help="1.0: all-adversarial batch; 0.5: half/half")
-    ls_form: str = _f("uniform", grid="adversarial.ls_form", help='"uniform" a/K (Szegedy) or "others" a/(K-1)')
-    attack_bn_mode: str = _f("eval", grid="adversarial.attack_bn_mode", help="BatchNorm mode of training attacks")
+    entropy_on: str = _f(
+        "adv", grid="adversarial.entropy_on", help='at_entm: entropy on "adv" or "clean" inputs'
+    )
+    inner_loss: str = _f(
+        "ce", grid="adversarial.inner_loss", help='PGD maximises "ce" or the "regularized" loss'
+    )
+    adv_fraction: float = _f(
+        1.0, grid="adversarial.adv_fraction", help="1.0: all-adversarial batch; 0.5: half/half"
+    )
+    ls_form: str = _f(
+        "uniform", grid="adversarial.ls_form", help='"uniform" a/K (Szegedy) or "others" a/(K-1)'
+    )
+    attack_bn_mode: str = _f(
+        "eval", grid="adversarial.attack_bn_mode", help="BatchNorm mode of training attacks"
+    )
     # evaluation
     test_eps: list = _f(grid="evaluation.test_eps", factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     attacks: list = _f(
@@ -117,7 +135,7 @@ class TrialConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, check: bool = True) -> "TrialConfig":
+    def from_dict(cls, d: dict, check: bool = True) -> TrialConfig:
         """From a dict (a grid's trial, Tune's config, a result record's ``config``). ``check`` False
         skips :func:`validate` (reading records of finished trials whose dataset is not here)."""
         known = {f.name for f in fields(cls)}
@@ -208,7 +226,9 @@ def validate(cfg: TrialConfig) -> TrialConfig:
     if cfg.eps_step is not None:
         _range("eps_step", cfg.eps_step, 0.0, 1.0, lo_open=True)
     _int("pgd_steps", cfg.pgd_steps, 1, 1000)
-    _range("adv_fraction", cfg.adv_fraction, 0.0, 1.0, lo_open=cfg.is_adversarial)  # AT with 0: clean training
+    _range(
+        "adv_fraction", cfg.adv_fraction, 0.0, 1.0, lo_open=cfg.is_adversarial
+    )  # AT with 0: clean training
     _int("epochs", cfg.epochs, 1, 100000)
     _int("batch_size", cfg.batch_size, 1, 1 << 16)
     _int("eval_batch_size", cfg.eval_batch_size, 1, 1 << 16)
@@ -238,7 +258,9 @@ def validate(cfg: TrialConfig) -> TrialConfig:
         _int(f"attacks[{i}].steps", a.steps, 1, 100000)
         _int(f"attacks[{i}].restarts", a.restarts, 1, 1000)
         if a.attack.single_step and (a.steps, a.restarts) != (1, 1):
-            raise ConfigError(f"attacks[{i}].steps", f"{a.name} is a single-step attack; give it no steps or restarts")
+            raise ConfigError(
+                f"attacks[{i}].steps", f"{a.name} is a single-step attack; give it no steps or restarts"
+            )
         if a.step_size is not None:
             _range(f"attacks[{i}].step_size", a.step_size, 0.0, 1.0, lo_open=True)
     _choice("device", cfg.device if not cfg.device.startswith("cuda:") else "cuda", ("auto", "cpu", "cuda"))

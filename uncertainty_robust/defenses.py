@@ -66,7 +66,9 @@ class Defense:
     baseline: Optional[str]  # what the reports compare it with, on the same points and seeds
     loss: LossFn
     paper: str
-    check: Optional[Callable[[object, int], None]] = None  # extra validation: (cfg, num_classes) -> raises ConfigError
+    check: Optional[Callable[[object, int], None]] = (
+        None  # extra validation: (cfg, num_classes) -> raises ConfigError
+    )
 
     @property
     def takes_lam(self) -> bool:
@@ -155,7 +157,12 @@ def natural(per_example: PerExample) -> LossFn:
         cost.forward += len(x)
         out = per_example(z, y, cfg).mean()
         acc = (z.argmax(1) == y).float().mean().item()
-        return out, {"loss": out.item(), "acc": acc, "clean_acc": acc, "entropy": entropy(z.detach()).mean().item()}
+        return out, {
+            "loss": out.item(),
+            "acc": acc,
+            "clean_acc": acc,
+            "entropy": entropy(z.detach()).mean().item(),
+        }
 
     return loss
 
@@ -261,7 +268,6 @@ register(
 register(Defense("at", "AT", "Standard/AT", True, None, "standard", adversarial(_ce), _MADRY))
 register(Defense("at_ls", "AT+LS", "LS/AT+LS", True, _ALPHA, "at", adversarial(_ls), _MADRY, _ls_check))
 register(Defense("at_entm", "AT+EntM", "EntM/AT+EntM", True, _LAMBDA, "at", adversarial(_ce, True), _MADRY))
-
 
 
 def defense_loss(name: str, model, x, y, cfg, cost: Cost, attack_model=None) -> tuple:

@@ -3,6 +3,7 @@
 Everything a reported figure needs travels with it: dataset, model, epsilons, attack steps and
 restarts, number of test points, seed, cost, library versions and git commit.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,9 @@ def zero_grad_fraction(model, x, y, tol: float = 1e-12) -> float:
 def git_commit() -> Optional[str]:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         # a repository without commits prints "HEAD" and fails: no commit to record
         return (out.stdout.strip() or None) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -65,8 +68,13 @@ def git_commit() -> Optional[str]:
 def versions() -> dict:
     import torchvision
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "uncertainty_robust": _pkg_version()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "uncertainty_robust": _pkg_version(),
+    }
 
 
 def _pkg_version() -> str:
@@ -88,26 +96,52 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> di
     torch.manual_seed(cfg.seed + 12345)  # attack random starts: reproducible per trial
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(x[i:i + cfg.eval_batch_size]) for i in range(0, len(x), cfg.eval_batch_size)])
+        logits = torch.cat(
+            [model(x[i : i + cfg.eval_batch_size]) for i in range(0, len(x), cfg.eval_batch_size)]
+        )
     probs = logits.softmax(1)
-    suite = run_suite(model, x, y, cfg.attacks, cfg.test_eps, cfg.eval_batch_size, per_attack=True,
-                      keep_examples=keep_examples)
+    suite = run_suite(
+        model,
+        x,
+        y,
+        cfg.attacks,
+        cfg.test_eps,
+        cfg.eval_batch_size,
+        per_attack=True,
+        keep_examples=keep_examples,
+    )
     n = len(y)
     attacks = []
     for spec in cfg.attacks:
         for eps in cfg.test_eps:
             c: Cost = suite.cost[(spec.label(), eps)]
-            attacks.append({
-                "attack": spec.name, "label": spec.label(), "norm": spec.attack.norm, "loss": spec.attack.loss,
-                "eps": eps, "steps": spec.steps, "restarts": spec.restarts,
-                "step_size": spec.attack.step_size(eps, spec.steps, spec.step_size),
-                "acc": float(suite.correct[(spec.label(), eps)].float().mean()), "n_points": n, **c.as_dict()})
-    worst = [{"eps": eps, "acc": float(suite.worst[eps].float().mean()), "n_points": n,
-              "attacks": sorted({a["label"] for a in attacks if a["norm"] == "Linf"})}
-             for eps in cfg.test_eps]
-    jac_x = x[:cfg.jacobian_points]
+            attacks.append(
+                {
+                    "attack": spec.name,
+                    "label": spec.label(),
+                    "norm": spec.attack.norm,
+                    "loss": spec.attack.loss,
+                    "eps": eps,
+                    "steps": spec.steps,
+                    "restarts": spec.restarts,
+                    "step_size": spec.attack.step_size(eps, spec.steps, spec.step_size),
+                    "acc": float(suite.correct[(spec.label(), eps)].float().mean()),
+                    "n_points": n,
+                    **c.as_dict(),
+                }
+            )
+    worst = [
+        {
+            "eps": eps,
+            "acc": float(suite.worst[eps].float().mean()),
+            "n_points": n,
+            "attacks": sorted({a["label"] for a in attacks if a["norm"] == "Linf"}),
+        }
+        for eps in cfg.test_eps
+    ]
+    jac_x = x[: cfg.jacobian_points]
     jac = jacobian_stats(model, jac_x, exact=True) if cfg.jacobian_points else {}
-    probe = _masking_probe(model, x[:min(n, 100)], y[:min(n, 100)], cfg)
+    probe = _masking_probe(model, x[: min(n, 100)], y[: min(n, 100)], cfg)
     record = {
         "clean_acc": float(suite.clean_correct.float().mean()),
         "n_points": n,
@@ -151,10 +185,14 @@ def result_record(cfg: TrialConfig, train_summary: dict, evaluation: dict, trial
         "model": cfg.model,
         **ev,
         "train": {k: train_summary[k] for k in ("epochs", "train_seconds", "world_size", "history")},
-        "cost": {"train": train_summary["cost"],
-                 "eval": {"seconds": evaluation["eval_seconds"],
-                          "forward": sum(a["forward"] for a in evaluation["attacks"]),
-                          "backward": sum(a["backward"] for a in evaluation["attacks"])}},
+        "cost": {
+            "train": train_summary["cost"],
+            "eval": {
+                "seconds": evaluation["eval_seconds"],
+                "forward": sum(a["forward"] for a in evaluation["attacks"]),
+                "backward": sum(a["backward"] for a in evaluation["attacks"]),
+            },
+        },
         "versions": versions(),
         "git_commit": git_commit(),
         "host": platform.node(),
@@ -169,4 +207,3 @@ def read_result(trial_dir: os.PathLike) -> Optional[dict]:
 
     p = TrialDir(trial_dir).result
     return json.loads(p.read_text()) if p.exists() else None
-

@@ -11,6 +11,7 @@ could not be read (shared/paper.md §6), so both outputs are measured, in the Fr
   (one per output: logits and softmax) instead of K. Unbiased for the squared norm; its square root is slightly biased low.
 Both need the model in eval mode (BatchNorm statistics fixed); they set it and restore it.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -37,11 +38,14 @@ def jacobian_norms(model, x: torch.Tensor, batch_size: int = 100) -> dict:
     out = {"logits": [], "softmax": []}
     try:
         for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size].detach().requires_grad_(True)
+            xb = x[i : i + batch_size].detach().requires_grad_(True)
             with torch.enable_grad():
                 z = model(xb)
                 k = z.shape[1]
-                rows = [torch.autograd.grad(z[:, j].sum(), xb, retain_graph=j < k - 1)[0].flatten(1) for j in range(k)]
+                rows = [
+                    torch.autograd.grad(z[:, j].sum(), xb, retain_graph=j < k - 1)[0].flatten(1)
+                    for j in range(k)
+                ]
             jz = torch.stack(rows, 1)  # (B, K, D)
             # d p_i / d x = sum_j p_j (delta_ij - p_i) d z_j / d x: the coefficients softmax's backward
             # applies, so the softmax Jacobian needs no second set of K backward passes
@@ -54,20 +58,32 @@ def jacobian_norms(model, x: torch.Tensor, batch_size: int = 100) -> dict:
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def jacobian_norms_estimate(model, x: torch.Tensor, projections: int = 1, batch_size: int = 500,
-                            generator: Optional[torch.Generator] = None) -> dict:
+def jacobian_norms_estimate(
+    model,
+    x: torch.Tensor,
+    projections: int = 1,
+    batch_size: int = 500,
+    generator: Optional[torch.Generator] = None,
+) -> dict:
     """Random-projection estimate of the per-example Frobenius norms (2 x ``projections`` backward
     passes per batch, one per output, whatever the number of classes)."""
     was = _eval(model)
     out = {"logits": [], "softmax": []}
     try:
         for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size].detach().requires_grad_(True)
+            xb = x[i : i + batch_size].detach().requires_grad_(True)
             z = model(xb)
             p = torch.softmax(z, 1)
-            sq = {"logits": torch.zeros(len(xb), device=x.device), "softmax": torch.zeros(len(xb), device=x.device)}
-            for j in range(projections):
-                v = torch.randn(z.shape, generator=generator, device=z.device) if generator is not None else torch.randn_like(z)
+            sq = {
+                "logits": torch.zeros(len(xb), device=x.device),
+                "softmax": torch.zeros(len(xb), device=x.device),
+            }
+            for _ in range(projections):
+                v = (
+                    torch.randn(z.shape, generator=generator, device=z.device)
+                    if generator is not None
+                    else torch.randn_like(z)
+                )
                 for name, o in (("logits", z), ("softmax", p)):
                     (g,) = torch.autograd.grad((o * v).sum(), xb, retain_graph=True)
                     sq[name] += g.flatten(1).pow(2).sum(1)
@@ -80,8 +96,13 @@ def jacobian_norms_estimate(model, x: torch.Tensor, projections: int = 1, batch_
 
 def summarize(norms: torch.Tensor) -> dict:
     a = norms.detach().cpu().double().numpy()
-    return {"mean": float(a.mean()), "median": float(np.median(a)), "p95": float(np.percentile(a, 95)),
-            "rms": float(np.sqrt((a ** 2).mean())), "n": int(a.size)}
+    return {
+        "mean": float(a.mean()),
+        "median": float(np.median(a)),
+        "p95": float(np.percentile(a, 95)),
+        "rms": float(np.sqrt((a**2).mean())),
+        "n": int(a.size),
+    }
 
 
 def jacobian_stats(model, x: torch.Tensor, exact: bool = True, projections: int = 8) -> dict:

@@ -4,6 +4,7 @@ Keeping normalization inside the model means every attack works in pixel space, 
 L-inf epsilon such as 8/255 means what it says, and nobody can forget to normalize adversarial
 inputs.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -73,7 +74,16 @@ class PreActResNet18(nn.Module):
         w = width
         self.conv1 = nn.Conv2d(in_ch, w, 3, 1, 1, bias=False)
         layers, in_planes = [], w
-        for planes, stride in [(w, 1), (w, 1), (2 * w, 2), (2 * w, 1), (4 * w, 2), (4 * w, 1), (8 * w, 2), (8 * w, 1)]:
+        for planes, stride in [
+            (w, 1),
+            (w, 1),
+            (2 * w, 2),
+            (2 * w, 1),
+            (4 * w, 2),
+            (4 * w, 1),
+            (8 * w, 2),
+            (8 * w, 1),
+        ]:
             layers.append(PreActBlock(in_planes, planes, stride))
             in_planes = planes
         self.layers = nn.Sequential(*layers)
@@ -107,7 +117,9 @@ class WideBasic(nn.Module):
 class WideResNet(nn.Module):
     """WideResNet-depth-k (Zagoruyko & Komodakis 2016); WRN-34-10 is the usual AT model (TRADES)."""
 
-    def __init__(self, in_ch: int = 3, num_classes: int = 10, depth: int = 28, widen: int = 10, dropout: float = 0.0):
+    def __init__(
+        self, in_ch: int = 3, num_classes: int = 10, depth: int = 28, widen: int = 10, dropout: float = 0.0
+    ):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
@@ -150,7 +162,9 @@ MODELS: dict[str, Callable[[int, int, int, float], nn.Module]] = {
 }
 
 
-def build_model(name: str, channels: int, num_classes: int, size: int, mean, std, width: float = 1.0) -> nn.Sequential:
+def build_model(
+    name: str, channels: int, num_classes: int, size: int, mean, std, width: float = 1.0
+) -> nn.Sequential:
     """A model that takes [0,1] images: ``Sequential(Normalize(mean, std), net)``."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")

@@ -9,6 +9,7 @@
   Training adversaries are generated on the unwrapped module so no DDP reducer is armed by the
   attack's forward passes.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,8 +113,12 @@ def restore(path: Path, model, opt, sched, device) -> Optional[TrainState]:
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     ckpt.set_rng_state(state["rng"])
-    return TrainState(int(state["epoch"]), json.loads(state["history"]), Cost(**json.loads(state["cost"])),
-                      float(state["train_seconds"]))
+    return TrainState(
+        int(state["epoch"]),
+        json.loads(state["history"]),
+        Cost(**json.loads(state["cost"])),
+        float(state["train_seconds"]),
+    )
 
 
 def train_epoch(net, model, opt, cfg: TrialConfig, x_tr, y_tr, idx, device, cost: Cost, epoch: int) -> dict:
@@ -124,7 +129,7 @@ def train_epoch(net, model, opt, cfg: TrialConfig, x_tr, y_tr, idx, device, cost
     net.train()
     sums = {"loss": [0.0, 0], "acc": [0.0, 0], "clean_acc": [0.0, 0], "entropy": [0.0, 0]}
     for b, i in enumerate(range(0, len(idx), cfg.batch_size)):
-        bi = idx[i:i + cfg.batch_size]
+        bi = idx[i : i + cfg.batch_size]
         x, y = x_tr[bi].to(device, non_blocking=True), y_tr[bi].to(device, non_blocking=True)
         if cfg.augment == "crop_flip":
             x = crop_flip(x)
@@ -142,25 +147,46 @@ def train_epoch(net, model, opt, cfg: TrialConfig, x_tr, y_tr, idx, device, cost
     return sums
 
 
-def end_epoch(cfg: TrialConfig, trial: TrialDir, model, opt, sched, st: TrainState, metrics: dict, writer) -> None:
+def end_epoch(
+    cfg: TrialConfig, trial: TrialDir, model, opt, sched, st: TrainState, metrics: dict, writer
+) -> None:
     """Rank 0: the atomic checkpoint (RNG state after the epoch's probe, so a resumed run continues
     from exactly here), TensorBoard scalars and the epoch's log line."""
-    ckpt.save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "epoch": st.epoch, "rng": ckpt.rng_state(), "history": json.dumps(st.history),
-                      "cost": json.dumps(st.cost.as_dict()), "train_seconds": st.train_seconds,
-                      "config": json.dumps(cfg.to_dict(), default=str)}, trial.checkpoint)
+    ckpt.save_atomic(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": st.epoch,
+            "rng": ckpt.rng_state(),
+            "history": json.dumps(st.history),
+            "cost": json.dumps(st.cost.as_dict()),
+            "train_seconds": st.train_seconds,
+            "config": json.dumps(cfg.to_dict(), default=str),
+        },
+        trial.checkpoint,
+    )
     if writer is not None:
         for k, v in metrics.items():
             if k != "epoch" and isinstance(v, (int, float)) and not math.isnan(v):
                 writer.add_scalar(k, v, st.epoch)
         writer.flush()
-    log.info("epoch %d/%d %s", st.epoch, cfg.epochs,
-             " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch",)))
+    log.info(
+        "epoch %d/%d %s",
+        st.epoch,
+        cfg.epochs,
+        " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch",)),
+    )
 
 
-def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLike] = None,
-        on_epoch_end: Optional[EpochCallback] = None, tensorboard: bool = True,
-        stop_after_epochs: Optional[int] = None) -> tuple[torch.nn.Module, dict]:
+def fit(
+    cfg: TrialConfig,
+    workdir: os.PathLike,
+    resume_from: Optional[os.PathLike] = None,
+    on_epoch_end: Optional[EpochCallback] = None,
+    tensorboard: bool = True,
+    stop_after_epochs: Optional[int] = None,
+) -> tuple[torch.nn.Module, dict]:
     """Train one trial. Returns the (unwrapped) model and the training summary.
 
     ``resume_from``: a checkpoint file to start from (e.g. one Ray Train restored); otherwise
@@ -182,8 +208,12 @@ def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLik
     if st.epoch and rank == 0:
         log.info("resumed %s from epoch %d", trial.root, st.epoch)
 
-    x_tr, y_tr = load_tensors(cfg.dataset, "train", cfg.data_root, n=cfg.n_train, seed=0, download=cfg.download)
-    x_te, y_te = load_tensors(cfg.dataset, "test", cfg.data_root, n=min(cfg.n_eval, 512), seed=0, download=cfg.download)
+    x_tr, y_tr = load_tensors(
+        cfg.dataset, "train", cfg.data_root, n=cfg.n_train, seed=0, download=cfg.download
+    )
+    x_te, y_te = load_tensors(
+        cfg.dataset, "test", cfg.data_root, n=min(cfg.n_eval, 512), seed=0, download=cfg.download
+    )
     x_te, y_te = x_te.to(device), y_te.to(device)
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     writer = None
@@ -192,8 +222,9 @@ def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLik
 
         writer = SummaryWriter(str(trial.tb))
 
-    sampler = DistributedSampler(range(len(x_tr)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=False)
+    sampler = DistributedSampler(
+        range(len(x_tr)), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False
+    )
     last = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, st.epoch + stop_after_epochs)
     for epoch in range(st.epoch, last):
         t0 = time.perf_counter()
@@ -216,8 +247,14 @@ def fit(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLik
             on_epoch_end(st.epoch, metrics, trial.checkpoint)
     if writer is not None:
         writer.close()
-    summary = {"epochs": len(st.history), "history": st.history, "cost": st.cost.as_dict(),
-               "train_seconds": st.train_seconds, "world_size": world, "completed": len(st.history) >= cfg.epochs}
+    summary = {
+        "epochs": len(st.history),
+        "history": st.history,
+        "cost": st.cost.as_dict(),
+        "train_seconds": st.train_seconds,
+        "world_size": world,
+        "completed": len(st.history) >= cfg.epochs,
+    }
     return model, summary
 
 
@@ -229,8 +266,12 @@ def crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     dy, dx = torch.randint(0, 2 * pad + 1, (2, n))
     rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
     cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
-    out = xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
-             rows[:, None, :, None], cols[:, None, None, :]]
+    out = xp[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
     flip = torch.rand(n, device=x.device) < 0.5
     out[flip] = out[flip].flip(3)
     return out
@@ -249,5 +290,9 @@ def _epoch_probe(model, x, y, cfg) -> dict:
     g = torch.Generator(device=x.device).manual_seed(cfg.seed)
     jn = jacobian_norms_estimate(model, x[:128], projections=cfg.jacobian_projections, generator=g)
     model.train(was)
-    return {"test/clean_acc": (z.argmax(1) == y).float().mean().item(), "test/entropy": entropy(z).mean().item(),
-            "test/jacobian_logits_est": jn["logits"].mean().item(), "test/jacobian_softmax_est": jn["softmax"].mean().item()}
+    return {
+        "test/clean_acc": (z.argmax(1) == y).float().mean().item(),
+        "test/entropy": entropy(z).mean().item(),
+        "test/jacobian_logits_est": jn["logits"].mean().item(),
+        "test/jacobian_softmax_est": jn["softmax"].mean().item(),
+    }

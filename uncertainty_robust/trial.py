@@ -24,8 +24,13 @@ from .train import EpochCallback, fit, make_model, rank_world
 log = logging.getLogger("uncertainty_robust")
 
 
-def run_trial(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.PathLike] = None,
-              on_epoch_end: Optional[EpochCallback] = None, keep_examples: int = 8) -> Optional[dict]:
+def run_trial(
+    cfg: TrialConfig,
+    workdir: os.PathLike,
+    resume_from: Optional[os.PathLike] = None,
+    on_epoch_end: Optional[EpochCallback] = None,
+    keep_examples: int = 8,
+) -> Optional[dict]:
     """Returns the result record on rank 0 (None on other ranks or if already finished elsewhere)."""
     trial = TrialDir(workdir)
     done = read_result(trial.root)
@@ -39,11 +44,18 @@ def run_trial(cfg: TrialConfig, workdir: os.PathLike, resume_from: Optional[os.P
     model, summary = fit(cfg, trial.root, resume_from=resume_from, on_epoch_end=on_epoch_end)
     if rank != 0 or not summary["completed"]:
         return None
-    ckpt.save_atomic({"model": model.state_dict(), "config": json.dumps(cfg.to_dict(), default=str)}, trial.model)
+    ckpt.save_atomic(
+        {"model": model.state_dict(), "config": json.dumps(cfg.to_dict(), default=str)}, trial.model
+    )
     ev = evaluate(model, cfg, keep_examples=keep_examples)
     if keep_examples and ev.get("_adv_examples"):
-        ckpt.save_atomic({str(eps): {"x": xa, "y": ya, "pred": pa, "clean": xc, "attack": lab}
-                          for eps, (xa, ya, pa, lab, xc) in ev["_adv_examples"].items()}, trial.adv_examples)
+        ckpt.save_atomic(
+            {
+                str(eps): {"x": xa, "y": ya, "pred": pa, "clean": xc, "attack": lab}
+                for eps, (xa, ya, pa, lab, xc) in ev["_adv_examples"].items()
+            },
+            trial.adv_examples,
+        )
     record = result_record(cfg, summary, ev, trial.root)
     ckpt.write_json_atomic(record, trial.result)  # last: its presence means "finished"
     return record

@@ -23,6 +23,7 @@ API::
     x, y = load_arrays("mnist_embedded", "train")              # uint8 (N,C,H,W), int64 (N,)
     x, y = load_tensors("mnist_embedded", "test", n=500, seed=0)  # float32 [0,1], balanced subset
 """
+
 from .datasets import (
     DATASETS,
     DEBIAN_FASHION_MNIST,

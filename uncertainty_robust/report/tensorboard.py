@@ -11,6 +11,7 @@ from ..rundir import TrialDir
 from .scan import Group, hparams, metrics, slug
 from .tables import curves, jacobian_lines, matrices, matrix_markdown
 
+
 def _step(x: float) -> int:
     return int(round(1000 * x))
 
@@ -27,11 +28,18 @@ def write_tensorboard(tb: Path, trials: list, groups: list, tables_md: str, audi
     exp, _, _ = hp_summary(all_hp[0], union, domains)
     cv, jl, mx = curves(groups), jacobian_lines(groups), matrices(groups)
     attack_series = sorted({s for c in cv.values() for s in c if s != "worst"}) + ["worst"]
-    layout = {"accuracy vs test eps (x = 1000*eps, mean over seeds)": {s: ["Multiline", [rf"^curve/{re.escape(s)}$"]] for s in attack_series},
-              "Jacobian norm vs lambda (x = 1000*lambda, mean over seeds)": {s: ["Multiline", [rf"^jac_vs_lam/{s}$"]] for s in
-                                                                            ("logits_mean", "logits_median", "softmax_mean", "softmax_median")},
-              "worst-case acc vs eps_train (x = 1000*eps_train), one line per eps_test": {
-                  title: ["Multiline", [rf"^matrix/{re.escape(slug(title))}/"]] for title in mx}}
+    layout = {
+        "accuracy vs test eps (x = 1000*eps, mean over seeds)": {
+            s: ["Multiline", [rf"^curve/{re.escape(s)}$"]] for s in attack_series
+        },
+        "Jacobian norm vs lambda (x = 1000*lambda, mean over seeds)": {
+            s: ["Multiline", [rf"^jac_vs_lam/{s}$"]]
+            for s in ("logits_mean", "logits_median", "softmax_mean", "softmax_median")
+        },
+        "worst-case acc vs eps_train (x = 1000*eps_train), one line per eps_test": {
+            title: ["Multiline", [rf"^matrix/{re.escape(slug(title))}/"]] for title in mx
+        },
+    }
     with SummaryWriter(str(tb)) as w:
         w.file_writer.add_summary(exp)
         w.add_custom_scalars(layout)
@@ -87,10 +95,15 @@ def _write_examples(tb: Path, g: Group) -> None:
     with SummaryWriter(str(tb / "examples" / g.slug)) as w:
         for eps in sorted(ex, key=float):
             e = ex[eps]
-            rows = torch.cat([e["clean"], e["x"]]) if "clean" in e else e["x"]  # clean row above adversarial row
+            rows = (
+                torch.cat([e["clean"], e["x"]]) if "clean" in e else e["x"]
+            )  # clean row above adversarial row
             grid = vutils.make_grid(rows.float(), nrow=len(e["x"]), padding=2, pad_value=1.0)
             w.add_image(f"adv/eps_{float(eps):g}", grid, 0)
-            w.add_text(f"adv/eps_{float(eps):g}", f"{t.name} ({e.get('attack', 'attack')}, top: clean, bottom: "
-                       f"adversarial): label {e['y'].tolist()}, prediction {e['pred'].tolist()}")
+            w.add_text(
+                f"adv/eps_{float(eps):g}",
+                f"{t.name} ({e.get('attack', 'attack')}, top: clean, bottom: "
+                f"adversarial): label {e['y'].tolist()}, prediction {e['pred'].tolist()}",
+            )
             big = torch.nn.functional.interpolate(grid[None], scale_factor=3, mode="nearest")[0]
             vutils.save_image(big, png / f"{g.slug}__test_eps{float(eps):g}.png")
