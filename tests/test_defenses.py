@@ -119,3 +119,31 @@ def test_every_defense_takes_a_step(name, batch):
     if cfg.is_adversarial:
         assert cost.backward == cfg.pgd_steps * len(x)  # the training adversary's input gradients
         assert 0 <= stats["acc"] <= 1 and 0 <= stats["clean_acc"] <= 1
+
+
+def test_trades_loss_equals_its_formula(std_model, batch):
+    """TRADES: CE on clean inputs + beta * KL(p(x) || p(x_adv)) (batch mean), x_adv by PGD on that KL;
+    the adversary is recomputed from the same seed and the loss compared with the formula."""
+    x, y = batch
+    beta, seed = 6.0, 5
+    cfg = validate(TrialConfig(defense="trades", lam=beta, eps=0.2, pgd_steps=5))
+    torch.manual_seed(seed)
+    loss, stats = DEFENSES["trades"].loss(std_model, x, y, cfg, Cost())
+    with torch.no_grad():
+        p_nat = F.softmax(std_model(x), 1)
+
+    def kl(z, _y):
+        return F.kl_div(F.log_softmax(z, 1), p_nat, reduction="none").sum(1)
+
+    torch.manual_seed(seed)
+    x_adv = make_adversary(std_model, x, y, cfg, kl, Cost())
+    assert float((x_adv - x).abs().max()) <= 0.2 + 1e-6
+    with torch.no_grad():
+        z_nat, z_adv = std_model(x), std_model(x_adv)
+        kl_mean = (p_nat * (F.log_softmax(z_nat, 1) - F.log_softmax(z_adv, 1))).sum(1).mean()
+        expected = F.cross_entropy(z_nat, y) + beta * kl_mean
+    assert kl_mean > 1e-3  # the adversary moved the prediction, so the KL term is really there
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert stats["clean_acc"] == pytest.approx(float((z_nat.argmax(1) == y).float().mean()))
+    assert stats["acc"] == pytest.approx(float((z_adv.argmax(1) == y).float().mean()))
+    assert DEFENSES["trades"].adversarial and DEFENSES["trades"].lam.symbol == "β"

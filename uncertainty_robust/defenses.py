@@ -17,6 +17,8 @@ Standard forms (none could be confirmed from the paper's body; see ``docs/paper.
 - at       : CE(f(x_adv), y), x_adv = PGD-Linf(eps, step, steps, random start) (Madry et al. 2018)
 - at_ls    : LS loss on x_adv
 - at_entm  : CE(f(x_adv), y) - lam * H(softmax f(x_?)), ``entropy_on`` in {"adv", "clean"}
+- trades   : CE(f(x), y) + beta * KL(p(x) || p(x_adv)), x_adv = PGD-Linf on that KL, beta = ``cfg.lam``
+             (Zhang et al. 2019)
 
 Open choices, all config fields: ``inner_loss`` (PGD maximises plain CE, or the regularized
 training loss), ``adv_fraction`` (1.0 = all-adversarial batch; 0.5 = the first half of the batch
@@ -223,6 +225,37 @@ def _clean_probe(model, x, y, cost: Cost, probe: int = 32) -> tuple:
     return zc, y[:probe]
 
 
+def trades_loss(model, x, y, cfg, cost: Cost, attack_model=None):
+    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(p(x) || p(x_adv)) / batch, beta = ``cfg.lam``.
+    The adversary maximises the same KL with PGD-Linf (``eps``, ``pgd_steps``, ``eps_step``) from
+    ``cfg.random_start`` (uniform in the ball; the authors' code starts at x + 0.001 N(0, I)). The
+    clean and adversarial halves go through one forward pass (so BatchNorm sees both)."""
+    am = attack_model or model
+    was = am.training
+    am.eval()
+    with torch.no_grad():
+        p_nat = F.softmax(am(x), 1)
+    am.train(was)
+    cost.forward += len(x)
+
+    def kl_to_nat(z, _y):
+        return F.kl_div(F.log_softmax(z, 1), p_nat, reduction="none").sum(1)
+
+    x_adv = make_adversary(am, x, y, cfg, kl_to_nat, cost)
+    z_all = model(torch.cat([x, x_adv]))
+    cost.forward += len(z_all)
+    z_nat, z_adv = z_all[: len(x)], z_all[len(x) :]
+    kl = F.kl_div(F.log_softmax(z_adv, 1), F.softmax(z_nat, 1), reduction="batchmean")
+    out = F.cross_entropy(z_nat, y) + cfg.lam * kl
+    stats = {
+        "loss": out.item(),
+        "acc": (z_adv.argmax(1) == y).float().mean().item(),
+        "clean_acc": (z_nat.argmax(1) == y).float().mean().item(),
+        "entropy": entropy(z_adv.detach()).mean().item(),
+    }
+    return out, stats
+
+
 def _ls_check(cfg, num_classes: int) -> None:
     """``ls_form="others"`` puts a/(K-1) on each wrong class and 1-a on y: from a = (K-1)/K on, y no
     longer gets the most mass (an inverted objective that would look like a result)."""
@@ -268,6 +301,19 @@ register(
 register(Defense("at", "AT", "Standard/AT", True, None, "standard", adversarial(_ce), _MADRY))
 register(Defense("at_ls", "AT+LS", "LS/AT+LS", True, _ALPHA, "at", adversarial(_ls), _MADRY, _ls_check))
 register(Defense("at_entm", "AT+EntM", "EntM/AT+EntM", True, _LAMBDA, "at", adversarial(_ce, True), _MADRY))
+
+register(
+    Defense(
+        "trades",
+        "TRADES",
+        "TRADES",
+        True,
+        Lam("β", "weight of KL(p(x) || p(x_adv))", 0.0, 20.0, lo_open=True),
+        "at",
+        trades_loss,
+        "Zhang et al. 2019, Theoretically Principled Trade-off between Robustness and Accuracy",
+    )
+)
 
 
 def defense_loss(name: str, model, x, y, cfg, cost: Cost, attack_model=None) -> tuple:
