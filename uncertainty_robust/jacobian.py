@@ -1,7 +1,7 @@
 """Input-Jacobian statistics: per-example ||d f(x) / d x||_F for f = logits and f = softmax.
 
 The paper reports that EntM shrinks the input Jacobian norm but which norm, of which output,
-could not be read (shared/paper.md §6), so both outputs are measured, in the Frobenius norm.
+could not be read (docs/paper.md §6), so both outputs are measured, in the Frobenius norm.
 
 - :func:`jacobian_norms` is exact: the full K x D logit Jacobian J_z of every example, from K
   backward passes of the batch (one per logit); the softmax Jacobian follows from it without

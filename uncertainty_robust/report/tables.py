@@ -278,15 +278,15 @@ def matrices(groups: list) -> dict:
         rest = {k: v for k, v in g.key.items() if k not in ("defense", "eps")}
         fam = c.spec.family + (f" ({c.spec.lam.symbol}={c.lam:g})" if c.spec.takes_lam else "")
         f = fams.setdefault(
-            (fam, json.dumps(rest, sort_keys=True, default=str)), {"title": fam, "cells": {}, "at": False}
+            (fam, json.dumps(rest, sort_keys=True, default=str)), {"title": fam, "cells": {}, "adversarial": False}
         )
-        f["at"] |= c.is_adversarial
+        f["adversarial"] |= c.is_adversarial
         for t in g.trials:
             for w in t.record["worst_case"]:
                 f["cells"].setdefault((t.eps_train, w["eps"]), []).append(w["acc"])
     out = {}
     for (title, _), f in fams.items():
-        if not f["at"]:
+        if not f["adversarial"]:
             continue
         rows, cols = sorted({k[0] for k in f["cells"]}), sorted({k[1] for k in f["cells"]})
         title = title if title not in out else f"{title} #{len(out)}"
