@@ -50,9 +50,7 @@ def read_json(path: os.PathLike) -> Optional[dict]:
 
 
 @dataclass(frozen=True)
-class TrialDir:
-    """One trial's directory. ``result.json`` is written last: its presence means "finished"."""
-
+class _Dir:
     root: Path
 
     def __post_init__(self):
@@ -61,6 +59,11 @@ class TrialDir:
     @property
     def name(self) -> str:
         return self.root.name
+
+
+@dataclass(frozen=True)
+class TrialDir(_Dir):
+    """One trial's directory. ``result.json`` is written last: its presence means "finished"."""
 
     checkpoint = property(lambda self: self.root / "checkpoint.pt")  # latest epoch (model, optimizer, RNG)
     best = property(lambda self: self.root / "best.pt")  # best epoch by validation robust accuracy
@@ -78,17 +81,8 @@ class TrialDir:
 
 
 @dataclass(frozen=True)
-class RunDir:
+class RunDir(_Dir):
     """A sweep's run directory (see the module docstring for what each file is)."""
-
-    root: Path
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def name(self) -> str:
-        return self.root.name
 
     grid = property(lambda self: self.root / "grid.yaml")
     plan = property(lambda self: self.root / "plan.json")
