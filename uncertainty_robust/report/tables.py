@@ -36,6 +36,11 @@ def columns(trials: list) -> list:
         for e in eps
         if any(w["eps"] == e for t in trials for w in t.record["worst_case"])
     ]
+    cols += [
+        (f"AA@{e:g}", "autoattack", None, e)
+        for e in eps
+        if any(w["eps"] == e and "ours" in w for t in trials for w in t.record["worst_case"])
+    ]
     return cols
 
 
@@ -43,10 +48,14 @@ def cell(record: dict, col: tuple) -> Optional[float]:
     key, kind, label, eps = col
     if kind == "clean":
         return record["clean_acc"]
-    rows = record["attacks"] if kind == "attack" else record["worst_case"]
-    return next(
-        (r["acc"] for r in rows if r["eps"] == eps and (kind == "worst" or r["label"] == label)), None
-    )
+    if kind == "attack":
+        return next((r["acc"] for r in record["attacks"] if r["eps"] == eps and r["label"] == label), None)
+    w = next((r for r in record["worst_case"] if r["eps"] == eps), None)
+    if w is None:
+        return None
+    if kind == "worst":  # our own attacks' worst case, on every evaluation point
+        return (w.get("ours") or w)["acc"]
+    return w["acc"] if "ours" in w else None  # ours + AutoAttack, on the AutoAttack points
 
 
 def attack_settings(trials: list) -> dict:
@@ -68,6 +77,18 @@ def attack_settings(trials: list) -> dict:
                 },
             )
     return out
+
+
+def autoattack_settings(trials: list) -> Optional[dict]:
+    """What the AA columns mean: the AutoAttack attacks and the number of points they ran on."""
+    recs = [t.record["autoattack"] for t in trials if t.record.get("autoattack")]
+    if not recs:
+        return None
+    return {
+        "attacks": sorted({a for r in recs for a in r["attacks"]}),
+        "components": sorted({c for r in recs for c in r["components"]}),
+        "n_points": sorted({r["n_points"] for r in recs}),
+    }
 
 
 def build_tables(groups: list) -> list:
@@ -108,6 +129,7 @@ def build_tables(groups: list) -> list:
                 "attacks": attack_settings(trials),
                 "n_points": sorted({t.record["n_points"] for t in trials}),
                 "norm": "+".join(sorted({a["norm"] for t in trials for a in t.record["attacks"]})),
+                "autoattack": autoattack_settings(trials),
                 "eps": sorted({c[3] for c in cols if c[3] > 0}),
             }
         )
@@ -129,9 +151,17 @@ def table_header(tab: dict) -> str:
         f"step {s['step_size']}"
         for lab, s in tab["attacks"].items()
     )
+    aa = tab.get("autoattack")
+    aa_text = (
+        f" · AA = per-example worst case over our L-inf attacks and AutoAttack ({', '.join(aa['attacks'])}: "
+        f"{', '.join(aa['components'])}; pyautoattack, run on the points our attacks left robust) on "
+        f"{', '.join(map(str, aa['n_points']))} of the test points"
+        if aa
+        else ""
+    )
     return (
         f"dataset: {tab['dataset']} · model: {tab['model']} · n_points: {', '.join(map(str, tab['n_points']))} test points "
-        f"per trial · attacks: {atk} · worst = per-example worst case over the L-inf attacks · accuracy in %, "
+        f"per trial · attacks: {atk} · worst = per-example worst case over our L-inf attacks{aa_text} · accuracy in %, "
         f"mean ± std (ddof=1) over seeds"
     )
 
@@ -205,6 +235,7 @@ def write_table_files(tab: dict, out: Path) -> None:
                     lab: {f"{c[3]:g}": ms(c) for c in cols if c[2] == lab} for lab in tab["attacks"]
                 },
                 "worst_case_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "worst"},
+                "autoattack_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "autoattack"},
                 "n_points": r["n_points"],
                 "n_seeds": r["n_seeds"],
                 "seeds": r["seeds"],
@@ -221,6 +252,7 @@ def write_table_files(tab: dict, out: Path) -> None:
         "eps": tab["eps"],
         "n_points": tab["n_points"],
         "attack_settings": tab["attacks"],
+        "autoattack": tab.get("autoattack"),
         "accuracy_unit": "fraction",
         "std": "sample std (ddof=1) over seeds; null for one seed",
         "entries": entries,
@@ -238,7 +270,9 @@ def curves(groups: list) -> dict:
             for a in t.record["attacks"]:
                 series.setdefault(a["label"], {}).setdefault(a["eps"], []).append(a["acc"])
             for w in t.record["worst_case"]:
-                series.setdefault("worst", {}).setdefault(w["eps"], []).append(w["acc"])
+                series.setdefault("worst", {}).setdefault(w["eps"], []).append((w.get("ours") or w)["acc"])
+                if "ours" in w:
+                    series.setdefault("AA", {}).setdefault(w["eps"], []).append(w["acc"])
         out[g.label] = {
             s: sorted((e, statistics.fmean(v)) for e, v in pts.items()) for s, pts in series.items()
         }
@@ -278,12 +312,13 @@ def matrices(groups: list) -> dict:
         rest = {k: v for k, v in g.key.items() if k not in ("defense", "eps")}
         fam = c.spec.family + (f" ({c.spec.lam.symbol}={c.lam:g})" if c.spec.takes_lam else "")
         f = fams.setdefault(
-            (fam, json.dumps(rest, sort_keys=True, default=str)), {"title": fam, "cells": {}, "adversarial": False}
+            (fam, json.dumps(rest, sort_keys=True, default=str)),
+            {"title": fam, "cells": {}, "adversarial": False},
         )
         f["adversarial"] |= c.is_adversarial
         for t in g.trials:
-            for w in t.record["worst_case"]:
-                f["cells"].setdefault((t.eps_train, w["eps"]), []).append(w["acc"])
+            for w in t.record["worst_case"]:  # our attacks' worst case: the same attacks at every eps_test
+                f["cells"].setdefault((t.eps_train, w["eps"]), []).append((w.get("ours") or w)["acc"])
     out = {}
     for (title, _), f in fams.items():
         if not f["adversarial"]:
