@@ -28,6 +28,10 @@ COMMON = dict(
     jacobian_points=50,
     test_eps=[0.0, 0.1, 0.2, 0.3],
     attacks=[AttackSpec("fgsm", 1), AttackSpec("pgd", 10), AttackSpec("cw", 10)],
+    autoattack=[
+        AttackSpec("apgd-ce", 10)
+    ],  # CI-sized AutoAttack column (the full ensemble: tests/test_autoattack.py)
+    autoattack_points=50,
     pgd_steps=3,
 )
 SPECS = [
@@ -99,7 +103,9 @@ def test_hparams_rows_match_result_files(sweep, aggregated):
         scalar = lambda tag, ea=ea: ea.Scalars(tag)[-1].value  # noqa: E731
         assert scalar("clean_acc") == pytest.approx(r["clean_acc"])
         for w in r["worst_case"]:
-            assert scalar(f"worst/eps_{w['eps']:g}") == pytest.approx(w["acc"])
+            assert scalar(f"worst/eps_{w['eps']:g}") == pytest.approx((w.get("ours") or w)["acc"])
+            if "ours" in w:  # where AutoAttack ran: ours + AutoAttack, on its points
+                assert scalar(f"autoattack/eps_{w['eps']:g}") == pytest.approx(w["acc"])
         for a in r["attacks"]:
             assert scalar(f"acc/{a['label']}/eps_{a['eps']:g}") == pytest.approx(a["acc"])
         for out in ("logits", "softmax"):
@@ -260,8 +266,15 @@ def test_table_math_on_hand_written_records():
 def test_rerun_replaces_aggregate_and_reuses_transfers(sweep, aggregated, monkeypatch):
     out = aggregated.out
     tr = json.loads((out / "transfer.json").read_text())
-    assert set(tr) == {n for n, r in results(sweep).items() if r["config"]["defense"] != "standard"}
-    assert all(t["source_trial"] == f"standard_s{t['source_seed']}" for t in tr.values())
+    assert set(tr) == set(results(sweep))  # a standard trial transfers from its other seed
+    for name, t in tr.items():
+        assert all(
+            s["trial"] != results(sweep)[name]["name"] or s["seed"] != results(sweep)[name]["config"]["seed"]
+            for s in t.get("sources", [])
+        )
+        assert t.get("not_tested") or any(
+            s["role"] == "standard" or s["role"].startswith("same") for s in t["sources"]
+        )
     (out / "stale.txt").write_text("from an older aggregation")
     monkeypatch.setattr(
         report.au, "transfer_for_trial", lambda *a, **k: pytest.fail("cached transfer recomputed")

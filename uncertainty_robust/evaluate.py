@@ -178,7 +178,7 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
     aa_eps = [e for e in cfg.aa_eps() if e in suite.worst]
     aa_record, pts = None, autoattack_points(y, cfg)
     if aa_eps:
-        td = TrialDir(state) if state is not None else None
+        td = None if state is None else state if isinstance(state, TrialDir) else TrialDir(state)
         aa = aa_reference(
             model,
             x,
