@@ -129,6 +129,26 @@ class Saturate(torch.nn.Module):
         return self.model(x) * self.t
 
 
+def library_id() -> str:
+    """Which library ran: the importable ``uncertainty_robust`` and its checkout's git commit."""
+    import subprocess
+
+    import uncertainty_robust
+
+    d = Path(uncertainty_robust.__file__).resolve().parent
+    try:
+        r = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=d, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "."], cwd=d, capture_output=True, text=True, timeout=5
+        )
+        commit = r.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"uncertainty_robust at commit {commit}" if commit else "uncertainty_robust (no git commit)"
+
+
 def cpu_timed(fn):
     c0, w0 = time.process_time(), time.perf_counter()
     out = fn()
@@ -233,8 +253,8 @@ def write_md(R: dict, path: Path) -> None:
         "",
         f"Models: the four trials of `sweeps/quickstart.yaml` (small_cnn width 0.5, 2 epochs on 3,000 embedded-MNIST "
         f"digits; AT: PGD-5 at ε=0.2), trained with `fit` (no Ray), and a planted masked model: the standard model "
-        f"with logits × 1e4. Points: {R['points']} class-balanced test points of the embedded MNIST (the quickstart's "
-        f"AutoAttack subset of its 200 evaluation points), the same for every model; one seed (0). *ours* = "
+        f"with logits × 1e4. Points: a class-balanced subset of {R['points']} of the quickstart's 200 evaluation "
+        f"points (embedded MNIST, held-out split), the same for every model; one seed (0). Library: {R['library']}. *ours* = "
         f"per-example worst case over the quickstart's attacks (FGSM, PGD-10, CW-10; L-inf); *AA alone* = AutoAttack "
         f"standard (pyautoattack {m['pyautoattack']}: APGD-CE 100 it., APGD-T 9×100, FAB-T 9×100, Square 5000 "
         f"queries) on every clean-correct point; *ours+AA* = AutoAttack on the points our attacks left robust "
@@ -278,7 +298,9 @@ def write_md(R: dict, path: Path) -> None:
             "quickstart's trials run it (rank 0, after training); no Ray. *Before*: the library of the commit named, "
             "with its `quickstart.yaml` (FGSM, PGD-10, CW-10 on 200 points, the masking probe at the middle test ε). "
             "*After*: this library with this `quickstart.yaml` (the same attacks, AutoAttack standard at ε 0.2 and "
-            "0.3 on 100 of the 200 points, only on our attacks' survivors, and the new masking probe).",
+            "0.3 on a class-balanced subset of the 200 points, only on our attacks' survivors, and the new masking "
+            "probe: 4x steps x 4x restarts CE-PGD on every point and Square-1000 on the AutoAttack points at the ε "
+            "closest to 50 %).",
             "",
             "| model | before: CPU s | before: wall s | after: CPU s | after: wall s |",
             "|---|---|---|---|---|",
@@ -323,11 +345,9 @@ def main(argv=None) -> int:
     m = machine(args.threads)
     models = quickstart_models(Path(args.grid), out / "cache")
     if args.eval_time_only:
-        import uncertainty_robust
-
         rows = eval_times(models)
         m["loadavg_end"] = load_avg()
-        res = {"machine": m, "library": str(Path(uncertainty_robust.__file__).parent), "rows": rows}
+        res = {"machine": m, "library": library_id(), "grid": Path(args.grid).read_text(), "rows": rows}
         Path(args.json or out / "eval_time.json").write_text(json.dumps(res, indent=1))
         return 0
     std = next(mod for name, cfg, mod in models if cfg.defense == "standard")
@@ -339,6 +359,7 @@ def main(argv=None) -> int:
         rows += compare(name, cfg, model, args.eps, args.points)
     R = {
         "machine": m,
+        "library": library_id(),
         "points": args.points,
         "eps": args.eps,
         "rows": rows,

@@ -164,3 +164,26 @@ def test_autoattack_eps_defaults():
         "dataset: cifar10\ndefenses: [at]\ntrain_eps: [0.0313725]\nevaluation: {test_eps: [0, 0.0313725]}\n"
     )
     assert g.trials[0].aa_eps() == [0.0313725]  # 8/255 as written and as computed are one eps
+
+
+@pytest.mark.parametrize(
+    "evaluation, key",
+    [
+        ("{autoattack: [pgd]}", "evaluation.autoattack[0].name"),
+        ("{autoattack: [nope]}", "evaluation.autoattack[0].name"),
+        ('{autoattack: ["square:0"]}', "evaluation.autoattack[0].steps"),
+        ("{autoattack: [{name: square, queries: 10}]}", "evaluation.autoattack[0].queries"),
+        ("{autoattack_eps: [0.3, two]}", "evaluation.autoattack_eps[1]"),
+        ("{autoattack_eps: [0]}", "evaluation.autoattack_eps[0]"),
+        ("{n_eval: 50, autoattack_points: 100}", "evaluation.autoattack_points"),
+        ("{autoattack_points: 0}", "evaluation.autoattack_points"),
+        ("{attacks: [{name: pgd_l2, steps: 5}]}", "evaluation.attacks[0].eps"),
+        ("{attacks: [{name: pgd_l2, eps: [1, -1]}]}", "evaluation.attacks[0].eps[1]"),
+    ],
+)
+def test_grid_refuses_bad_autoattack_settings_naming_the_key(evaluation, key):
+    from sweeps.grid import GridError, parse_grid
+
+    with pytest.raises(GridError) as exc:
+        parse_grid(f"defenses: [standard]\nevaluation: {evaluation}\n")
+    assert exc.value.key == key and "\n" not in str(exc.value), str(exc.value)
