@@ -194,8 +194,10 @@ def test_evaluate_records_autoattack_and_its_worst_case(std_model, tmp_path):
     for eps in (0.1, 0.2):
         w = by_eps[eps]
         assert w["n_points"] == 30 and w["ours"]["n_points"] == 60 and "apgd-ce10" in w["attacks"]
-        ours_on_pts = float(masks[f"attack/pgd5/{eps:g}"][pts].float().mean())
-        assert w["acc"] <= ours_on_pts + 1e-9
+        ours = masks[f"attack/fgsm/{eps:g}"] & masks[f"attack/pgd5/{eps:g}"] & masks[f"attack/cw5/{eps:g}"]
+        assert w["ours_on_points"] == pytest.approx(float(ours[pts].float().mean()))
+        assert w["ours"]["acc"] == pytest.approx(float(ours.float().mean()))
+        assert w["acc"] <= w["ours_on_points"] + 1e-9
         assert w["acc"] == pytest.approx(float(masks[f"worst/{eps:g}"][pts].float().mean()))
         assert torch.equal(masks[f"autoattack/apgd-t3/{eps:g}"] & pts, masks[f"worst/{eps:g}"] & pts)
     assert "ours" not in by_eps[0.3]

@@ -339,23 +339,21 @@ def test_cli_script_and_module(sweep, tmp_path):
 
 def test_autoattack_column_and_json(tmp_path):
     """At an AutoAttack eps the table shows our worst case (all points) and AA (ours + AutoAttack, on
-    the AutoAttack points); the RobustBench-style JSON carries autoattack_acc."""
+    the AutoAttack points, with ours on those same points beside it when they are a subset); the
+    RobustBench-style JSON carries autoattack_acc."""
 
     def rec(seed, ours, with_aa):
         cfg = TrialConfig(defense="at", eps=0.3, seed=seed, test_eps=[0, 0.3]).to_dict()
+        pgd = {"attack": "pgd", "label": "pgd20", "norm": "Linf", "eps": 0.3, "acc": ours, "n_points": 200}
+        w = {"eps": 0.3, "acc": with_aa, "n_points": 100, "ours": {"acc": ours, "n_points": 200}}
         return {
             "config": cfg,
             "dataset": cfg["dataset"],
             "model": cfg["model"],
             "clean_acc": 0.9,
             "n_points": 200,
-            "attacks": [
-                {"attack": "pgd", "label": "pgd20", "norm": "Linf", "eps": 0.3, "acc": ours, "n_points": 200}
-                | {"steps": 20, "restarts": 1, "step_size": 0.0375}
-            ],
-            "worst_case": [
-                {"eps": 0.3, "acc": with_aa, "n_points": 100, "ours": {"acc": ours, "n_points": 200}}
-            ],
+            "attacks": [pgd | {"steps": 20, "restarts": 1, "step_size": 0.0375}],
+            "worst_case": [w | {"ours_on_points": ours + 0.02}],
             "autoattack": {
                 "attacks": ["autoattack"],
                 "components": ["apgd-ce100", "square5000"],
@@ -363,20 +361,21 @@ def test_autoattack_column_and_json(tmp_path):
             },
         }
 
-    trials = [report.Trial(Path(f"t{i}"), rec(i, o, a)) for i, (o, a) in enumerate([(0.5, 0.42), (0.6, 0.5)])]
+    pairs = [(0.5, 0.42), (0.6, 0.5)]
+    trials = [report.Trial(Path(f"t{i}"), rec(i, o, a)) for i, (o, a) in enumerate(pairs)]
     (tab,) = report.build_tables(report.group_trials(trials))
-    assert [c[0] for c in tab["columns"]] == ["clean", "pgd20@0.3", "worst@0.3", "AA@0.3"]
+    names = [c[0] for c in tab["columns"]]
+    assert names == ["clean", "pgd20@0.3", "worst@0.3", "AA@0.3", "ours_on_AA_points@0.3"]
     cells = tab["rows"][0]["cells"]
     assert cells["worst@0.3"][0] == pytest.approx(0.55) and cells["AA@0.3"][0] == pytest.approx(0.46)
     md = report.table_markdown(tab)
-    assert (
-        "AA = per-example worst case over our L-inf attacks and AutoAttack (autoattack" in md
-        and "on 100 of" in md
-    )
+    assert "AA = per-example worst case over our L-inf attacks and AutoAttack (autoattack" in md
+    assert "on 100 of" in md and "ours_on_AA_points" not in md
+    assert "| 55.0 ± 7.1 | 46.0 ± 5.7 (ours 57.0 ± 7.1) |" in md  # ours on the same 100 points beside AA
     report.tables.write_table_files(tab, tmp_path)
     doc = json.loads(next(tmp_path.glob("table_*.json")).read_text())
     e = doc["entries"][0]
     assert e["autoattack_acc"]["0.3"]["mean"] == pytest.approx(0.46)
-    assert e["worst_case_acc"]["0.3"]["mean"] == pytest.approx(0.55) and doc["autoattack"]["n_points"] == [
-        100
-    ]
+    assert e["worst_case_acc"]["0.3"]["mean"] == pytest.approx(0.55)
+    assert e["worst_case_acc_on_autoattack_points"]["0.3"]["mean"] == pytest.approx(0.57)
+    assert doc["autoattack"]["n_points"] == [100]

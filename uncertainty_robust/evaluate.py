@@ -217,6 +217,7 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
                     "n_points": len(pts),
                     "attacks": labels + [s.label() for s in cfg.autoattack],
                     "ours": ours,
+                    "ours_on_points": float(suite.worst[eps][pts].float().mean()),  # ours alone, same points
                 }
             )
         else:

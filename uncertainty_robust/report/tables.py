@@ -36,11 +36,12 @@ def columns(trials: list) -> list:
         for e in eps
         if any(w["eps"] == e for t in trials for w in t.record["worst_case"])
     ]
-    cols += [
-        (f"AA@{e:g}", "autoattack", None, e)
-        for e in eps
-        if any(w["eps"] == e and "ours" in w for t in trials for w in t.record["worst_case"])
+    aa_eps = [
+        e for e in eps if any(w["eps"] == e and "ours" in w for t in trials for w in t.record["worst_case"])
     ]
+    cols += [(f"AA@{e:g}", "autoattack", None, e) for e in aa_eps]
+    # our worst case on the AutoAttack points (when those are a subset): what AA@eps is compared with
+    cols += [(f"ours_on_AA_points@{e:g}", "aa_ours", None, e) for e in aa_eps]
     return cols
 
 
@@ -55,6 +56,8 @@ def cell(record: dict, col: tuple) -> Optional[float]:
         return None
     if kind == "worst":  # our own attacks' worst case, on every evaluation point
         return (w.get("ours") or w)["acc"]
+    if kind == "aa_ours":  # our own attacks' worst case on the AutoAttack points
+        return w.get("ours_on_points", w["ours"]["acc"]) if "ours" in w else None
     return w["acc"] if "ours" in w else None  # ours + AutoAttack, on the AutoAttack points
 
 
@@ -156,6 +159,7 @@ def table_header(tab: dict) -> str:
         f" · AA = per-example worst case over our L-inf attacks and AutoAttack ({', '.join(aa['attacks'])}: "
         f"{', '.join(aa['components'])}; pyautoattack, run on the points our attacks left robust) on "
         f"{', '.join(map(str, aa['n_points']))} of the test points"
+        + (" (in brackets: our worst case on those points)" if aa["n_points"] != tab["n_points"] else "")
         if aa
         else ""
     )
@@ -166,8 +170,17 @@ def table_header(tab: dict) -> str:
     )
 
 
+def _aa_cell(row: dict, col: tuple, subset: bool) -> str:
+    """``AA@eps``; on a subset of the points, with our own worst case on the same points beside it
+    (our ``worst@eps`` column is on every point, so the two columns are not comparable)."""
+    text = _fmt(row["cells"][col[0]])
+    ours = row["cells"].get(f"ours_on_AA_points@{col[3]:g}")
+    return f"{text} (ours {_fmt(ours)})" if subset and text and ours and ours[0] is not None else text
+
+
 def table_markdown(tab: dict) -> str:
-    cols = tab["columns"]
+    subset = bool(tab.get("autoattack")) and tab["autoattack"]["n_points"] != tab["n_points"]
+    cols = [c for c in tab["columns"] if c[1] != "aa_ours"]
     head = ["Method", "seeds"] + [c[0].replace("clean", "Clean") for c in cols] + ["audit flags"]
     lines = [
         f"### {tab['dataset']} · {tab['model']}",
@@ -181,7 +194,9 @@ def table_markdown(tab: dict) -> str:
         lines.append(
             "| "
             + " | ".join(
-                [r["method"], str(r["n_seeds"])] + [_fmt(r["cells"][c[0]]) for c in cols] + [_flags_text(r)]
+                [r["method"], str(r["n_seeds"])]
+                + [_aa_cell(r, c, subset) if c[1] == "autoattack" else _fmt(r["cells"][c[0]]) for c in cols]
+                + [_flags_text(r)]
             )
             + " |"
         )
@@ -236,6 +251,9 @@ def write_table_files(tab: dict, out: Path) -> None:
                 },
                 "worst_case_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "worst"},
                 "autoattack_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "autoattack"},
+                "worst_case_acc_on_autoattack_points": {
+                    f"{c[3]:g}": ms(c) for c in cols if c[1] == "aa_ours"
+                },
                 "n_points": r["n_points"],
                 "n_seeds": r["n_seeds"],
                 "seeds": r["seeds"],
