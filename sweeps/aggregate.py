@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-transfer",
         action="store_true",
-        help="skip the transfer attack from the standard model (the audit then says the check was skipped)",
+        help="skip the transfer attacks (the audit then reports transfer_beats_whitebox as not tested)",
     )
     p.add_argument(
         "--large-eps",

@@ -21,7 +21,10 @@ Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` f
     adversarial: {pgd_steps: 40, eps_step: null, random_start: true, entropy_on: adv,
                   inner_loss: ce, adv_fraction: 1.0, ls_form: uniform, attack_bn_mode: eval}
     evaluation: {test_eps: [0, 0.1, 0.2, 0.3], attacks: [fgsm, "pgd:20", "cw:30"], n_eval: 1000,
-                 jacobian_points: 500, eval_batch_size: 500}
+                 jacobian_points: 500, eval_batch_size: 500,
+                 autoattack: [autoattack],   # run at autoattack_eps on the points our attacks leave robust
+                 autoattack_eps: null,       # null: every train_eps (adversarial grids) + the dataset's conventional eps
+                 autoattack_points: null}    # null: all n_eval points; else a stratified subset
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
     search: {mode: grid, num_samples: 1, scheduler: none, metric: worst_mean, max_concurrent: null,
              trial_retries: 2, worker_retries: 2}
@@ -131,10 +134,11 @@ def _section(data: dict, name: str, defaults: dict) -> dict:
 
 def _attack(key: str, a: Any) -> dict:
     if isinstance(a, dict):
-        extra = sorted(set(a) - {"name", "steps", "step_size", "restarts", "random_start"})
+        extra = sorted(set(a) - {"name", "steps", "step_size", "restarts", "random_start", "eps"})
         if extra:
             raise GridError(
-                f"{key}.{extra[0]}", "unknown key; allowed: name, steps, step_size, restarts, random_start"
+                f"{key}.{extra[0]}",
+                "unknown key; allowed: name, steps, step_size, restarts, random_start, eps",
             )
         return dict(a)
     try:
@@ -190,6 +194,17 @@ def parse_grid(text: str) -> Grid:
             _attack(f"evaluation.attacks[{i}]", a)
             for i, a in enumerate(_list("evaluation.attacks", base["attacks"]))
         ]
+    if "autoattack" in base:
+        aa = base["autoattack"] if isinstance(base["autoattack"], list) else [base["autoattack"]]
+        base["autoattack"] = [_attack(f"evaluation.autoattack[{i}]", a) for i, a in enumerate(aa)]
+    if "autoattack_eps" not in base:
+        # AutoAttack's default epsilons for the whole grid: every training eps (when the grid trains an
+        # adversarial defense) plus the dataset's conventional eps, the same for every trial
+        base["autoattack_eps"] = _default_autoattack_eps(
+            defenses, eps_list, base.get("dataset", TrialConfig().dataset)
+        )
+    elif base["autoattack_eps"] is not None and base["autoattack_eps"] != []:
+        base["autoattack_eps"] = _list("evaluation.autoattack_eps", base["autoattack_eps"], (int, float))
     if "test_eps" in base:
         _list("evaluation.test_eps", base["test_eps"], (int, float))
     resources = _section(data, "resources", RESOURCES)
@@ -221,6 +236,19 @@ def parse_grid(text: str) -> Grid:
         rng = random.Random(int(search["seed"]))
         trials = rng.sample(trials, min(len(trials), int(search["num_samples"])))
     return Grid(text, data, trials, resources, search, slurm)
+
+
+def _default_autoattack_eps(defenses: list, train_eps: list, dataset: str):
+    """Every training eps of the grid's adversarial defenses plus the dataset's conventional eps
+    (``DatasetInfo.conventional_eps``); None (each trial's own default) for an unknown dataset,
+    which validation then reports."""
+    from uncertainty_robust.data import DATASETS
+
+    if not isinstance(dataset, str) or dataset not in DATASETS:
+        return None
+    eps = [float(e) for e in train_eps] if any(DEFENSES[d].adversarial for d in defenses) else []
+    out = sorted({round(e, 12) for e in eps + [DATASETS[dataset].conventional_eps] if e > 0})
+    return out
 
 
 def _grid_key(key: str) -> str:

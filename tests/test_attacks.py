@@ -9,9 +9,20 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from common import SUITE_EPS, TOL_MONOTONE, acc
 
-from uncertainty_robust.attacks import AttackSpec, Cost, cw_linf, fgsm, pgd, pgd_l2, predict, run_suite
+from uncertainty_robust.attacks import (
+    ATTACKS,
+    AttackSpec,
+    Cost,
+    cw_linf,
+    fgsm,
+    pgd,
+    pgd_l2,
+    predict,
+    run_suite,
+)
 
 
 def test_pgd_accuracy_falls_monotonically_with_eps_to_zero(std_suite, mnist_test):
@@ -124,3 +135,143 @@ def test_worst_case_is_over_linf_attacks_only(std_model, mnist_test, monkeypatch
         assert acc(l2) < 0.5 < acc(r.worst[0.05])  # the stand-in L2 attack breaks (nearly) all
         if per_attack:
             assert torch.equal(r.worst[0.05], r.correct[("fgsm", 0.05)] & r.correct[("pgd5", 0.05)])
+
+
+# ------------------------------------------------------------------------------ tests that can fail
+# Settings that keep every registered attack CI-sized; the parameter list is the registry itself, so a
+# newly registered attack is covered with no edit (and fails here until it is given a setting).
+LARGE_EPS = {"Linf": 0.3, "L2": 2.5}  # MNIST: a standard model keeps ~0 % (L-inf) / ~25 % (L2) under PGD
+CI_SPEC = {
+    "fgsm": AttackSpec("fgsm"),
+    "pgd": AttackSpec("pgd", 10),
+    "pgd_l2": AttackSpec("pgd_l2", 20, eps=[2.5]),
+    "cw": AttackSpec("cw", 10),
+    "apgd-ce": AttackSpec("apgd-ce", 20),
+    "apgd-dlr": AttackSpec("apgd-dlr", 20),
+    "apgd-t": AttackSpec("apgd-t", 10),
+    "fab-t": AttackSpec("fab-t", 10),
+    "square": AttackSpec("square", 300),
+    "autoattack": AttackSpec("autoattack"),
+    "autoattack-rand": AttackSpec("autoattack-rand"),
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_every_attack_lowers_accuracy_well_below_clean_at_a_large_eps(name, std_model, mnist_test):
+    """Ours and each AutoAttack component through the project's own path (``run_suite``): on a trained
+    model, at a large eps, accuracy must fall far below clean. A PGD-L2 stepping down the gradient
+    (accuracy stays ~clean) or an attack that silently returns its input fails here."""
+    spec = CI_SPEC[name]
+    eps = LARGE_EPS[spec.attack.norm]
+    n = {"autoattack": 60, "autoattack-rand": 12}.get(name, 100)  # rand: 20 EOT samples per gradient
+    x, y = mnist_test[0][:n], mnist_test[1][:n]
+    torch.manual_seed(0)
+    r = run_suite(std_model, x, y, [spec], [eps])
+    clean, adv = acc(r.clean_correct), acc(r.correct[(spec.label(), eps)])
+    cost = r.cost[(spec.label(), eps)]
+    print(
+        f"\n{spec.label()} at eps {eps:g} on {n} MNIST points: clean {clean:.3f} -> {adv:.3f}; {cost.as_dict()}"
+    )
+    assert clean > 0.8
+    assert adv < clean - 0.45, f"{spec.label()}: {adv:.3f} at eps {eps:g} (clean {clean:.3f})"
+    assert cost.forward > 0 and (cost.backward == 0) == spec.attack.gradient_free
+
+
+def _band_model():
+    """Two classes, logits (0, 1 - 1000 (m - 0.5)^2) with m the image mean: class 1 (wrong for y=0)
+    only in the band |m - 0.5| < 0.032. From m = 0.31 with steps of 0.1 and no random start, PGD on
+    y=0 goes 0.41 -> 0.51 (inside the band: misclassified) -> 0.41 (outside): the best iterate
+    and the last one differ."""
+
+    class Band(torch.nn.Module):
+        def forward(self, x):
+            m = x.flatten(1).mean(1)
+            return torch.stack([torch.zeros_like(m), 1 - 1000 * (m - 0.5) ** 2], 1)
+
+    x = torch.full((4, 1, 4, 4), 0.31)
+    return Band().eval(), x, torch.zeros(4, dtype=torch.long)
+
+
+def test_best_iterate_is_kept_not_the_last():
+    model, x, y = _band_model()
+    kw = dict(steps=3, step_size=0.1, random_start=False)
+    best = pgd(model, x, y, 0.25, track_best=True, **kw)
+    last = pgd(model, x, y, 0.25, track_best=False, **kw)
+    assert (predict(model, best) != y).all() and float(best.mean()) == pytest.approx(0.51, abs=1e-5)
+    assert (predict(model, last) == y).all() and float(last.mean()) == pytest.approx(0.41, abs=1e-5)
+    spec = AttackSpec("pgd", 3, step_size=0.1, random_start=False)  # and through the evaluation's path
+    r = run_suite(model, x, y, [spec], [0.25])
+    assert acc(r.correct[("pgd3", 0.25)]) == 0.0 and acc(r.worst[0.25]) == 0.0
+
+
+def test_restarts_without_track_best_keep_the_highest_loss_restart(std_model, mnist_test):
+    """The transfer attack's source runs PGD without labels to check success: with several restarts,
+    each example must get the restart of highest loss (not simply the last one)."""
+    x, y = mnist_test[0][:64], mnist_test[1][:64]
+    torch.manual_seed(3)
+    got = pgd(std_model, x, y, 0.1, steps=3, restarts=3, track_best=False)
+    torch.manual_seed(3)  # the same random starts, one restart at a time
+    runs = [pgd(std_model, x, y, 0.1, steps=3, restarts=1, track_best=False) for _ in range(3)]
+    with torch.no_grad():
+        losses = torch.stack([F.cross_entropy(std_model(r), y, reduction="none") for r in runs])
+    want = torch.stack(runs)[losses.argmax(0), torch.arange(len(y))]
+    assert torch.equal(got, want)
+    assert not torch.equal(got, runs[-1])  # the case where "last restart wins" would differ
+
+
+class _BNNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 5, padding=2),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(4),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8 * 7 * 7, 10),
+        )
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_run_suite_on_a_batchnorm_model_uses_eval_mode_and_leaves_the_statistics(mnist_test):
+    """A model handed over in train mode: the suite must attack it in eval mode (running statistics,
+    not batch statistics), leave its BatchNorm running statistics untouched and restore train mode."""
+    from uncertainty_robust.data import load_tensors
+
+    torch.manual_seed(0)
+    net = _BNNet()
+    xt, yt = load_tensors("mnist_embedded", "train", n=2000, seed=0)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    for i in range(0, 2000, 100):  # a real classifier, with real running statistics
+        opt.zero_grad()
+        F.cross_entropy(net(xt[i : i + 100]), yt[i : i + 100]).backward()
+        opt.step()
+    x, y = mnist_test[0][:100], mnist_test[1][:100]
+    specs = [AttackSpec("fgsm"), AttackSpec("pgd", 5)]
+    net.eval()
+    torch.manual_seed(1)
+    ref = run_suite(net, x, y, specs, [0.1])
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.manual_seed(1)
+    r = run_suite(net, x, y, specs, [0.1])
+    assert net.training  # mode restored
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "running statistics changed"
+    assert acc(r.clean_correct) > 0.6
+    assert torch.equal(r.clean_correct, ref.clean_correct)
+    assert all(torch.equal(r.correct[k], ref.correct[k]) for k in ref.correct)
+
+
+def test_expected_calibration_error_by_hand():
+    from uncertainty_robust.evaluate import expected_calibration_error
+
+    probs = torch.tensor([[0.9, 0.1], [0.22, 0.78], [0.55, 0.45], [0.3, 0.7]])
+    y = torch.tensor([0, 0, 0, 1])  # correct, wrong (pred 1), correct, correct
+    # 5 bins: (0.8, 1]: {0.9 right} -> 1/4 * |0.9 - 1|; (0.6, 0.8]: {0.78 wrong, 0.7 right} ->
+    # 2/4 * |0.74 - 0.5|; (0.4, 0.6]: {0.55 right} -> 1/4 * |0.55 - 1|
+    want = 0.25 * 0.1 + 0.5 * 0.24 + 0.25 * 0.45
+    assert expected_calibration_error(probs, y, bins=5) == pytest.approx(want, abs=1e-6)
+    assert expected_calibration_error(torch.eye(2)[[0, 1]], torch.tensor([0, 1])) == pytest.approx(0.0)

@@ -147,3 +147,22 @@ def test_trades_loss_equals_its_formula(std_model, batch):
     assert stats["clean_acc"] == pytest.approx(float((z_nat.argmax(1) == y).float().mean()))
     assert stats["acc"] == pytest.approx(float((z_adv.argmax(1) == y).float().mean()))
     assert DEFENSES["trades"].adversarial and DEFENSES["trades"].lam.symbol == "β"
+
+
+@pytest.mark.parametrize("form", ["uniform", "others"])
+def test_at_ls_loss_equals_its_formula(std_model, batch, form):
+    """AT+LS: the label-smoothed cross-entropy (targets (1-a) onehot + a/K, or 1-a and a/(K-1))
+    on the PGD adversary of the same random start."""
+    x, y = batch
+    a, seed = 0.2, 5
+    cfg = TrialConfig(defense="at_ls", lam=a, eps=0.2, pgd_steps=5, ls_form=form)
+    torch.manual_seed(seed)
+    loss, stats = DEFENSES["at_ls"].loss(std_model, x, y, cfg, Cost())
+    x_adv = _adversary(std_model, x, y, cfg, seed)
+    with torch.no_grad():
+        logp = F.log_softmax(std_model(x_adv), 1)
+    k = logp.shape[1]
+    t = torch.full((len(y), k), a / k if form == "uniform" else a / (k - 1))
+    t[torch.arange(len(y)), y] = 1 - a + a / k if form == "uniform" else 1 - a
+    assert torch.allclose(loss, -(t * logp).sum(1).mean(), atol=1e-5)
+    assert stats["acc"] == pytest.approx(float((logp.argmax(1) == y).float().mean()))

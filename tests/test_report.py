@@ -28,6 +28,10 @@ COMMON = dict(
     jacobian_points=50,
     test_eps=[0.0, 0.1, 0.2, 0.3],
     attacks=[AttackSpec("fgsm", 1), AttackSpec("pgd", 10), AttackSpec("cw", 10)],
+    autoattack=[
+        AttackSpec("apgd-ce", 10)
+    ],  # CI-sized AutoAttack column (the full ensemble: tests/test_autoattack.py)
+    autoattack_points=50,
     pgd_steps=3,
 )
 SPECS = [
@@ -99,7 +103,9 @@ def test_hparams_rows_match_result_files(sweep, aggregated):
         scalar = lambda tag, ea=ea: ea.Scalars(tag)[-1].value  # noqa: E731
         assert scalar("clean_acc") == pytest.approx(r["clean_acc"])
         for w in r["worst_case"]:
-            assert scalar(f"worst/eps_{w['eps']:g}") == pytest.approx(w["acc"])
+            assert scalar(f"worst/eps_{w['eps']:g}") == pytest.approx((w.get("ours") or w)["acc"])
+            if "ours" in w:  # where AutoAttack ran: ours + AutoAttack, on its points
+                assert scalar(f"autoattack/eps_{w['eps']:g}") == pytest.approx(w["acc"])
         for a in r["attacks"]:
             assert scalar(f"acc/{a['label']}/eps_{a['eps']:g}") == pytest.approx(a["acc"])
         for out in ("logits", "softmax"):
@@ -260,8 +266,15 @@ def test_table_math_on_hand_written_records():
 def test_rerun_replaces_aggregate_and_reuses_transfers(sweep, aggregated, monkeypatch):
     out = aggregated.out
     tr = json.loads((out / "transfer.json").read_text())
-    assert set(tr) == {n for n, r in results(sweep).items() if r["config"]["defense"] != "standard"}
-    assert all(t["source_trial"] == f"standard_s{t['source_seed']}" for t in tr.values())
+    assert set(tr) == set(results(sweep))  # a standard trial transfers from its other seed
+    for name, t in tr.items():
+        assert all(
+            s["trial"] != results(sweep)[name]["name"] or s["seed"] != results(sweep)[name]["config"]["seed"]
+            for s in t.get("sources", [])
+        )
+        assert t.get("not_tested") or any(
+            s["role"] == "standard" or s["role"].startswith("same") for s in t["sources"]
+        )
     (out / "stale.txt").write_text("from an older aggregation")
     monkeypatch.setattr(
         report.au, "transfer_for_trial", lambda *a, **k: pytest.fail("cached transfer recomputed")
@@ -322,3 +335,47 @@ def test_cli_script_and_module(sweep, tmp_path):
         timeout=300,
     )
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "no trials" in p.stderr
+
+
+def test_autoattack_column_and_json(tmp_path):
+    """At an AutoAttack eps the table shows our worst case (all points) and AA (ours + AutoAttack, on
+    the AutoAttack points, with ours on those same points beside it when they are a subset); the
+    RobustBench-style JSON carries autoattack_acc."""
+
+    def rec(seed, ours, with_aa):
+        cfg = TrialConfig(defense="at", eps=0.3, seed=seed, test_eps=[0, 0.3]).to_dict()
+        pgd = {"attack": "pgd", "label": "pgd20", "norm": "Linf", "eps": 0.3, "acc": ours, "n_points": 200}
+        w = {"eps": 0.3, "acc": with_aa, "n_points": 100, "ours": {"acc": ours, "n_points": 200}}
+        return {
+            "config": cfg,
+            "dataset": cfg["dataset"],
+            "model": cfg["model"],
+            "clean_acc": 0.9,
+            "n_points": 200,
+            "attacks": [pgd | {"steps": 20, "restarts": 1, "step_size": 0.0375}],
+            "worst_case": [w | {"ours_on_points": ours + 0.02}],
+            "autoattack": {
+                "attacks": ["autoattack"],
+                "components": ["apgd-ce100", "square5000"],
+                "n_points": 100,
+            },
+        }
+
+    pairs = [(0.5, 0.42), (0.6, 0.5)]
+    trials = [report.Trial(Path(f"t{i}"), rec(i, o, a)) for i, (o, a) in enumerate(pairs)]
+    (tab,) = report.build_tables(report.group_trials(trials))
+    names = [c[0] for c in tab["columns"]]
+    assert names == ["clean", "pgd20@0.3", "worst@0.3", "AA@0.3", "ours_on_AA_points@0.3"]
+    cells = tab["rows"][0]["cells"]
+    assert cells["worst@0.3"][0] == pytest.approx(0.55) and cells["AA@0.3"][0] == pytest.approx(0.46)
+    md = report.table_markdown(tab)
+    assert "AA = per-example worst case over our L-inf attacks and AutoAttack (autoattack" in md
+    assert "on 100 of" in md and "ours_on_AA_points" not in md
+    assert "| 55.0 ± 7.1 | 46.0 ± 5.7 (ours 57.0 ± 7.1) |" in md  # ours on the same 100 points beside AA
+    report.tables.write_table_files(tab, tmp_path)
+    doc = json.loads(next(tmp_path.glob("table_*.json")).read_text())
+    e = doc["entries"][0]
+    assert e["autoattack_acc"]["0.3"]["mean"] == pytest.approx(0.46)
+    assert e["worst_case_acc"]["0.3"]["mean"] == pytest.approx(0.55)
+    assert e["worst_case_acc_on_autoattack_points"]["0.3"]["mean"] == pytest.approx(0.57)
+    assert doc["autoattack"]["n_points"] == [100]

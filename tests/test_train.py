@@ -170,13 +170,15 @@ def test_run_trial_result_record_and_no_rerun(tmp_path, monkeypatch):
     assert TrialConfig.from_dict(on_disk["config"]) == cfg
     assert 0 <= on_disk["clean_acc"] <= 1 and on_disk["n_points"] == 40
     grid = {(a["label"], a["eps"]): a for a in on_disk["attacks"]}
-    assert set(grid) == {(s.label(), e) for s in cfg.attacks for e in cfg.test_eps}
+    # our attacks run at the test eps and at AutoAttack's (default: MNIST's conventional 0.3)
+    assert cfg.eval_eps() == [0.0, 0.1, 0.3]
+    assert set(grid) == {(s.label(), e) for s in cfg.attacks for e in cfg.eval_eps()}
     for (label, eps), a in grid.items():
         assert a["n_points"] == 40 and 0 <= a["acc"] <= 1
         assert a["steps"] == {"fgsm": 1, "pgd5": 5, "cw5": 5}[label] and a["norm"] == "Linf"
         if eps == 0:
             assert a["acc"] == on_disk["clean_acc"]
-    assert [w["eps"] for w in on_disk["worst_case"]] == cfg.test_eps
+    assert [w["eps"] for w in on_disk["worst_case"]] == cfg.eval_eps()
     for w in on_disk["worst_case"]:
         assert w["n_points"] == 40 and w["acc"] <= min(
             grid[(s.label(), w["eps"])]["acc"] for s in cfg.attacks

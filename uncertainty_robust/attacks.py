@@ -12,6 +12,10 @@ the model's mode; :func:`run_suite` puts the model in eval mode for evaluation a
 
 During evaluation every iterate is checked: an example that is misclassified at any step counts
 as broken and keeps that adversarial input (the usual "best iterate" of AutoAttack).
+
+AutoAttack (Croce & Hein 2020: APGD-CE, APGD-T, FAB-T, Square and the ensembles ``autoattack``
+and ``autoattack-rand``) is the authors' own code (``pyautoattack``), registered in the same
+registry by :mod:`uncertainty_robust.autoattack`.
 """
 
 from __future__ import annotations
@@ -109,8 +113,10 @@ def pgd(
     """Projected gradient ascent on ``loss`` within the eps-ball around x, clipped to [0,1].
 
     step_size None -> 2.5 * eps / steps. With ``track_best`` (evaluation) every iterate is checked
-    and the first misclassifying one is kept per example; without it (training) the last iterate is
-    returned, as in Madry et al.'s training loop.
+    and the first misclassifying one is kept per example; without it (training, transfer sources)
+    the last iterate of a restart is returned, as in Madry et al.'s training loop, and with several
+    restarts the restart whose last iterate has the highest ``loss`` is kept per example (one extra
+    forward pass per restart; a single restart costs nothing extra).
 
     With ``track_best`` and the model in eval mode, an example leaves the batch as soon as it is
     broken (its result, the first misclassifying iterate, is final): later steps only attack the
@@ -127,6 +133,7 @@ def pgd(
     x = x.detach()
     best = x.clone()
     broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    best_loss = torch.full((len(x),), float("-inf"), device=x.device)  # without track_best, restarts > 1
     shrink = track_best and not model.training  # drop broken examples from the batch as they fall
     for _ in range(restarts):
         idx = (~broken).nonzero().squeeze(1) if track_best else torch.arange(len(x), device=x.device)
@@ -161,8 +168,16 @@ def pgd(
             broken[idx[hit]] = True
             still = ~broken[idx]
             best[idx[still]] = x_last[still]  # not broken: keep the last iterate as the attempt
-        else:
+        elif restarts == 1:
             best[idx] = x_last
+        else:  # keep, per example, the restart whose last iterate has the highest loss
+            with torch.no_grad():
+                l_last = loss_fn(model(x_last), ys)
+            if cost is not None:
+                cost.forward += len(xs)
+            better = l_last > best_loss[idx]
+            best[idx[better]] = x_last[better]
+            best_loss[idx[better]] = l_last[better]
     return best
 
 
@@ -226,22 +241,41 @@ class Attack:
     name: str
     fn: Callable  # fn(model, x, y, eps, steps=, step_size=, restarts=, random_start=, cost=) -> x_adv
     norm: str  # "Linf" or "L2": which epsilons are comparable; only L-inf attacks enter the worst case
-    loss: str  # "ce" or "margin"
+    loss: str  # "ce", "margin", "dlr", "targeted dlr", ... (what the attack maximises)
     single_step: bool  # FGSM-like: one step of size eps, no restarts
     default_steps: int
     paper: str
+    source: str = "ours"  # "ours" (this module) or "autoattack" (pyautoattack, Croce & Hein's own code)
+    components: tuple = ()  # an ensemble: the attacks it runs in this order, each on the points still robust
+    unit: str = "steps"  # what STEPS counts: "steps", "iterations" or "queries"
+    gradient_free: bool = False  # uses the model's outputs only (Square)
+    step_text: Optional[str] = None  # the step rule when it is not a fixed size (APGD: adaptive)
 
-    def step_size(self, eps: float, steps: int, given: Optional[float] = None) -> float:
+    @property
+    def ensemble(self) -> bool:
+        return bool(self.components)
+
+    @property
+    def takes_steps(self) -> bool:
+        """Whether ``NAME:STEPSxRESTARTS`` may set steps and restarts (not for FGSM or an ensemble)."""
+        return not (self.single_step or self.ensemble)
+
+    def step_size(self, eps: float, steps: int, given: Optional[float] = None) -> Optional[float]:
         """The step actually used: ``given``, else eps for a single-step attack, else 2.5 * eps / steps
-        (Madry et al. 2018's rule of thumb, as in the robustness library)."""
+        (Madry et al. 2018's rule of thumb, as in the robustness library); None for an attack with
+        its own step schedule (``step_text``)."""
         if given is not None:
             return given
+        if self.step_text is not None:
+            return None
         return eps if self.single_step else 2.5 * eps / max(1, steps)
 
     def step_rule(self, steps: int, given: Optional[float] = None) -> str:
-        """The step as text for table headers: "eps", "2.5*eps/20" or the given number."""
+        """The step as text for table headers: "eps", "2.5*eps/20", "adaptive (APGD)" or the given number."""
         if given is not None:
             return f"{given:g}"
+        if self.step_text is not None:
+            return self.step_text
         return "eps" if self.single_step else f"2.5*eps/{steps}"
 
 
@@ -263,11 +297,13 @@ register_attack(Attack("cw", cw_linf, "Linf", "margin", False, 20, "Carlini & Wa
 
 @dataclass
 class AttackSpec:
-    """One evaluation attack, run at every test epsilon of the trial.
+    """One evaluation attack, run at every test epsilon of the trial (or at its own ``eps``).
 
-    ``steps`` None: the attack's default (1 for a single-step attack). ``step_size`` None: the
-    attack's rule (:meth:`Attack.step_size`). ``label()`` names it in results: "fgsm", "pgd20",
-    "cw30x5".
+    ``steps`` None: the attack's default (1 for a single-step attack; iterations for APGD/FAB,
+    queries for Square). ``step_size`` None: the attack's rule (:meth:`Attack.step_size`).
+    ``eps`` None: the trial's ``test_eps``; an L2 attack must be given its own list of L2 radii
+    (an L-inf eps such as 0.3 is a negligible L2 radius). ``label()`` names it in results: "fgsm",
+    "pgd20", "cw30x5", "apgd-ce100", "square5000", "autoattack".
     """
 
     name: str = "pgd"
@@ -275,6 +311,7 @@ class AttackSpec:
     step_size: Optional[float] = None
     restarts: int = 1
     random_start: bool = True
+    eps: Optional[list] = None
 
     def __post_init__(self):
         if self.steps is None and self.name in ATTACKS:
@@ -285,15 +322,58 @@ class AttackSpec:
         return ATTACKS[self.name]
 
     def label(self) -> str:
-        if self.attack.single_step:
+        if not self.attack.takes_steps:
             return self.name
         r = f"x{self.restarts}" if self.restarts > 1 else ""
         return f"{self.name}{self.steps}{r}"
 
+    def eps_list(self, test_eps: list) -> list:
+        """The epsilons this attack runs at: its own, else the trial's."""
+        return [float(e) for e in (self.eps if self.eps is not None else test_eps)]
+
+    def check(self, key: str, l2_max: Optional[float] = None) -> None:
+        """Raise ConfigError(``key``.field) when a setting does not fit the attack (one line)."""
+        from .errors import ConfigError
+
+        if self.name not in ATTACKS:
+            raise ConfigError(f"{key}.name", f"{self.name!r} is not one of {', '.join(ATTACKS)}")
+        a = self.attack
+        for fld, lo, hi in (("steps", 1, 10**6), ("restarts", 1, 1000)):
+            v = getattr(self, fld)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(f"{key}.{fld}", f"expected an integer in [{lo}, {hi}], got {v!r}")
+        if not a.takes_steps and (self.steps, self.restarts) != (a.default_steps, 1):
+            what = "a single-step attack" if a.single_step else "an ensemble with its authors' settings"
+            raise ConfigError(f"{key}.steps", f"{self.name} is {what}; give it no steps or restarts")
+        if self.step_size is not None:
+            if a.step_text is not None or a.single_step:
+                raise ConfigError(
+                    f"{key}.step_size", f"{self.name} has its own step rule; give it no step_size"
+                )
+            if isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float)):
+                raise ConfigError(f"{key}.step_size", f"expected a number in (0, 1], got {self.step_size!r}")
+            if not 0 < self.step_size <= 1:
+                raise ConfigError(f"{key}.step_size", f"{self.step_size!r} is out of range (0, 1]")
+        if self.eps is None:
+            if a.norm != "Linf":
+                raise ConfigError(
+                    f"{key}.eps",
+                    f"{self.name} is an {a.norm} attack: give it its own list of {a.norm} radii, "
+                    f"e.g. {{name: {self.name}, eps: [0.5, 1.0, 2.0]}} (the test_eps are L-inf)",
+                )
+            return
+        hi = 1.0 if a.norm == "Linf" else (l2_max if l2_max is not None else 1e4)
+        if not isinstance(self.eps, list) or not self.eps:
+            raise ConfigError(f"{key}.eps", f"expected a non-empty list of numbers in [0, {hi:g}]")
+        for i, e in enumerate(self.eps):
+            if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= hi:
+                raise ConfigError(f"{key}.eps[{i}]", f"expected a number in [0, {hi:g}], got {e!r}")
+
     @classmethod
     def parse(cls, text: str, key: str = "attacks") -> AttackSpec:
-        """``NAME[:STEPS[xRESTARTS]]``, e.g. ``fgsm``, ``pgd:20``, ``cw:30x5``: the one parser behind the
-        CLI and the grids. Raises ConfigError(key) on a malformed string or an unknown name."""
+        """``NAME[:STEPS[xRESTARTS]]``, e.g. ``fgsm``, ``pgd:20``, ``cw:30x5``, ``apgd-ce:50``,
+        ``square:1000``, ``autoattack``: the one parser behind the CLI and the grids. Raises
+        ConfigError(key) on a malformed string or an unknown name."""
         from .errors import ConfigError
 
         if not isinstance(text, str):
@@ -313,7 +393,7 @@ class AttackSpec:
 def run_attack(model, x, y, spec: AttackSpec, eps: float, cost: Optional[Cost] = None) -> torch.Tensor:
     """Run one :class:`AttackSpec` at one epsilon."""
     a = spec.attack
-    if a.single_step:
+    if not a.takes_steps:
         return a.fn(model, x, y, eps, cost=cost)
     return a.fn(
         model,
@@ -337,7 +417,7 @@ def predict(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
 class SuiteResult:
     clean_correct: torch.Tensor  # bool (N,)
     correct: dict = field(default_factory=dict)  # (attack label, eps) -> bool (N,)
-    worst: dict = field(default_factory=dict)  # eps -> bool (N,)
+    worst: dict = field(default_factory=dict)  # eps -> bool (N,), over the L-inf attacks run at eps
     cost: dict = field(default_factory=dict)  # (attack label, eps) -> Cost
     adv_examples: dict = field(default_factory=dict)  # eps -> a few (x_adv, y, pred, attack, x) for reports
 
@@ -347,22 +427,28 @@ def run_suite(
 ) -> SuiteResult:
     """Evaluate every (attack, eps) and the per-example worst case over the L-inf attacks at each eps.
 
-    Only points still correctly classified are attacked. With ``per_attack`` each attack runs on
-    every clean-correct point (so per-attack accuracies are exact and comparable, e.g. FGSM vs
-    PGD) and the worst case is their AND; without it attacks run in order on the points that
-    survived the previous ones (AutoAttack's early exit) and only the worst case is exact.
-    An attack of another norm (``pgd_l2``) has an eps of another threat model: it always runs on
-    every clean-correct point, is reported on its own and never enters the L-inf worst case.
-    The model is put in eval mode and restored afterwards.
+    Each attack runs at its own ``spec.eps`` if it has one, else at every eps of ``eps_list``; the
+    worst case is kept at every L-inf eps any attack ran at. Only points still correctly classified
+    are attacked. With ``per_attack`` each attack runs on every clean-correct point (so per-attack
+    accuracies are exact and comparable, e.g. FGSM vs PGD) and the worst case is their AND; without
+    it attacks run in order on the points that survived the previous ones (AutoAttack's early exit)
+    and only the worst case is exact. An attack of another norm (``pgd_l2``) has an eps of another
+    threat model: it always runs on every clean-correct point, is reported on its own and never
+    enters the L-inf worst case. The model is put in eval mode and restored afterwards.
     """
     was_training = model.training
     model.eval()
     try:
         clean = predict(model, x, batch_size) == y
         res = SuiteResult(clean_correct=clean)
-        for eps in eps_list:
+        runs = [(spec, [float(e) for e in spec.eps_list(eps_list)]) for spec in specs]
+        linf_eps = sorted({e for spec, es in runs if spec.attack.norm == "Linf" for e in es})
+        other_eps = sorted({e for spec, es in runs if spec.attack.norm != "Linf" for e in es} - set(linf_eps))
+        for eps in linf_eps + other_eps:
             worst = clean.clone()
-            for spec in specs:
+            for spec, es in runs:
+                if eps not in es:
+                    continue
                 label = spec.label()
                 linf = spec.attack.norm == "Linf"
                 mask = clean.clone() if per_attack or not linf else worst.clone()
@@ -392,7 +478,11 @@ def run_suite(
                     res.correct[(label, eps)] = mask
                 if linf:
                     worst &= mask
-            res.worst[eps] = worst
+            if eps in linf_eps:
+                res.worst[eps] = worst
         return res
     finally:
         model.train(was_training)
+
+
+from . import autoattack as _autoattack  # noqa: E402,F401  (registers apgd-ce, apgd-t, fab-t, square, autoattack, ...)

@@ -1,7 +1,9 @@
 """``ur-train`` (or ``python -m uncertainty_robust``): one trial from the command line, no Ray.
 
 Every TrialConfig field is a flag (``--lam 0.5``, ``--test-eps 0 0.1 0.3``); attacks are given as
-``NAME[:STEPS[xRESTARTS]]``, e.g. ``--attacks fgsm pgd:20 cw:30 pgd:100x5``.
+``NAME[:STEPS[xRESTARTS]]``, e.g. ``--attacks fgsm pgd:20 cw:30 pgd:100x5``; AutoAttack as
+``--autoattack autoattack`` (or ``apgd-ce:50 square:1000``; no value for none) at
+``--autoattack-eps 0.3`` on ``--autoattack-points 500`` points.
 Bad values exit with status 2 and one line naming the flag.
 """
 
@@ -41,10 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, f.name)
         t = hints[f.name]
         help_ = f"{f.metadata.get('help') or ''} (default {default})".strip()
-        if f.name == "attacks":
-            p.add_argument(flag, nargs="+", default=None, help=help_)  # parsed in main: errors name --attacks
+        if f.name in ("attacks", "autoattack"):  # parsed in main: errors name the flag
+            p.add_argument(flag, nargs="+" if f.name == "attacks" else "*", default=None, help=help_)
         elif t is list:
             p.add_argument(flag, nargs="+", type=float, default=None, help=help_)
+        elif typing.get_origin(t) is typing.Union and list in typing.get_args(t):
+            p.add_argument(flag, nargs="*", type=float, default=None, help=help_ + "; no value: []")
         elif t is bool:
             p.add_argument(flag, type=_bool, default=None, help=help_)
         else:
@@ -59,10 +63,9 @@ def main(argv=None) -> int:
         k: v for k, v in vars(args).items() if v is not None and k not in ("workdir", "print_config")
     }
     try:
-        if "attacks" in overrides:
-            overrides["attacks"] = [
-                AttackSpec.parse(a, f"attacks[{i}]") for i, a in enumerate(overrides["attacks"])
-            ]
+        for key in ("attacks", "autoattack"):
+            if key in overrides:
+                overrides[key] = [AttackSpec.parse(a, f"{key}[{i}]") for i, a in enumerate(overrides[key])]
         cfg = validate(TrialConfig(**overrides))
     except ConfigError as e:
         flag = "--" + e.key.split("[")[0].split(".")[0].replace("_", "-")
@@ -82,6 +85,8 @@ def main(argv=None) -> int:
         return 2
     print(f"clean acc {rec['clean_acc']:.4f} on {rec['n_points']} {cfg.dataset} test points")
     for w in rec["worst_case"]:
-        print(f"  eps={w['eps']:<6g} worst-case acc {w['acc']:.4f}  ({', '.join(w['attacks'])})")
+        print(
+            f"  eps={w['eps']:<6g} worst-case acc {w['acc']:.4f} on {w['n_points']} points  ({', '.join(w['attacks'])})"
+        )
     print(f"result: {workdir / 'result.json'}")
     return 0

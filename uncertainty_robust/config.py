@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -99,6 +100,25 @@ class TrialConfig:
         help="NAME[:STEPS[xRESTARTS]], e.g. fgsm pgd:20 cw:30",
     )
     n_eval: int = _f(1000, grid="evaluation.n_eval", help="test points under attack (stated in every result)")
+    # AutoAttack (Croce & Hein 2020, pyautoattack) as the reference evaluation, run at autoattack_eps on
+    # the points that survive the attacks above (the per-example worst case is the same; see evaluate.py)
+    autoattack: list = _f(
+        grid="evaluation.autoattack",
+        factory=lambda: [AttackSpec("autoattack")],
+        help="run in order at autoattack_eps on the points our attacks left robust: autoattack, "
+        "autoattack-rand, apgd-ce[:N], apgd-dlr[:N], apgd-t[:N], fab-t[:N], square[:N]; [] for none",
+    )
+    autoattack_eps: Optional[list] = _f(
+        None,
+        grid="evaluation.autoattack_eps",
+        help="None: the training eps (adversarial defenses; in a grid every train_eps) plus the "
+        "dataset's conventional eps; [] for none",
+    )
+    autoattack_points: Optional[int] = _f(
+        None,
+        grid="evaluation.autoattack_points",
+        help="AutoAttack on a stratified subset of this many of the n_eval points (None: all)",
+    )
     jacobian_points: int = _f(500, grid="evaluation.jacobian_points")
     jacobian_projections: int = _f(1, grid="evaluation.jacobian_projections", help="per-epoch estimate")
     eval_batch_size: int = _f(500, grid="evaluation.eval_batch_size", row=False)
@@ -110,6 +130,7 @@ class TrialConfig:
     # ---------------------------------------------------------------- helpers
     def __post_init__(self):
         self.attacks = [a if isinstance(a, AttackSpec) else AttackSpec(**a) for a in self.attacks]
+        self.autoattack = [a if isinstance(a, AttackSpec) else AttackSpec(**a) for a in self.autoattack]
         self.test_eps = [float(e) for e in self.test_eps]
         self.milestones = [float(m) for m in self.milestones]
 
@@ -130,6 +151,25 @@ class TrialConfig:
     @property
     def train_step(self) -> float:
         return self.eps_step if self.eps_step is not None else 2.5 * self.eps / max(1, self.pgd_steps)
+
+    def aa_eps(self) -> list:
+        """The epsilons AutoAttack runs at: ``autoattack_eps``, or by default this trial's training
+        eps (adversarial defenses) plus the dataset's conventional eps (``DatasetInfo``); [] when
+        ``autoattack`` is empty. Values within 1e-6 of a test eps are that test eps."""
+        if not self.autoattack:
+            return []
+        if self.autoattack_eps is not None:
+            want = [float(e) for e in self.autoattack_eps]
+        else:
+            from .data import dataset_info
+
+            want = [dataset_info(self.dataset).conventional_eps] + ([self.eps] if self.is_adversarial else [])
+        return [e for e in merge_eps(self.test_eps, want) if e > 0 and any(abs(e - w) <= 1e-6 for w in want)]
+
+    def eval_eps(self) -> list:
+        """Where our own attacks run: ``test_eps`` plus the AutoAttack epsilons (AutoAttack starts
+        from the points our attacks leave robust, so they must have run there too)."""
+        return merge_eps(self.test_eps, self.aa_eps())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -171,6 +211,16 @@ class TrialConfig:
     def row_key(self) -> dict:
         """The fields that make a table row: everything but seed and runtime settings."""
         return {k: v for k, v in self.to_dict().items() if k in row_fields()}
+
+
+def merge_eps(base: list, extra: list) -> list:
+    """Sorted union of two eps lists; a value within 1e-6 of one already there is that one (8/255
+    written as 0.0313725490 in a grid and computed as 8 / 255 are one eps)."""
+    out = [float(e) for e in base]
+    for e in extra:
+        if not any(abs(float(e) - o) <= 1e-6 for o in out):
+            out.append(float(e))
+    return sorted(set(out))
 
 
 def grid_fields() -> dict:
@@ -253,17 +303,36 @@ def validate(cfg: TrialConfig) -> TrialConfig:
         _range(f"test_eps[{i}]", e, 0.0, 1.0)
     if not cfg.attacks:
         raise ConfigError("attacks", f"empty list; choose from {', '.join(ATTACKS)}")
+    info = dataset_info(cfg.dataset)
+    l2_max = math.sqrt(
+        info.channels * info.size * info.size
+    )  # the distance from the all-0 to the all-1 image
     for i, a in enumerate(cfg.attacks):
-        _choice(f"attacks[{i}].name", a.name, list(ATTACKS))
-        _int(f"attacks[{i}].steps", a.steps, 1, 100000)
-        _int(f"attacks[{i}].restarts", a.restarts, 1, 1000)
-        if a.attack.single_step and (a.steps, a.restarts) != (1, 1):
+        a.check(f"attacks[{i}]", l2_max)
+    aa_names = [n for n, a in ATTACKS.items() if a.source == "autoattack"]
+    for i, a in enumerate(cfg.autoattack):
+        a.check(f"autoattack[{i}]")
+        if a.attack.source != "autoattack":
+            raise ConfigError(f"autoattack[{i}].name", f"{a.name!r} is not one of {', '.join(aa_names)}")
+        if a.eps is not None:
             raise ConfigError(
-                f"attacks[{i}].steps", f"{a.name} is a single-step attack; give it no steps or restarts"
+                f"autoattack[{i}].eps", "AutoAttack runs at autoattack_eps; set the epsilons there"
             )
-        if a.step_size is not None:
-            _range(f"attacks[{i}].step_size", a.step_size, 0.0, 1.0, lo_open=True)
+    if cfg.autoattack_eps is not None:
+        if not isinstance(cfg.autoattack_eps, list):
+            raise ConfigError(
+                "autoattack_eps", f"expected a list of numbers in (0, 1] or [], got {cfg.autoattack_eps!r}"
+            )
+        for i, e in enumerate(cfg.autoattack_eps):
+            _range(f"autoattack_eps[{i}]", e, 0.0, 1.0, lo_open=True)
+    if cfg.autoattack_points is not None:
+        _int("autoattack_points", cfg.autoattack_points, 1, 10**7)
+        if cfg.autoattack_points > cfg.n_eval:
+            raise ConfigError(
+                "autoattack_points",
+                f"{cfg.autoattack_points} > n_eval {cfg.n_eval}: AutoAttack runs on a subset of the evaluation points",
+            )
     _choice("device", cfg.device if not cfg.device.startswith("cuda:") else "cuda", ("auto", "cpu", "cuda"))
     if d.check is not None:
-        d.check(cfg, dataset_info(cfg.dataset).num_classes)
+        d.check(cfg, info.num_classes)
     return cfg

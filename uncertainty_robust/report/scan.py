@@ -27,6 +27,7 @@ class Trial:
     record: dict
     flags: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    checks: list = field(default_factory=list)  # audit.Check per check: flagged / passed / not tested
 
     @cached_property
     def cfg(self) -> TrialConfig:
@@ -137,16 +138,18 @@ def metrics(t: Trial) -> dict:
         "audit/flags": float(len(t.flags)),
     }
     for w in r["worst_case"]:
-        m[f"worst/eps_{w['eps']:g}"] = w["acc"]
+        m[f"worst/eps_{w['eps']:g}"] = (w.get("ours") or w)["acc"]
+        if "ours" in w:
+            m[f"autoattack/eps_{w['eps']:g}"] = w["acc"]
     for a in r["attacks"]:
         m[f"acc/{a['label']}/eps_{a['eps']:g}"] = a["acc"]
     for out in ("logits", "softmax"):
         for stat in ("mean", "median"):
             if out in r.get("jacobian", {}):
                 m[f"jacobian/{out}_{stat}"] = r["jacobian"][out][stat]
-    if r.get("masking_probe"):
+    if r.get("masking_probe") and "zero_grad_frac" in r["masking_probe"]:
         m["probe/zero_grad_frac"] = r["masking_probe"]["zero_grad_frac"]
-    if r.get("transfer"):
+    if r.get("transfer") and "acc" in r["transfer"]:
         m["transfer/acc"] = r["transfer"]["acc"]
     return m
 

@@ -36,6 +36,12 @@ def columns(trials: list) -> list:
         for e in eps
         if any(w["eps"] == e for t in trials for w in t.record["worst_case"])
     ]
+    aa_eps = [
+        e for e in eps if any(w["eps"] == e and "ours" in w for t in trials for w in t.record["worst_case"])
+    ]
+    cols += [(f"AA@{e:g}", "autoattack", None, e) for e in aa_eps]
+    # our worst case on the AutoAttack points (when those are a subset): what AA@eps is compared with
+    cols += [(f"ours_on_AA_points@{e:g}", "aa_ours", None, e) for e in aa_eps]
     return cols
 
 
@@ -43,10 +49,16 @@ def cell(record: dict, col: tuple) -> Optional[float]:
     key, kind, label, eps = col
     if kind == "clean":
         return record["clean_acc"]
-    rows = record["attacks"] if kind == "attack" else record["worst_case"]
-    return next(
-        (r["acc"] for r in rows if r["eps"] == eps and (kind == "worst" or r["label"] == label)), None
-    )
+    if kind == "attack":
+        return next((r["acc"] for r in record["attacks"] if r["eps"] == eps and r["label"] == label), None)
+    w = next((r for r in record["worst_case"] if r["eps"] == eps), None)
+    if w is None:
+        return None
+    if kind == "worst":  # our own attacks' worst case, on every evaluation point
+        return (w.get("ours") or w)["acc"]
+    if kind == "aa_ours":  # our own attacks' worst case on the AutoAttack points
+        return w.get("ours_on_points", w["ours"]["acc"]) if "ours" in w else None
+    return w["acc"] if "ours" in w else None  # ours + AutoAttack, on the AutoAttack points
 
 
 def attack_settings(trials: list) -> dict:
@@ -68,6 +80,18 @@ def attack_settings(trials: list) -> dict:
                 },
             )
     return out
+
+
+def autoattack_settings(trials: list) -> Optional[dict]:
+    """What the AA columns mean: the AutoAttack attacks and the number of points they ran on."""
+    recs = [t.record["autoattack"] for t in trials if t.record.get("autoattack")]
+    if not recs:
+        return None
+    return {
+        "attacks": sorted({a for r in recs for a in r["attacks"]}),
+        "components": sorted({c for r in recs for c in r["components"]}),
+        "n_points": sorted({r["n_points"] for r in recs}),
+    }
 
 
 def build_tables(groups: list) -> list:
@@ -108,6 +132,7 @@ def build_tables(groups: list) -> list:
                 "attacks": attack_settings(trials),
                 "n_points": sorted({t.record["n_points"] for t in trials}),
                 "norm": "+".join(sorted({a["norm"] for t in trials for a in t.record["attacks"]})),
+                "autoattack": autoattack_settings(trials),
                 "eps": sorted({c[3] for c in cols if c[3] > 0}),
             }
         )
@@ -129,15 +154,33 @@ def table_header(tab: dict) -> str:
         f"step {s['step_size']}"
         for lab, s in tab["attacks"].items()
     )
+    aa = tab.get("autoattack")
+    aa_text = (
+        f" · AA = per-example worst case over our L-inf attacks and AutoAttack ({', '.join(aa['attacks'])}: "
+        f"{', '.join(aa['components'])}; pyautoattack, run on the points our attacks left robust) on "
+        f"{', '.join(map(str, aa['n_points']))} of the test points"
+        + (" (in brackets: our worst case on those points)" if aa["n_points"] != tab["n_points"] else "")
+        if aa
+        else ""
+    )
     return (
         f"dataset: {tab['dataset']} · model: {tab['model']} · n_points: {', '.join(map(str, tab['n_points']))} test points "
-        f"per trial · attacks: {atk} · worst = per-example worst case over the L-inf attacks · accuracy in %, "
+        f"per trial · attacks: {atk} · worst = per-example worst case over our L-inf attacks{aa_text} · accuracy in %, "
         f"mean ± std (ddof=1) over seeds"
     )
 
 
+def _aa_cell(row: dict, col: tuple, subset: bool) -> str:
+    """``AA@eps``; on a subset of the points, with our own worst case on the same points beside it
+    (our ``worst@eps`` column is on every point, so the two columns are not comparable)."""
+    text = _fmt(row["cells"][col[0]])
+    ours = row["cells"].get(f"ours_on_AA_points@{col[3]:g}")
+    return f"{text} (ours {_fmt(ours)})" if subset and text and ours and ours[0] is not None else text
+
+
 def table_markdown(tab: dict) -> str:
-    cols = tab["columns"]
+    subset = bool(tab.get("autoattack")) and tab["autoattack"]["n_points"] != tab["n_points"]
+    cols = [c for c in tab["columns"] if c[1] != "aa_ours"]
     head = ["Method", "seeds"] + [c[0].replace("clean", "Clean") for c in cols] + ["audit flags"]
     lines = [
         f"### {tab['dataset']} · {tab['model']}",
@@ -151,7 +194,9 @@ def table_markdown(tab: dict) -> str:
         lines.append(
             "| "
             + " | ".join(
-                [r["method"], str(r["n_seeds"])] + [_fmt(r["cells"][c[0]]) for c in cols] + [_flags_text(r)]
+                [r["method"], str(r["n_seeds"])]
+                + [_aa_cell(r, c, subset) if c[1] == "autoattack" else _fmt(r["cells"][c[0]]) for c in cols]
+                + [_flags_text(r)]
             )
             + " |"
         )
@@ -205,6 +250,10 @@ def write_table_files(tab: dict, out: Path) -> None:
                     lab: {f"{c[3]:g}": ms(c) for c in cols if c[2] == lab} for lab in tab["attacks"]
                 },
                 "worst_case_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "worst"},
+                "autoattack_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "autoattack"},
+                "worst_case_acc_on_autoattack_points": {
+                    f"{c[3]:g}": ms(c) for c in cols if c[1] == "aa_ours"
+                },
                 "n_points": r["n_points"],
                 "n_seeds": r["n_seeds"],
                 "seeds": r["seeds"],
@@ -221,6 +270,7 @@ def write_table_files(tab: dict, out: Path) -> None:
         "eps": tab["eps"],
         "n_points": tab["n_points"],
         "attack_settings": tab["attacks"],
+        "autoattack": tab.get("autoattack"),
         "accuracy_unit": "fraction",
         "std": "sample std (ddof=1) over seeds; null for one seed",
         "entries": entries,
@@ -238,7 +288,9 @@ def curves(groups: list) -> dict:
             for a in t.record["attacks"]:
                 series.setdefault(a["label"], {}).setdefault(a["eps"], []).append(a["acc"])
             for w in t.record["worst_case"]:
-                series.setdefault("worst", {}).setdefault(w["eps"], []).append(w["acc"])
+                series.setdefault("worst", {}).setdefault(w["eps"], []).append((w.get("ours") or w)["acc"])
+                if "ours" in w:
+                    series.setdefault("AA", {}).setdefault(w["eps"], []).append(w["acc"])
         out[g.label] = {
             s: sorted((e, statistics.fmean(v)) for e, v in pts.items()) for s, pts in series.items()
         }
@@ -278,12 +330,13 @@ def matrices(groups: list) -> dict:
         rest = {k: v for k, v in g.key.items() if k not in ("defense", "eps")}
         fam = c.spec.family + (f" ({c.spec.lam.symbol}={c.lam:g})" if c.spec.takes_lam else "")
         f = fams.setdefault(
-            (fam, json.dumps(rest, sort_keys=True, default=str)), {"title": fam, "cells": {}, "adversarial": False}
+            (fam, json.dumps(rest, sort_keys=True, default=str)),
+            {"title": fam, "cells": {}, "adversarial": False},
         )
         f["adversarial"] |= c.is_adversarial
         for t in g.trials:
-            for w in t.record["worst_case"]:
-                f["cells"].setdefault((t.eps_train, w["eps"]), []).append(w["acc"])
+            for w in t.record["worst_case"]:  # our attacks' worst case: the same attacks at every eps_test
+                f["cells"].setdefault((t.eps_train, w["eps"]), []).append((w.get("ours") or w)["acc"])
     out = {}
     for (title, _), f in fams.items():
         if not f["adversarial"]:
