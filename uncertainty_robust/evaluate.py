@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import accel
 from .attacks import Cost, pgd, run_suite
 from .config import TrialConfig
 from .data import load_tensors
@@ -90,6 +91,8 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> di
     """Attack grid, worst case, Jacobian statistics, entropy and calibration on ``cfg.n_eval``
     stratified test points (the same points for every trial with the same dataset)."""
     device = device or next(model.parameters()).device
+    accel.configure(device, training=False)  # CUDA: IEEE fp32, no cuDNN autotuning of shrinking batches
+    model = accel.eval_model(model, cfg)  # eval_precision bf16: every forward under bf16 autocast
     t0 = time.perf_counter()
     x, y = load_tensors(cfg.dataset, "test", cfg.data_root, n=cfg.n_eval, seed=0, download=cfg.download)
     x, y = x.to(device), y.to(device)
@@ -151,6 +154,7 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> di
         "entropy_mean": float(entropy(logits).mean()),
         "ece": expected_calibration_error(probs, y),
         "masking_probe": probe,
+        "precision": accel.record(cfg, device),
         "eval_seconds": time.perf_counter() - t0,
     }
     if keep_examples:
