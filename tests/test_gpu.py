@@ -146,7 +146,7 @@ def test_trial_on_gpu_records_device_and_precision(tmp_path):
     assert abs(cpu_acc - rec["clean_acc"]) <= 0.01
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=f"needs 2 GPUs, found {torch.cuda.device_count()}")
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=f"needs 2 CUDA GPUs, found {torch.cuda.device_count()}")
 def test_nccl_ddp_trains_with_two_ranks(train_cli, tmp_path):
     _, env = train_cli
     d = tmp_path / "t"
