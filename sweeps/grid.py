@@ -22,6 +22,7 @@ Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` f
                   inner_loss: ce, adv_fraction: 1.0, ls_form: uniform, attack_bn_mode: eval}
     evaluation: {test_eps: [0, 0.1, 0.2, 0.3], attacks: [fgsm, "pgd:20", "cw:30"], n_eval: 1000,
                  jacobian_points: 500, eval_batch_size: 500}
+    precision: {train: fp32, train_attack: null, eval: fp32}   # bf16 autocast; see docs/gpu.md
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
     search: {mode: grid, num_samples: 1, scheduler: none, metric: worst_mean, max_concurrent: null,
              trial_retries: 2, worker_retries: 2}
