@@ -63,8 +63,8 @@ def test_channels_last_computes_what_contiguous_does(name):
         outs[key] = (z.detach(), g)
         with accel.autocast("bf16", CUDA), torch.no_grad():
             outs[key + "_bf16"] = m(x.detach())
-    assert _rel(outs["last"][0], outs["dense"][0]) < 1e-5  # fp32: summation order only
-    assert _rel(outs["last"][1], outs["dense"][1]) < 1e-4
+    assert _rel(outs["last"][0], outs["dense"][0]) < 1e-4  # fp32 (TF32 off): summation order only
+    assert _rel(outs["last"][1], outs["dense"][1]) < 1e-3  # a layout bug would be O(1)
     assert _rel(outs["last_bf16"], outs["dense_bf16"]) < 2e-2  # bf16 operands: ~1e-3..1e-2
     agree = (outs["last_bf16"].argmax(1) == outs["dense_bf16"].argmax(1)).float().mean()
     assert agree >= 0.98
@@ -146,7 +146,9 @@ def test_trial_on_gpu_records_device_and_precision(tmp_path):
     assert abs(cpu_acc - rec["clean_acc"]) <= 0.01
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=f"needs 2 CUDA GPUs, found {torch.cuda.device_count()}")
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason=f"needs 2 CUDA GPUs, found {torch.cuda.device_count()}"
+)
 def test_nccl_ddp_trains_with_two_ranks(train_cli, tmp_path):
     _, env = train_cli
     d = tmp_path / "t"
