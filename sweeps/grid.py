@@ -25,6 +25,7 @@ Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` f
                  autoattack: [autoattack],   # run at autoattack_eps on the points our attacks leave robust
                  autoattack_eps: null,       # null: every train_eps (adversarial grids) + the dataset's conventional eps
                  autoattack_points: null}    # null: all n_eval points; else a stratified subset
+    precision: {train: fp32, train_attack: null, eval: fp32}   # bf16 autocast; see docs/gpu.md
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
     search: {mode: grid, num_samples: 1, scheduler: none, metric: worst_mean, max_concurrent: null,
              trial_retries: 2, worker_retries: 2}

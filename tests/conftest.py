@@ -46,12 +46,23 @@ def train_cli():
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With UR_REQUIRE_SLURM=1 (set by .ci/run, which brings the cluster up) a SLURM test that
-    skips is a failure: CI must never report a skipped cluster test as green."""
+    skips is a failure: CI must never report a skipped cluster test as green. The same for the GPU
+    tests under UR_REQUIRE_GPU=1."""
     outcome = yield
     rep = outcome.get_result()
     if rep.skipped and os.environ.get("UR_REQUIRE_SLURM") == "1" and item.get_closest_marker("slurm"):
         rep.outcome = "failed"
         rep.longrepr = f"UR_REQUIRE_SLURM=1 but the SLURM test was skipped: {rep.longrepr}"
+    # benchmarks/gpu_check.sh sets UR_REQUIRE_GPU=1: there a GPU test skipped for want of CUDA is a
+    # failure (a 2-GPU test on a 1-GPU machine may still skip, with its reason)
+    if (
+        rep.skipped
+        and os.environ.get("UR_REQUIRE_GPU") == "1"
+        and item.get_closest_marker("gpu")
+        and not torch.cuda.is_available()
+    ):
+        rep.outcome = "failed"
+        rep.longrepr = f"UR_REQUIRE_GPU=1 but torch sees no CUDA GPU: {rep.longrepr}"
 
 
 # ----------------------------------------------------------------------------- trained models (real MNIST digits)

@@ -4,7 +4,8 @@ Every TrialConfig field is a flag (``--lam 0.5``, ``--test-eps 0 0.1 0.3``); att
 ``NAME[:STEPS[xRESTARTS]]``, e.g. ``--attacks fgsm pgd:20 cw:30 pgd:100x5``; AutoAttack as
 ``--autoattack autoattack`` (or ``apgd-ce:50 square:1000``; no value for none) at
 ``--autoattack-eps 0.3`` on ``--autoattack-points 500`` points.
-Bad values exit with status 2 and one line naming the flag.
+Bad values exit with status 2 and one line naming the flag. Under ``torchrun --nproc-per-node N``
+each process is one DDP rank (NCCL on GPUs, one GPU per rank; gloo on CPUs).
 """
 
 from __future__ import annotations
@@ -75,14 +76,23 @@ def main(argv=None) -> int:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from .accel import init_distributed_from_env
     from .trial import run_trial
 
+    joined = init_distributed_from_env()  # under torchrun: one process per GPU (NCCL) or CPU worker (gloo)
     workdir = Path(args.workdir or f"runs/single/{cfg.short_name()}_{cfg.trial_id()}")
     try:
         rec = run_trial(cfg, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rec is None:  # a rank other than 0 under torchrun: rank 0 evaluates and reports
+        return 0
     print(f"clean acc {rec['clean_acc']:.4f} on {rec['n_points']} {cfg.dataset} test points")
     for w in rec["worst_case"]:
         print(

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+from .accel import PRECISIONS
 from .attacks import ATTACKS, AttackSpec
 from .defenses import DEFENSES
 from .errors import ConfigError
@@ -122,6 +123,16 @@ class TrialConfig:
     jacobian_points: int = _f(500, grid="evaluation.jacobian_points")
     jacobian_projections: int = _f(1, grid="evaluation.jacobian_projections", help="per-epoch estimate")
     eval_batch_size: int = _f(500, grid="evaluation.eval_batch_size", row=False)
+    # arithmetic (docs/gpu.md): bf16 autocast for training; the evaluation stays fp32 unless set
+    precision: str = _f(
+        "fp32", grid="precision.train", help='training forward passes: "fp32" or "bf16" (autocast)'
+    )
+    attack_precision: Optional[str] = _f(
+        None, grid="precision.train_attack", help="the training adversary's precision (None: as precision)"
+    )
+    eval_precision: str = _f(
+        "fp32", grid="precision.eval", help="attacks, Jacobians and clean pass of the evaluation"
+    )
     # runtime
     device: str = _f("auto", grid="device", row=False)
     num_threads: int = _f(0, grid="num_threads", row=False, help="0: leave torch's default")
@@ -265,6 +276,10 @@ def validate(cfg: TrialConfig) -> TrialConfig:
     _choice("ls_form", cfg.ls_form, ("uniform", "others"))
     _choice("attack_bn_mode", cfg.attack_bn_mode, ("eval", "train"))
     _choice("augment", cfg.augment, ("none", "crop_flip"))
+    _choice("precision", cfg.precision, PRECISIONS)
+    if cfg.attack_precision is not None:
+        _choice("attack_precision", cfg.attack_precision, PRECISIONS)
+    _choice("eval_precision", cfg.eval_precision, PRECISIONS)
     d = cfg.spec
     if d.takes_lam:
         _range("lam", cfg.lam, d.lam.lo, d.lam.hi, d.lam.lo_open)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import accel
 from .attacks import AttackSpec, Cost, run_attack, run_suite
 from .autoattack import reference as aa_reference
 from .config import TrialConfig
@@ -125,6 +126,8 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
     from .rundir import TrialDir
 
     device = device or next(model.parameters()).device
+    accel.configure(device, training=False)  # CUDA: IEEE fp32, no cuDNN autotuning of shrinking batches
+    model = accel.eval_model(model, cfg)  # eval_precision bf16: every forward under bf16 autocast
     t0 = time.perf_counter()
     x, y = load_tensors(cfg.dataset, "test", cfg.data_root, n=cfg.n_eval, seed=0, download=cfg.download)
     x, y = x.to(device), y.to(device)
@@ -238,6 +241,7 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
         "entropy_mean": float(entropy(logits).mean()),
         "ece": expected_calibration_error(probs, y),
         "masking_probe": probe,
+        "precision": accel.record(cfg, device),
         "eval_seconds": time.perf_counter() - t0,
         "eval_cost": total.as_dict(),
         "_masks": {k: v.cpu() for k, v in masks.items()},

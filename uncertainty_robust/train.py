@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 
+from . import accel
 from . import checkpoint as ckpt
 from .attacks import Cost
 from .config import TrialConfig
@@ -47,16 +48,17 @@ def rank_world() -> tuple[int, int]:
 
 
 def pick_device(cfg: TrialConfig) -> torch.device:
-    if cfg.device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    return torch.device(cfg.device)
+    """This rank's device: ``cuda:LOCAL_RANK`` for ``auto``/``cuda`` on a GPU node, else the CPU
+    (:func:`uncertainty_robust.accel.pick_device`)."""
+    return accel.pick_device(cfg.device)
 
 
-def make_model(cfg: TrialConfig) -> torch.nn.Module:
+def make_model(cfg: TrialConfig, device: Optional[torch.device] = None) -> torch.nn.Module:
+    """The trial's model; on ``device`` in the memory layout of ``cfg.precision`` when one is given
+    (channels_last for bf16 on CUDA; the CPU layout is never changed)."""
     info = dataset_info(cfg.dataset)
-    return build_model(cfg.model, info.channels, info.num_classes, info.size, info.mean, info.std, cfg.width)
+    model = build_model(cfg.model, info.channels, info.num_classes, info.size, info.mean, info.std, cfg.width)
+    return model if device is None else accel.place_model(model, device, cfg.precision)
 
 
 def make_optimizer(cfg: TrialConfig, params):
@@ -126,14 +128,16 @@ def train_epoch(net, model, opt, cfg: TrialConfig, x_tr, y_tr, idx, device, cost
     defense's statistics, ``{name: [sum, count]}`` (acc: on what the loss saw)."""
     rank, _ = rank_world()
     loss_of = get_defense(cfg.defense).loss
+    adversary = accel.attack_model(model, cfg)  # the model itself, or in the adversary's own precision
     net.train()
     sums = {"loss": [0.0, 0], "acc": [0.0, 0], "clean_acc": [0.0, 0], "entropy": [0.0, 0]}
     for b, i in enumerate(range(0, len(idx), cfg.batch_size)):
         bi = idx[i : i + cfg.batch_size]
-        x, y = x_tr[bi].to(device, non_blocking=True), y_tr[bi].to(device, non_blocking=True)
+        x, y = accel.batch(x_tr, y_tr, bi, device)
         if cfg.augment == "crop_flip":
             x = crop_flip(x)
-        loss, stats = loss_of(net, x, y, cfg, cost, attack_model=model)
+        with accel.autocast(cfg.precision, device):  # fp32: autocast off, the same code as before
+            loss, stats = loss_of(net, x, y, cfg, cost, attack_model=adversary)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         cost.backward += len(x)
@@ -200,8 +204,9 @@ def fit(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = pick_device(cfg)
+    accel.configure(device, training=True)
     _seed_all(cfg.seed)
-    model = make_model(cfg).to(device)
+    model = make_model(cfg, device)
     opt = make_optimizer(cfg, model.parameters())
     sched = make_scheduler(cfg, opt)
     st = restore(Path(resume_from or trial.checkpoint), model, opt, sched, device) or TrainState()
@@ -214,6 +219,7 @@ def fit(
     x_te, y_te = load_tensors(
         cfg.dataset, "test", cfg.data_root, n=min(cfg.n_eval, 512), seed=0, download=cfg.download
     )
+    x_tr, y_tr = accel.place_data(x_tr, y_tr, device)  # CUDA: on the GPU if small, else pinned
     x_te, y_te = x_te.to(device), y_te.to(device)
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     writer = None
