@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         help_ = f"{f.metadata.get('help') or ''} (default {default})".strip()
         if f.name == "attacks":
             p.add_argument(flag, nargs="+", default=None, help=help_)  # parsed in main: errors name --attacks
+        elif f.name == "checkpoints":
+            p.add_argument(flag, nargs="+", default=None, help=help_)
         elif t is list:
             p.add_argument(flag, nargs="+", type=float, default=None, help=help_)
         elif t is bool:

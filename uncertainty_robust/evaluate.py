@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 from .attacks import Cost, pgd, run_suite
 from .config import TrialConfig
-from .data import load_tensors
+from .data import load_tensors, subset_indices
 from .defenses import entropy
-from .jacobian import jacobian_stats
+from .jacobian import jacobian_report
 
 SCHEMA = "uncertainty-robust/result/v1"
 
@@ -88,10 +88,17 @@ def _pkg_version() -> str:
 
 def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> dict:
     """Attack grid, worst case, Jacobian statistics, entropy and calibration on ``cfg.n_eval``
-    stratified test points (the same points for every trial with the same dataset)."""
+    stratified test points (the same points for every trial with the same dataset and n_eval; a
+    smaller n_eval's points are a subset of a larger one's).
+
+    Per-point outcomes travel under private keys (dropped from ``result.json``; ``run_trial`` saves
+    them to ``TrialDir.points``): ``"_indices"`` (the points' indices in the test split, int64 (N,)),
+    ``"_labels"`` and ``"_masks"``, {name: bool tensor (N,), True = correctly classified}, with names ``clean``,
+    ``attack/<label>/<eps:g>`` and ``worst/<eps:g>``."""
     device = device or next(model.parameters()).device
     t0 = time.perf_counter()
     x, y = load_tensors(cfg.dataset, "test", cfg.data_root, n=cfg.n_eval, seed=0, download=cfg.download)
+    indices = subset_indices(cfg.dataset, "test", cfg.data_root, n=cfg.n_eval, seed=0)
     x, y = x.to(device), y.to(device)
     torch.manual_seed(cfg.seed + 12345)  # attack random starts: reproducible per trial
     model.eval()
@@ -139,8 +146,9 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> di
         }
         for eps in cfg.test_eps
     ]
-    jac_x = x[: cfg.jacobian_points]
-    jac = jacobian_stats(model, jac_x, exact=True) if cfg.jacobian_points else {}
+    jp = cfg.jacobian_points
+    jac_steps = next((a.steps for a in cfg.attacks if a.name == "pgd"), 20)
+    jac = jacobian_report(model, x[:jp], y[:jp], cfg.jac_eps, jac_steps) if jp else {}
     probe = _masking_probe(model, x[: min(n, 100)], y[: min(n, 100)], cfg)
     record = {
         "clean_acc": float(suite.clean_correct.float().mean()),
@@ -155,6 +163,14 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0) -> di
     }
     if keep_examples:
         record["_adv_examples"] = suite.adv_examples  # tensors; dropped before JSON
+    masks = {"clean": suite.clean_correct}
+    for (label, eps), m in suite.correct.items():
+        masks[f"attack/{label}/{eps:g}"] = m
+    for eps, m in suite.worst.items():
+        masks[f"worst/{eps:g}"] = m
+    record["_masks"] = {k: v.detach().cpu() for k, v in masks.items()}
+    record["_indices"] = indices
+    record["_labels"] = y.detach().cpu()
     return record
 
 
