@@ -67,7 +67,7 @@ def _brute(model, x, y):
         others = [j for j in range(k) if j != yi]
         j_star = max(others, key=lambda j: float(zd[j]))
         margins.append(float((grads[j_star] - grads[yi]).norm()))
-        dists.append(min(float((z[yi] - z[j]) / (grads[yi] - grads[j]).abs().sum()) for j in others))
+        dists.append(min(float((zd[yi] - zd[j]) / (grads[yi] - grads[j]).abs().sum()) for j in others))
     return torch.tensor(margins), torch.tensor(dists)
 
 
