@@ -202,7 +202,7 @@ def get_models(cache: Path) -> dict:
                 model, s = fit(cfg, d, tensorboard=False)
             torch.save(model.state_dict(), f)
             log(
-                f"  {name}: {s['train_seconds']:.1f} s, probe clean acc {s['history'][-1]['test/clean_acc']:.3f}"
+                f"  {name}: {s['train_seconds']:.1f} s, validation clean acc {s['history'][-1]['val/clean_acc']:.3f}"
             )
         models[name] = model.eval()
     return models
