@@ -208,7 +208,7 @@ def get_models(cache: Path, device: str = "cpu", **overrides) -> dict:
             with tempfile.TemporaryDirectory() as d:
                 model, s = fit(cfg, d, tensorboard=False)
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, f)
-            acc = s["history"][-1]["test/clean_acc"]
+            acc = s["history"][-1]["val/clean_acc"]
             log(f"  {name}: {s['train_seconds']:.1f} s, probe clean acc {acc:.3f}")
         models[name] = model.to(device).eval()
     return models

@@ -128,7 +128,8 @@ def _reporter(cls):
         },
         metric_columns={
             "training_iteration": "iter",
-            "test_clean_acc": "clean(probe)",
+            "val_clean_acc": "val clean",
+            "val_robust_acc": "val robust",
             "clean_acc": "clean",
             "worst_mean": "worst(mean eps)",
         },
@@ -175,8 +176,10 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
         if search.get("scheduler") == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
+            # search.metric is a validation accuracy (sweeps/grid.py refuses anything else)
+            metric = search.get("metric", "val/robust_acc").replace("/", "_")
             scheduler = ASHAScheduler(
-                time_attr="training_iteration", metric="test_clean_acc", mode="max", grace_period=1
+                time_attr="training_iteration", metric=metric, mode="max", grace_period=1
             )
         tuner = Tuner(
             trainable,

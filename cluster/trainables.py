@@ -41,6 +41,9 @@ def final_metrics(record: dict) -> dict:
     for w in record["worst_case"]:
         m[f"worst_eps_{w['eps']:g}"] = w["acc"]
     m["worst_mean"] = sum(w["acc"] for w in record["worst_case"]) / max(1, len(record["worst_case"]))
+    hist = (record.get("train") or {}).get("history") or [{}]
+    # the last epoch's validation metrics again: Tune checks every report for the scheduler's metric
+    m.update({k.replace("/", "_"): v for k, v in hist[-1].items() if k.startswith("val/")})
     jac = record.get("jacobian") or {}
     if "logits" in jac:
         m["jac_logits_mean"] = jac["logits"]["mean"]

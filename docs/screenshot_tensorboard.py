@@ -13,7 +13,7 @@ accuracy-vs-eps curves and the custom-scalars layout are written by the aggregat
 Written files (``--out``, default ``docs/img``):
 
 * ``tensorboard_hparams.png``        HParams table view: one row per trial, hparams + metrics
-* ``tensorboard_scalars.png``        scalars page: per-epoch ``test/*`` and ``train/*`` curves of every trial
+* ``tensorboard_scalars.png``        scalars page: per-epoch ``val/*`` and ``train/*`` curves of every trial
 * ``tensorboard_custom_scalars.png`` custom scalars: accuracy vs test eps per method (smoothing 0)
 
 Ray Tune also writes its own event files (``RUN/tune/<id>/events.out.tfevents.*``, hparams
@@ -356,7 +356,7 @@ def shoot_hparams(br: Chromium, base: str, out: Path, timeout: float) -> str:
 
 
 def shoot_scalars(br: Chromium, base: str, out: Path, timeout: float) -> str:
-    tag_re = r"^(test|train)/"
+    tag_re = r"^(val|train)/"
     br.goto(hash_url(base, "scalars", tagFilter=tag_re, regexInput=r"^trials/", _smoothingWeight=0))
     got = settle(
         br,

@@ -1,11 +1,13 @@
 """Aggregate a sweep run: tables, TensorBoard (HParams, curves, examples) and the gradient-masking
 audit, written to RUN/aggregate/ (or --out). Rerun it any time, also while trials still run.
 
-    ur-aggregate RUN_DIR [--out DIR] [--no-transfer] [--large-eps 0.4]
+    ur-aggregate RUN_DIR [--out DIR] [--no-transfer] [--large-eps 0.4] [--checkpoint best]
     python sweeps/aggregate.py RUN_DIR     (the same, from a checkout)
     tensorboard --logdir RUN_DIR/aggregate/tb
 
-Prints the Markdown tables, how many unfinished trials were skipped and the audit flags.
+Prints the Markdown tables (mean [95% CI] per cell, paired differences with each method's baseline),
+how many unfinished trials were skipped and the audit flags. ``--checkpoint best`` tables the
+best-by-validation checkpoints instead of the last ones (into RUN_DIR/aggregate_best by default).
 Exit 2 with one line when RUN_DIR is missing or holds no trials at all.
 """
 
@@ -38,6 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="L-inf eps from which accuracy must be ~0 (default 0.5: every input reaches the constant image)",
     )
     p.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="which evaluation to table: the last epoch's (default) or the best by validation robust "
+        "accuracy (trials whose grid had evaluation.checkpoints: [last, best])",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=None,
+        metavar="B",
+        help="bootstrap replicates of the confidence intervals and p-values (default 2000)",
+    )
+    p.add_argument(
         "--device", default=None, help="device for the transfer attacks (default cuda if available, else cpu)"
     )
     return p
@@ -47,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from uncertainty_robust.audit import AuditRules
-    from uncertainty_robust.report import aggregate
+    from uncertainty_robust.report import BootstrapSpec, aggregate
 
+    if args.bootstrap is not None and not 100 <= args.bootstrap <= 10**6:
+        raise UserError(f"--bootstrap: {args.bootstrap} replicates; give 100 to 1000000")
     if not args.run_dir.is_dir():
         raise UserError(f"{args.run_dir} is not a directory")
     s = aggregate(
@@ -57,9 +75,13 @@ def main(argv=None) -> int:
         transfer=not args.no_transfer,
         rules=AuditRules(large_eps=args.large_eps),
         device=args.device,
+        checkpoint=args.checkpoint,
+        bootstrap=BootstrapSpec(n_boot=args.bootstrap) if args.bootstrap else BootstrapSpec(),
     )
     print(s.markdown)
     print(f"{s.n_trials} finished trial(s) aggregated; {len(s.unfinished)} unfinished trial(s) skipped")
+    for d, why in s.excluded or []:
+        print(f"  excluded: {d} ({why})")
     for d in s.unfinished:
         print(f"  unfinished: {d}")
     n_flags = sum(len(f) for f in s.flags.values())

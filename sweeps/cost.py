@@ -12,17 +12,38 @@ from uncertainty_robust.data import dataset_info
 from uncertainty_robust.train import make_model
 
 
-def grad_evals(c: TrialConfig) -> float:
-    """Forward+backward passes, counted per example, of training and evaluation."""
-    n_train = c.n_train or _train_size(c.dataset)
+def breakdown(c: TrialConfig) -> dict:
+    """Forward+backward passes, counted per example, of each part of one trial (upper bounds: the
+    attacks' early exit for broken points only lowers them):
+
+    - ``train``: epochs x training points x (1 + PGD steps x adv_fraction for AT defenses); the
+      training points are what is left of the training split after the validation split;
+    - ``validation``: per epoch, the probe on ``val_points``: a clean pass, PGD-``val_pgd_steps`` and
+      the projection Jacobian estimate (2 x projections passes on 128 points);
+    - ``evaluation``: every attack at every positive test eps on ``n_eval`` points, the masking probe
+      (100 points, steps x (1 + 4 x 4)), the exact Jacobians at clean points (K passes) and at PGD
+      points (the first PGD's steps + K passes) on ``jacobian_points``; twice when the best
+      checkpoint is evaluated too (less when the best epoch is the last one)."""
+    size = _train_size(c.dataset)
+    n_train = min(c.n_train or size, max(0, size - c.val_points))
     per_example = 1 + (c.pgd_steps * c.adv_fraction if c.is_adversarial else 0)
     train = c.epochs * n_train * per_example
+    validation = c.epochs * (
+        c.val_points * (1 + c.val_pgd_steps) + min(c.val_points, 128) * 2 * c.jacobian_projections
+    )
     eps_pos = sum(1 for e in c.test_eps if e > 0)
     attacks = sum(a.steps * a.restarts for a in c.attacks)  # single-step attacks: 1 x 1
     probe_steps = next((a.steps for a in c.attacks if a.name == "pgd"), 20)
     k = dataset_info(c.dataset).num_classes
-    evaluation = c.n_eval * attacks * eps_pos + min(c.n_eval, 100) * probe_steps * 17 + c.jacobian_points * k
-    return float(train + evaluation)
+    jacobian = c.jacobian_points * (2 * k + probe_steps)
+    evaluation = c.n_eval * attacks * eps_pos + min(c.n_eval, 100) * probe_steps * 17 + jacobian
+    evaluation *= len(c.checkpoints)
+    return {"train": float(train), "validation": float(validation), "evaluation": float(evaluation)}
+
+
+def grad_evals(c: TrialConfig) -> float:
+    """Forward+backward passes, counted per example, of training, validation and evaluation."""
+    return float(sum(breakdown(c).values()))
 
 
 def _train_size(name: str) -> int:
@@ -63,12 +84,20 @@ def estimate(trials: list) -> dict:
         key = (c.dataset, c.model, c.width)
         if key not in cache:
             cache[key] = seconds_per_example(c)
-        g = grad_evals(c)
-        per.append({"grad_evals": g, "cpu_hours": g * cache[key] / 3600})
+        parts = breakdown(c)
+        g = sum(parts.values())
+        per.append(
+            {
+                "grad_evals": g,
+                "cpu_hours": g * cache[key] / 3600,
+                **{f"{k}_grad_evals": v for k, v in parts.items()},
+            }
+        )
     sec = next(iter(cache.values())) if cache else 0.0
     return {
         "per_trial": per,
         "grad_evals": sum(p["grad_evals"] for p in per),
+        "parts": {k: sum(p[f"{k}_grad_evals"] for p in per) for k in ("train", "validation", "evaluation")},
         "cpu_hours": sum(p["cpu_hours"] for p in per),
         "sec_per_grad_eval": sec,
         "threads": 1,

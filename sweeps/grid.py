@@ -21,14 +21,27 @@ Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` f
     adversarial: {pgd_steps: 40, eps_step: null, random_start: true, entropy_on: adv,
                   inner_loss: ce, adv_fraction: 1.0, ls_form: uniform, attack_bn_mode: eval}
     evaluation: {test_eps: [0, 0.1, 0.2, 0.3], attacks: [fgsm, "pgd:20", "cw:30"], n_eval: 1000,
-                 jacobian_points: 500, eval_batch_size: 500,
+                 jacobian_points: 500, jacobian_eps: null, eval_batch_size: 500, checkpoints: [last],
                  autoattack: [autoattack],   # run at autoattack_eps on the points our attacks leave robust
                  autoattack_eps: null,       # null: every train_eps (adversarial grids) + the dataset's conventional eps
                  autoattack_points: null}    # null: all n_eval points; else a stratified subset
+                                      # checkpoints: [last] or [last, best] (best: the epoch with the
+                                      # highest val/robust_acc; both evaluated on the test split).
+                                      # jacobian_eps: the Jacobians are measured at clean points and at
+                                      # PGD points of this eps (null: the validation eps)
     precision: {train: fp32, train_attack: null, eval: fp32}   # bf16 autocast; see docs/gpu.md
     resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
-    search: {mode: grid, num_samples: 1, scheduler: none, metric: worst_mean, max_concurrent: null,
+    validation: {points: 1000, seed: 0, eps: null, pgd_steps: 10}
+                                      # carved from the training split (stratified, seeded), never
+                                      # trained on; read by the per-epoch probe (val/clean_acc,
+                                      # val/robust_acc at eps, val/entropy, val/jacobian_*_rms), the
+                                      # best checkpoint and ASHA. eps null: the training eps of an
+                                      # adversarial defense, else the smallest positive test eps.
+                                      # points 0: no validation split (no best checkpoint, no ASHA)
+    search: {mode: grid, num_samples: 1, scheduler: none, metric: val/robust_acc, max_concurrent: null,
              trial_retries: 2, worker_retries: 2}
+                                      # metric: what ASHA maximises, val/robust_acc or val/clean_acc
+                                      # (anything else is refused: never select on the test split)
     slurm: {nodes: 1, time_min: 240, cpus_per_node: null, gpus_per_node: 0, mem_gb: null,
             account: null, qos: null, constraint: null, extra: []}
 """
@@ -60,7 +73,7 @@ SEARCH = {
     "mode": "grid",
     "num_samples": 1,
     "scheduler": "none",
-    "metric": "worst_mean",
+    "metric": "val/robust_acc",
     "max_concurrent": None,
     "trial_retries": 2,
     "worker_retries": 2,
@@ -233,6 +246,7 @@ def parse_grid(text: str) -> Grid:
             if cfg.trial_id() not in seen:
                 seen.add(cfg.trial_id())
                 trials.append(cfg)
+    _check_metric(search, trials)
     if search["mode"] == "random":
         rng = random.Random(int(search["seed"]))
         trials = rng.sample(trials, min(len(trials), int(search["num_samples"])))
@@ -289,6 +303,42 @@ def _check_resources(res: dict, search: dict, slurm: dict) -> None:
             _pos(f"slurm.{k}", slurm[k], integer=True, hi=100000)
     if not isinstance(slurm["extra"], list):
         raise GridError("slurm.extra", "expected a list of sbatch options, e.g. ['--exclusive']")
+
+
+# What ASHA may select on: validation accuracies only (maximised). Tune sees "/" as "_".
+VAL_METRICS = ("val/robust_acc", "val/clean_acc")
+
+
+def tune_metric(name: str) -> str:
+    """The name Tune reports a per-epoch metric under: ``val/robust_acc`` -> ``val_robust_acc``."""
+    return name.replace("/", "_")
+
+
+def _check_metric(search: dict, trials: list) -> None:
+    """``search.metric`` must be a validation metric (a test metric would select on the test split);
+    under ASHA every trial needs a validation split, and robust accuracies are comparable only at
+    one validation eps."""
+    m = search["metric"]
+    if isinstance(m, str) and m.startswith("val_"):  # Tune's spelling of val/...
+        m = "val/" + m[4:]
+    if m not in VAL_METRICS:
+        raise GridError(
+            "search.metric",
+            f"{search['metric']!r} is not a validation metric; choose from {', '.join(VAL_METRICS)} "
+            "(selection must never read the test split)",
+        )
+    search["metric"] = m
+    if search["scheduler"] != "asha":
+        return
+    if any(c.val_points == 0 for c in trials):
+        raise GridError("validation.points", "ASHA selects on the validation split: set it above 0")
+    if search["metric"] == "val/robust_acc" and len({c.probe_eps for c in trials}) > 1:
+        found = ", ".join(f"{e:g}" for e in sorted({c.probe_eps for c in trials}))
+        raise GridError(
+            "validation.eps",
+            f"ASHA compares val/robust_acc across trials, but their validation eps differ ({found}); "
+            "set one validation.eps for the grid",
+        )
 
 
 def load_grid(path: Path) -> Grid:

@@ -198,8 +198,9 @@ def test_evaluate_records_autoattack_and_its_worst_case(std_model, tmp_path):
         assert w["ours_on_points"] == pytest.approx(float(ours[pts].float().mean()))
         assert w["ours"]["acc"] == pytest.approx(float(ours.float().mean()))
         assert w["acc"] <= w["ours_on_points"] + 1e-9
-        assert w["acc"] == pytest.approx(float(masks[f"worst/{eps:g}"][pts].float().mean()))
-        assert torch.equal(masks[f"autoattack/apgd-t3/{eps:g}"] & pts, masks[f"worst/{eps:g}"] & pts)
+        assert w["acc"] == pytest.approx(float(masks[f"autoattack/{eps:g}"][pts].float().mean()))
+        assert torch.equal(masks[f"autoattack/apgd-t3/{eps:g}"] & pts, masks[f"autoattack/{eps:g}"] & pts)
+        assert w["ours"]["acc"] == pytest.approx(float(masks[f"worst/{eps:g}"].float().mean()))
     assert "ours" not in by_eps[0.3]
     assert [r["label"] for r in rec["autoattack"]["results"]] == ["apgd-ce10", "apgd-t3"] * 2
     assert rec["eval_cost"]["backward"] > sum(a["backward"] for a in rec["attacks"])

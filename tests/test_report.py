@@ -1,5 +1,6 @@
 """The aggregation step on a real (tiny) sweep: what TensorBoard's own reader finds in the event
-files matches the result.json files, the tables hold the hand-computed mean ± std over seeds,
+files matches the result.json files, the tables hold the hand-computed mean ± std over seeds and
+the confidence intervals and paired comparisons computed directly from the trials' points.npz,
 unfinished trials and Ray's files are skipped and counted, reruns replace aggregate/ cleanly."""
 
 import csv
@@ -200,8 +201,69 @@ def test_tables_hold_mean_and_std_over_seeds(sweep, aggregated):
         and "n_points: 100" in md
         and "10 step(s)" in md
     )
-    assert f"| Standard | 2 | {100 * (std[0]['clean_acc'] + std[1]['clean_acc']) / 2:.1f} ± " in md
+    assert f"| Standard | 2 | {100 * (std[0]['clean_acc'] + std[1]['clean_acc']) / 2:.1f} [" in md
     assert "2 unfinished trial(s) skipped" in md and "audit flags" in md
+
+
+def test_table_statistics_match_the_per_point_outcomes(sweep, aggregated):
+    """The CI of a cell and the paired comparison of a row, as the CSV/JSON/Markdown report them,
+    equal what report.stats computes from the trials' own points.npz; the baseline of each row is
+    the registry's (EntM -> Standard, AT -> Standard, AT+EntM -> AT at the same eps)."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    from uncertainty_robust.report import stats
+    from uncertainty_robust.trial import read_points
+
+    recs = results(sweep)
+    by = {}
+    for name, r in recs.items():
+        idx, m = read_points(sweep / "trials" / name)
+        by.setdefault((r["config"]["defense"], r["config"]["eps"]), {})[r["config"]["seed"]] = (idx, m)
+    std, entm = by[("standard", 0.3)], by[("entm", 0.3)]
+    assert all(np.array_equal(std[0][0], v[0]) for d in by.values() for v in d.values())  # same test points
+    col = "worst@0.1"
+    M = np.stack([std[s][1]["worst/0.1"] for s in (0, 1)])
+    ci = stats.mean_ci(M)
+    rows = {
+        r["method"]: r for r in csv.DictReader(open(aggregated.out / "table_mnist_embedded_small_cnn.csv"))
+    }
+    assert float(rows["Standard"][f"{col}_ci_lo"]) == pytest.approx(ci["lo"])
+    assert float(rows["Standard"][f"{col}_ci_hi"]) == pytest.approx(ci["hi"])
+    assert ci["lo"] <= float(rows["Standard"][f"{col}_mean"]) <= ci["hi"]
+    A = np.stack([entm[s][1]["worst/0.1"] for s in (0, 1)])
+    d = stats.paired_difference(A, M)
+    row = rows["EntM (λ=0.5)"]
+    assert row["baseline"] == "Standard" and row["paired_seeds"] == "0 1"
+    assert float(row[f"{col}_diff"]) == pytest.approx(A.mean() - M.mean())
+    assert float(row[f"{col}_diff_lo"]) == pytest.approx(d["lo"]) and float(row[f"{col}_p"]) == pytest.approx(
+        d["p"]
+    )
+    n10, n01 = int((A & ~M).sum()), int((~A & M).sum())
+    assert (int(row[f"{col}_n_better"]), int(row[f"{col}_n_worse"])) == (n10, n01)
+    want = binomtest(n10, n10 + n01, 0.5).pvalue if n10 + n01 else 1.0
+    assert float(row[f"{col}_p_mcnemar"]) == pytest.approx(want)
+    assert rows["AT (ε=0.3)"]["baseline"] == "Standard" and rows["AT (ε=0.3)"]["paired_seeds"] == "0"
+    assert rows["AT+EntM (λ=0.5, ε=0.3)"]["baseline"] == "AT (ε=0.3)"
+    assert rows["Standard"]["baseline"] == "" and rows["Standard"][f"{col}_diff"] == ""
+    # Holm over the worst-case columns of one row, by hand
+    ps = [float(row[f"worst@{e}_p"]) for e in ("0.1", "0.2", "0.3")]
+    order = sorted(range(3), key=lambda i: ps[i])
+    adj, run = [0.0] * 3, 0.0
+    for k, i in enumerate(order):
+        run = max(run, min(1.0, (3 - k) * ps[i]))
+        adj[i] = run
+    assert [float(row[f"worst@{e}_p_holm"]) for e in ("0.1", "0.2", "0.3")] == pytest.approx(adj)
+    doc = json.loads((aggregated.out / "table_mnist_embedded_small_cnn.json").read_text())
+    e = next(x for x in doc["entries"] if x["name"] == "EntM (λ=0.5)")
+    assert e["worst_case_acc"]["0.1"]["diff"]["p"] == pytest.approx(d["p"]) and e["baseline"] == "Standard"
+    assert doc["statistics"]["n_boot"] == stats.N_BOOT
+    md = (aggregated.out / "tables.md").read_text()
+    assert "| EntM (λ=0.5) − Standard | 0 1 |" in md and "Holm" in md
+    corr = json.loads((aggregated.out / "jacobian_correlation.json").read_text())
+    (c,) = corr
+    assert c["n_trials"] == len(SPECS) and "adv_margin_mean" in c["correlation"]
+    assert "Jacobian statistics vs worst-case accuracy" in md
 
 
 def test_table_math_on_hand_written_records():

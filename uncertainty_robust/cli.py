@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         help_ = f"{f.metadata.get('help') or ''} (default {default})".strip()
         if f.name in ("attacks", "autoattack"):  # parsed in main: errors name the flag
             p.add_argument(flag, nargs="+" if f.name == "attacks" else "*", default=None, help=help_)
+        elif f.name == "checkpoints":
+            p.add_argument(flag, nargs="+", default=None, help=help_)
         elif t is list:
             p.add_argument(flag, nargs="+", type=float, default=None, help=help_)
         elif typing.get_origin(t) is typing.Union and list in typing.get_args(t):

@@ -25,6 +25,7 @@ from .errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
+CHECKPOINTS = ("last", "best")  # which weights the final evaluation reads (best: by val/robust_acc)
 AXES = ("defenses", "lambdas", "train_eps", "seeds")  # grid keys expanded into one trial per value
 
 __all__ = ["AttackSpec", "ConfigError", "TrialConfig", "validate", "grid_fields", "row_fields"]
@@ -121,6 +122,11 @@ class TrialConfig:
         help="AutoAttack on a stratified subset of this many of the n_eval points (None: all)",
     )
     jacobian_points: int = _f(500, grid="evaluation.jacobian_points")
+    jacobian_eps: Optional[float] = _f(
+        None,
+        grid="evaluation.jacobian_eps",
+        help="eps of the PGD points the Jacobians are also measured at (None: the validation eps)",
+    )
     jacobian_projections: int = _f(1, grid="evaluation.jacobian_projections", help="per-epoch estimate")
     eval_batch_size: int = _f(500, grid="evaluation.eval_batch_size", row=False)
     # arithmetic (docs/gpu.md): bf16 autocast for training; the evaluation stays fp32 unless set
@@ -132,6 +138,27 @@ class TrialConfig:
     )
     eval_precision: str = _f(
         "fp32", grid="precision.eval", help="attacks, Jacobians and clean pass of the evaluation"
+    )
+    checkpoints: list = _f(
+        grid="evaluation.checkpoints",
+        row=False,
+        factory=lambda: ["last"],
+        help='checkpoints evaluated on the test split: ["last"] or ["last", "best"] (best by val/robust_acc)',
+    )
+    # validation split: carved from the training split, never trained on; the per-epoch probe, the
+    # best checkpoint and ASHA read it (the test split is touched by the final evaluation only)
+    val_points: int = _f(
+        1000, grid="validation.points", help="stratified validation points carved from train (0: none)"
+    )
+    val_seed: int = _f(0, grid="validation.seed", help="seed of the validation draw")
+    val_eps: Optional[float] = _f(
+        None,
+        grid="validation.eps",
+        help="eps of the validation PGD (None: the training eps for adversarial defenses, else the "
+        "smallest positive test eps)",
+    )
+    val_pgd_steps: int = _f(
+        10, grid="validation.pgd_steps", help="steps of the validation PGD (CE, random start)"
     )
     # runtime
     device: str = _f("auto", grid="device", row=False)
@@ -158,6 +185,23 @@ class TrialConfig:
     def eps_train(self) -> float:
         """The training eps, 0 for a defense that does not train on adversarial examples."""
         return self.eps if self.is_adversarial else 0.0
+
+    @property
+    def probe_eps(self) -> float:
+        """The validation PGD's eps: ``val_eps``, else the training eps of an adversarial defense,
+        else the smallest positive test eps (where a non-robust model still has accuracy to lose),
+        else ``eps``."""
+        if self.val_eps is not None:
+            return float(self.val_eps)
+        if self.is_adversarial:
+            return float(self.eps)
+        pos = [e for e in self.test_eps if e > 0]
+        return float(min(pos)) if pos else float(self.eps)
+
+    @property
+    def jac_eps(self) -> float:
+        """Where the Jacobians are measured besides the clean points: ``jacobian_eps`` else :attr:`probe_eps`."""
+        return float(self.jacobian_eps) if self.jacobian_eps is not None else self.probe_eps
 
     @property
     def train_step(self) -> float:
@@ -310,6 +354,25 @@ def validate(cfg: TrialConfig) -> TrialConfig:
     _int("n_eval", cfg.n_eval, 1, 10**7)
     _int("jacobian_points", cfg.jacobian_points, 0, 10**7)
     _int("jacobian_projections", cfg.jacobian_projections, 1, 10000)
+    if cfg.jacobian_eps is not None:
+        _range("jacobian_eps", cfg.jacobian_eps, 0.0, 1.0)
+    _int("val_points", cfg.val_points, 0, 10**7)
+    _int("val_seed", cfg.val_seed, 0, 2**31 - 1)
+    if cfg.val_eps is not None:
+        _range("val_eps", cfg.val_eps, 0.0, 1.0)
+    _int("val_pgd_steps", cfg.val_pgd_steps, 1, 1000)
+    if not isinstance(cfg.checkpoints, list) or not cfg.checkpoints:
+        raise ConfigError("checkpoints", f"expected a list from {', '.join(CHECKPOINTS)}, e.g. [last, best]")
+    for i, c in enumerate(cfg.checkpoints):
+        _choice(f"checkpoints[{i}]", c, CHECKPOINTS)
+    if len(set(cfg.checkpoints)) != len(cfg.checkpoints) or "last" not in cfg.checkpoints:
+        raise ConfigError(
+            "checkpoints", f"{cfg.checkpoints!r}: give each once and include last (the record's top level)"
+        )
+    if "best" in cfg.checkpoints and cfg.val_points == 0:
+        raise ConfigError(
+            "checkpoints", "best is chosen on the validation split: give it points (val_points > 0)"
+        )
     _int("num_threads", cfg.num_threads, 0, 1024)
     _int("log_every", cfg.log_every, 0, 10**9)
     if not cfg.test_eps:

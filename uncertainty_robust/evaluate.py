@@ -22,9 +22,9 @@ from . import accel
 from .attacks import AttackSpec, Cost, run_attack, run_suite
 from .autoattack import reference as aa_reference
 from .config import TrialConfig
-from .data import load_tensors, stratified_indices
+from .data import load_tensors, stratified_indices, subset_indices
 from .defenses import entropy
-from .jacobian import jacobian_stats
+from .jacobian import jacobian_report
 
 SCHEMA = "uncertainty-robust/result/v1"
 
@@ -119,9 +119,12 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
     keeps the AutoAttack pieces, so a requeued evaluation resumes them; None: nothing is saved.
 
     The returned dict has the private keys ``_masks`` ({name: bool (N,)}: ``clean``,
-    ``attack/<label>/<eps>``, ``worst/<eps>`` (AutoAttack included where it ran),
-    ``autoattack/<eps>``, ``autoattack/<label>/<eps>``, ``autoattack/points``) and, with
-    ``keep_examples``, ``_adv_examples``; they never go to JSON.
+    ``attack/<label>/<eps>``, ``worst/<eps>`` (our own attacks, every point),
+    ``autoattack/<eps>`` (ours + AutoAttack; meaningful on ``autoattack/points`` only),
+    ``autoattack/<label>/<eps>``, ``autoattack/points``) and, with
+    ``keep_examples``, ``_adv_examples``; and ``_indices`` (the points' indices in the test split,
+    int64 (N,)) and ``_labels``; they never go to JSON (``run_trial`` saves the masks, indices and
+    labels to ``TrialDir.points``). A smaller n_eval's points are a subset of a larger one's.
     """
     from .rundir import TrialDir
 
@@ -130,6 +133,7 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
     model = accel.eval_model(model, cfg)  # eval_precision bf16: every forward under bf16 autocast
     t0 = time.perf_counter()
     x, y = load_tensors(cfg.dataset, "test", cfg.data_root, n=cfg.n_eval, seed=0, download=cfg.download)
+    indices = subset_indices(cfg.dataset, "test", cfg.data_root, n=cfg.n_eval, seed=0)
     x, y = x.to(device), y.to(device)
     torch.manual_seed(cfg.seed + 12345)  # attack random starts: reproducible per trial
     model.eval()
@@ -225,12 +229,13 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
             )
         else:
             worst.append({"eps": eps, **ours})
-    for eps, m in worst_masks.items():
-        masks[f"worst/{eps:g}"] = m
+    for eps, m in suite.worst.items():
+        masks[f"worst/{eps:g}"] = m  # our own attacks' worst case, every point (the worst@eps column)
     probe = masking_probe(model, x, y, cfg, suite, pts)
     total.add(Cost(**probe["cost"]))
-    jac_x = x[: cfg.jacobian_points]
-    jac = jacobian_stats(model, jac_x, exact=True) if cfg.jacobian_points else {}
+    jp = cfg.jacobian_points
+    jac_steps = next((a.steps for a in cfg.attacks if a.name == "pgd"), 20)
+    jac = jacobian_report(model, x[:jp], y[:jp], cfg.jac_eps, jac_steps) if jp else {}
     record = {
         "clean_acc": float(suite.clean_correct.float().mean()),
         "n_points": n,
@@ -244,10 +249,12 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
         "precision": accel.record(cfg, device),
         "eval_seconds": time.perf_counter() - t0,
         "eval_cost": total.as_dict(),
-        "_masks": {k: v.cpu() for k, v in masks.items()},
+        "_masks": {k: v.detach().cpu() for k, v in masks.items()},
     }
     if keep_examples:
         record["_adv_examples"] = suite.adv_examples  # tensors; dropped before JSON
+    record["_indices"] = indices
+    record["_labels"] = y.detach().cpu()
     return record
 
 

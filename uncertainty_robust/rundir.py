@@ -20,6 +20,7 @@ is written once (after submitit's ``JobPaths``). A run directory on shared stora
     RUN/tune/                the Tune experiment (restored after a requeue)
     RUN/trials/<trial>/      one trial (:class:`TrialDir`)
     RUN/aggregate/           tables, TensorBoard, audit            (the aggregation)
+    RUN/aggregate_best/      the same for the best checkpoints     (ur-aggregate --checkpoint best)
 
 Every JSON file is written atomically (:func:`write_json`).
 """
@@ -67,6 +68,9 @@ class TrialDir(_Dir):
 
     checkpoint = property(lambda self: self.root / "checkpoint.pt")  # latest epoch (model, optimizer, RNG)
     best = property(lambda self: self.root / "best.pt")  # best epoch by validation robust accuracy
+    points = property(
+        lambda self: self.root / "points.npz"
+    )  # per-test-point outcomes (see trial.save_points)
     model = property(lambda self: self.root / "model.pt")  # final weights, for transfer attacks
     result = property(lambda self: self.root / "result.json")
     config = property(lambda self: self.root / "config.json")
@@ -101,6 +105,10 @@ class RunDir(_Dir):
     tune = property(lambda self: self.root / "tune")
     trials = property(lambda self: self.root / "trials")
     aggregate = property(lambda self: self.root / "aggregate")
+
+    def aggregate_for(self, checkpoint: str = "last") -> Path:
+        """``aggregate/`` for the last checkpoints (the record's top level), ``aggregate_<ckpt>/`` else."""
+        return self.aggregate if checkpoint == "last" else self.root / f"aggregate_{checkpoint}"
 
     def ray_head(self, tag: str) -> Path:
         return self.root / f"ray_head.{tag}"

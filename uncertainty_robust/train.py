@@ -1,13 +1,19 @@
 """``fit(config, workdir)``: the epoch loop of one trial, resumable and DDP-aware.
 
-- Checkpoint every epoch (model, optimizer, scheduler, epoch, RNG states, history, cost),
-  written atomically to ``workdir/checkpoint.pt``; a restarted run continues from it and, on the
+- Checkpoint every epoch (model, optimizer, scheduler, epoch, RNG states, history, cost, best
+  epoch so far), written atomically to ``workdir/checkpoint.pt``; a restarted run continues from it and, on the
   CPU with the same seed, ends with bit-identical weights (the data order is a function of
   (seed, epoch) alone, and the global RNG that PGD's random start draws from is restored).
 - When ``torch.distributed`` is initialized (Ray Train, torchrun) the model is wrapped in DDP,
   each rank sees its shard (DistributedSampler), metrics are all-reduced, rank 0 writes files.
   Training adversaries are generated on the unwrapped module so no DDP reducer is armed by the
   attack's forward passes.
+- A validation split is carved from the training split (``val_points``, stratified, seeded; the
+  training set excludes it). After every epoch :func:`_epoch_probe` measures on it, and only on it,
+  ``val/clean_acc``, ``val/robust_acc`` (a cheap PGD at :attr:`TrialConfig.probe_eps`),
+  ``val/entropy`` and RMS Jacobian-norm estimates. The epoch with the highest ``val/robust_acc``
+  (earliest on ties) is kept in ``workdir/best.pt`` (written before the checkpoint that records it,
+  so a kill between the two is redone identically). The test split is not read here.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from . import accel
 from . import checkpoint as ckpt
 from .attacks import Cost
 from .config import TrialConfig
-from .data import dataset_info, load_tensors
+from .data import dataset_info, load_train_val
 from .defenses import get as get_defense
 from .jacobian import jacobian_norms_estimate
 from .models import build_model
@@ -104,6 +110,11 @@ class TrainState:
     history: list = field(default_factory=list)
     cost: Cost = field(default_factory=Cost)
     train_seconds: float = 0.0
+    best_epoch: int = 0  # epoch of best.pt (0: none yet)
+    best_value: float = float("-inf")  # its val/robust_acc
+
+
+BEST_METRIC = "val/robust_acc"  # what the best checkpoint (and ASHA by default) selects on
 
 
 def restore(path: Path, model, opt, sched, device) -> Optional[TrainState]:
@@ -115,11 +126,14 @@ def restore(path: Path, model, opt, sched, device) -> Optional[TrainState]:
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     ckpt.set_rng_state(state["rng"])
+    best = json.loads(state.get("best", "{}"))
     return TrainState(
         int(state["epoch"]),
         json.loads(state["history"]),
         Cost(**json.loads(state["cost"])),
         float(state["train_seconds"]),
+        int(best.get("epoch", 0)),
+        float(best.get("value", float("-inf"))),
     )
 
 
@@ -154,8 +168,20 @@ def train_epoch(net, model, opt, cfg: TrialConfig, x_tr, y_tr, idx, device, cost
 def end_epoch(
     cfg: TrialConfig, trial: TrialDir, model, opt, sched, st: TrainState, metrics: dict, writer
 ) -> None:
-    """Rank 0: the atomic checkpoint (RNG state after the epoch's probe, so a resumed run continues
-    from exactly here), TensorBoard scalars and the epoch's log line."""
+    """Rank 0: ``best.pt`` when this epoch is the best so far, then the atomic checkpoint (RNG state
+    after the epoch's probe, so a resumed run continues from exactly here), TensorBoard scalars and
+    the epoch's log line."""
+    if st.best_epoch == st.epoch:
+        ckpt.save_atomic(
+            {
+                "model": model.state_dict(),
+                "epoch": st.epoch,
+                "metric": BEST_METRIC,
+                "value": st.best_value,
+                "config": json.dumps(cfg.to_dict(), default=str),
+            },
+            trial.best,
+        )
     ckpt.save_atomic(
         {
             "model": model.state_dict(),
@@ -166,6 +192,7 @@ def end_epoch(
             "history": json.dumps(st.history),
             "cost": json.dumps(st.cost.as_dict()),
             "train_seconds": st.train_seconds,
+            "best": json.dumps({"epoch": st.best_epoch, "value": st.best_value, "metric": BEST_METRIC}),
             "config": json.dumps(cfg.to_dict(), default=str),
         },
         trial.checkpoint,
@@ -213,14 +240,11 @@ def fit(
     if st.epoch and rank == 0:
         log.info("resumed %s from epoch %d", trial.root, st.epoch)
 
-    x_tr, y_tr = load_tensors(
-        cfg.dataset, "train", cfg.data_root, n=cfg.n_train, seed=0, download=cfg.download
-    )
-    x_te, y_te = load_tensors(
-        cfg.dataset, "test", cfg.data_root, n=min(cfg.n_eval, 512), seed=0, download=cfg.download
+    (x_tr, y_tr), (x_val, y_val), val_info = load_train_val(
+        cfg.dataset, cfg.data_root, cfg.n_train, cfg.val_points, cfg.val_seed, download=cfg.download
     )
     x_tr, y_tr = accel.place_data(x_tr, y_tr, device)  # CUDA: on the GPU if small, else pinned
-    x_te, y_te = x_te.to(device), y_te.to(device)
+    x_val, y_val = x_val.to(device), y_val.to(device)
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
     writer = None
     if tensorboard and rank == 0:
@@ -242,9 +266,12 @@ def fit(
         st.train_seconds += epoch_seconds
         st.epoch = epoch + 1
         metrics = {f"train/{k}": v for k, v in _reduce(sums, device).items()}
-        metrics.update(_epoch_probe(model, x_te, y_te, cfg))
+        metrics.update(_epoch_probe(model, x_val, y_val, cfg, st.epoch))
         metrics.update({"epoch": st.epoch, "lr": opt.param_groups[0]["lr"], "epoch_seconds": epoch_seconds})
         st.history.append(metrics)
+        value = metrics.get(BEST_METRIC, float("nan"))
+        if value == value and value > st.best_value:  # NaN (no validation split) never wins
+            st.best_epoch, st.best_value = st.epoch, value
         if rank == 0:
             end_epoch(cfg, trial, model, opt, sched, st, metrics, writer)
         if world > 1:
@@ -260,6 +287,16 @@ def fit(
         "train_seconds": st.train_seconds,
         "world_size": world,
         "completed": len(st.history) >= cfg.epochs,
+        "validation": {
+            **val_info,
+            "eps": cfg.probe_eps,
+            "attack": f"pgd{cfg.val_pgd_steps}",
+            "steps": cfg.val_pgd_steps,
+            "step_size": 2.5 * cfg.probe_eps / cfg.val_pgd_steps,
+        },
+        "best": {"epoch": st.best_epoch, "metric": BEST_METRIC, "value": st.best_value}
+        if st.best_epoch
+        else None,
     }
     return model, summary
 
@@ -283,22 +320,49 @@ def crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     return out
 
 
-def _epoch_probe(model, x, y, cfg) -> dict:
-    """Cheap per-epoch signals on a fixed batch of test points: clean accuracy, mean entropy and a
-    one-projection Jacobian-norm estimate. Uses its own generator so the training RNG stream (and
-    hence exact resume) is untouched."""
+def _epoch_probe(model, x, y, cfg: TrialConfig, epoch: int) -> dict:
+    """Per-epoch signals on the validation split (never the test split): clean accuracy, robust
+    accuracy under PGD-``val_pgd_steps`` (CE, random start, step 2.5 eps / steps, best iterate) at
+    :attr:`TrialConfig.probe_eps`, mean entropy, and the Jacobian norms' random-projection estimate
+    on up to 128 points, as an RMS (sqrt of the mean of the squared per-example estimates, which is
+    unbiased for the mean squared norm; the mean of square roots is biased low).
+
+    Its random draws (PGD's start, the projections) come from an RNG forked and seeded with
+    (seed, epoch): the training RNG stream, hence exact resume, is untouched, and the probe of an
+    epoch is the same whether or not the run was interrupted. Empty split: {} (no probe)."""
+    from .attacks import pgd
     from .defenses import entropy
 
+    if len(y) == 0:
+        return {}
     was = model.training
     model.eval()
-    with torch.no_grad():
-        z = model(x)
-    g = torch.Generator(device=x.device).manual_seed(cfg.seed)
-    jn = jacobian_norms_estimate(model, x[:128], projections=cfg.jacobian_projections, generator=g)
-    model.train(was)
+    bs = cfg.eval_batch_size
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed * 100003 + epoch)
+            with torch.no_grad():
+                z = torch.cat([model(x[i : i + bs]) for i in range(0, len(x), bs)])
+            correct = z.argmax(1) == y
+            robust = correct.clone()
+            eps = cfg.probe_eps
+            idx = correct.nonzero().squeeze(1)
+            for i in range(0, len(idx), bs):
+                b = idx[i : i + bs]
+                xa = pgd(model, x[b], y[b], eps, steps=cfg.val_pgd_steps)
+                with torch.no_grad():
+                    robust[b] = model(xa).argmax(1) == y[b]
+            g = torch.Generator(device=x.device).manual_seed(cfg.seed * 100003 + epoch)
+            jn = jacobian_norms_estimate(
+                model, x[:128], projections=cfg.jacobian_projections, generator=g, squared=True
+            )
+    finally:
+        model.train(was)
     return {
-        "test/clean_acc": (z.argmax(1) == y).float().mean().item(),
-        "test/entropy": entropy(z).mean().item(),
-        "test/jacobian_logits_est": jn["logits"].mean().item(),
-        "test/jacobian_softmax_est": jn["softmax"].mean().item(),
+        "val/clean_acc": correct.float().mean().item(),
+        "val/robust_acc": robust.float().mean().item(),
+        "val/entropy": entropy(z).mean().item(),
+        "val/jacobian_logits_rms": jn["logits"].mean().sqrt().item(),
+        "val/jacobian_softmax_rms": jn["softmax"].mean().sqrt().item(),
     }

@@ -1,18 +1,33 @@
 """One trial end to end: train (resumably), evaluate on rank 0, write ``result.json``.
 
 A trial directory (:class:`~uncertainty_robust.rundir.TrialDir`) holds ``checkpoint.pt`` (latest
-epoch), ``model.pt`` (final weights, for transfer attacks), ``tb/`` (per-epoch TensorBoard
-scalars), ``config.json`` and, when the trial has finished, ``result.json``. A trial whose
+epoch), ``best.pt`` (the epoch with the best validation robust accuracy), ``model.pt`` (final
+weights, for transfer attacks), ``tb/`` (per-epoch TensorBoard scalars), ``config.json`` and, when
+the trial has finished, ``points.npz`` (per-test-point outcomes) and ``result.json``. A trial whose
 ``result.json`` exists is never run again.
+
+``result.json``: the top level is the evaluation of the last epoch's weights (``"checkpoint":
+"last"``, ``"epoch"``), as before; ``"validation"`` says how the validation split was carved and
+probed; ``"best"`` is the best epoch by ``val/robust_acc`` ({epoch, metric, value, evaluated}) and,
+when the config's ``checkpoints`` include ``best``, that epoch's evaluation with the same keys as
+the top level (``same_as_last`` when the best epoch is the last one: the numbers are then copied,
+not recomputed). ``None`` without a validation split.
+
+``points.npz`` (:func:`save_points`, :func:`read_points`): ``indices`` (int64, the points' indices
+in the dataset's test split, the same for every trial of a dataset and n_eval), ``labels``, and one
+bool array per outcome name (``clean``, ``attack/<label>/<eps:g>``, ``worst/<eps:g>``, ...) for the
+last checkpoint, the same names prefixed ``best/`` for the best one.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 from typing import Optional
 
+import numpy as np
 import torch
 
 from . import checkpoint as ckpt
@@ -48,6 +63,7 @@ def run_trial(
         {"model": model.state_dict(), "config": json.dumps(cfg.to_dict(), default=str)}, trial.model
     )
     ev = evaluate(model, cfg, keep_examples=keep_examples, state=trial)
+    best_ev = _evaluate_best(cfg, trial, summary, ev, model)
     if keep_examples and ev.get("_adv_examples"):
         ckpt.save_atomic(
             {
@@ -57,8 +73,74 @@ def run_trial(
             trial.adv_examples,
         )
     record = result_record(cfg, summary, ev, trial.root)
+    record["checkpoint"], record["epoch"] = "last", summary["epochs"]
+    record["validation"] = summary["validation"]
+    record["best"] = None
+    if summary["best"] is not None:
+        record["best"] = {**summary["best"], "evaluated": best_ev is not None}
+        if best_ev is not None:
+            record["best"]["same_as_last"] = best_ev is ev
+            record["best"].update({k: v for k, v in best_ev.items() if not k.startswith("_")})
+    masks = {"": ev["_masks"]}
+    if best_ev is not None:
+        masks["best/"] = best_ev["_masks"]
+    save_points(trial.points, ev["_indices"], ev.get("_labels"), masks)
     ckpt.write_json_atomic(record, trial.result)  # last: its presence means "finished"
     return record
+
+
+def _evaluate_best(cfg: TrialConfig, trial: TrialDir, summary: dict, last_ev: dict, model):
+    """The best checkpoint's evaluation when the config asks for it (``last_ev`` itself when the
+    best epoch is the last one), else None."""
+    best = summary.get("best")
+    if "best" not in cfg.checkpoints or best is None:
+        return None
+    if best["epoch"] == summary["epochs"]:
+        return last_ev
+    state = ckpt.load(trial.best)
+    if state is None or int(state["epoch"]) != best["epoch"]:
+        found = None if state is None else state["epoch"]
+        raise RuntimeError(f"{trial.best}: expected epoch {best['epoch']}, found {found}")
+    best_model = make_model(cfg).to(next(model.parameters()).device)
+    best_model.load_state_dict(state["model"])
+    return evaluate(best_model.eval(), cfg, state=trial)  # AutoAttack pieces are keyed by the weights
+
+
+def save_points(path, indices, labels, masks: dict) -> None:
+    """Write ``points.npz`` atomically: ``indices``, ``labels`` (optional) and, for each
+    {prefix: {name: bool (N,)}} of ``masks``, the arrays ``prefix + name``."""
+    arrays = {"indices": np.asarray(indices, dtype=np.int64)}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    for prefix, ms in masks.items():
+        for name, m in ms.items():
+            m = m.numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
+            if m.shape != arrays["indices"].shape:
+                raise ValueError(f"mask {prefix}{name} has shape {m.shape}, points {arrays['indices'].shape}")
+            arrays[prefix + name] = m.astype(bool)
+
+    def write(f):
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        f.write(buf.getvalue())
+
+    ckpt.atomic_write(path, write)
+
+
+def read_points(trial_dir: os.PathLike, checkpoint: str = "last") -> Optional[tuple]:
+    """``(indices, {name: bool ndarray})`` of a finished trial's ``points.npz`` for ``checkpoint``
+    ("last" or "best"); None when the file or that checkpoint's masks are missing."""
+    p = TrialDir(trial_dir).points
+    if not p.exists():
+        return None
+    with np.load(p) as z:
+        prefix = "" if checkpoint == "last" else f"{checkpoint}/"
+        names = [k for k in z.files if k not in ("indices", "labels") and not k.startswith("best/")]
+        if checkpoint != "last":
+            names = [k[len(prefix) :] for k in z.files if k.startswith(prefix)]
+        if not names:
+            return None
+        return z["indices"], {n: z[prefix + n] for n in names}
 
 
 def load_trained(trial_dir: os.PathLike, map_location="cpu") -> tuple[torch.nn.Module, TrialConfig]:

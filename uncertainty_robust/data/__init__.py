@@ -33,8 +33,11 @@ from .datasets import (
     dataset_info,
     load_arrays,
     load_tensors,
+    load_train_val,
     read_idx,
     stratified_indices,
+    subset_indices,
+    train_val_indices,
 )
 
 __all__ = [
@@ -46,6 +49,9 @@ __all__ = [
     "dataset_info",
     "load_arrays",
     "load_tensors",
+    "load_train_val",
     "read_idx",
     "stratified_indices",
+    "subset_indices",
+    "train_val_indices",
 ]

@@ -389,3 +389,72 @@ def load_tensors(
             x, y = x[idx], y[idx]
     xt = torch.from_numpy(x.astype(np.float32))
     return xt.div_(255.0), torch.from_numpy(y.copy())
+
+
+# ----------------------------------------------------------------------------- train / validation split
+_VAL_SALT = 0x5EED_0A11  # keeps the validation draw apart from the training subset's (seed 0) order
+
+
+def train_val_indices(y: np.ndarray, n_train: int | None, n_val: int, val_seed: int = 0):
+    """``(train_idx, val_idx)``, disjoint sorted indices into the training split ``y``.
+
+    The validation part is a stratified (class-balanced) subset of ``n_val`` points drawn with
+    ``val_seed`` from the whole training split; the training part is the stratified subset of
+    ``n_train`` points (seed 0, as before there was a validation split) of what remains, or all of
+    it when ``n_train`` is None or larger. ``n_val`` 0: no validation part."""
+    y = np.asarray(y)
+    if n_val <= 0:
+        val = np.zeros(0, dtype=np.int64)
+    else:
+        if n_val >= len(y):
+            raise UserError(f"val_points: {n_val} is not below the training split's {len(y)} points")
+        val = stratified_indices(y, n_val, _VAL_SALT + int(val_seed)).astype(np.int64)
+    rest = np.setdiff1d(np.arange(len(y), dtype=np.int64), val, assume_unique=True)
+    if n_train is not None and n_train < len(rest):
+        rest = rest[stratified_indices(y[rest], n_train, 0)]
+    return rest, val
+
+
+def subset_indices(
+    name: str,
+    split: str,
+    root: str | os.PathLike | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+) -> np.ndarray:
+    """The indices into ``split`` of the points ``load_tensors(name, split, root, n, seed)`` returns,
+    in the same order: what per-point results are keyed by."""
+    _, y = load_arrays(name, split, root=root, download=download)
+    if n is None or n >= len(y):
+        return np.arange(len(y), dtype=np.int64)
+    return stratified_indices(y, n, seed).astype(np.int64)
+
+
+def load_train_val(
+    name: str,
+    root: str | os.PathLike | None = None,
+    n_train: int | None = None,
+    n_val: int = 0,
+    val_seed: int = 0,
+    download: bool = False,
+) -> tuple:
+    """``((x_tr, y_tr), (x_val, y_val), info)``: float tensors of the two disjoint parts of the
+    training split (:func:`train_val_indices`) and ``info``, what ``result.json`` records about it."""
+    x, y = load_arrays(name, "train", root=root, download=download)
+    tr, val = train_val_indices(y, n_train, n_val, val_seed)
+
+    def tensors(idx):
+        return torch.from_numpy(x[idx].astype(np.float32)).div_(255.0), torch.from_numpy(y[idx].copy())
+
+    info = {
+        "carved_from": "train",
+        "method": "stratified (class-balanced) subset of the training split, drawn with the seed below; "
+        "the training set is the rest (or a stratified n_train subset of it) and never sees it",
+        "n_points": int(len(val)),
+        "seed": int(val_seed),
+        "n_train": int(len(tr)),
+        "train_split_size": int(len(y)),
+        "class_counts": np.bincount(y[val], minlength=dataset_info(name).num_classes).tolist(),
+    }
+    return tensors(tr), tensors(val), info

@@ -3,9 +3,17 @@
 What it writes, and why each piece exists:
 
 - ``tables.md`` and ``table_<dataset>_<model>.{csv,json}``: the paper's layout (rows = methods,
-  columns = clean, attack@eps, worst@eps), mean ± std over seeds (sample std, ddof=1; blank for
-  one seed), with dataset, model, n_points and attack settings stated next to the numbers and an
-  audit column, because a robust accuracy means nothing without its threat model and red flags.
+  columns = clean, attack@eps, worst@eps), mean over seeds with a 95 % CI over seeds and test
+  points (and mean ± std, ddof=1, in the CSV/JSON), a paired comparison of every method with its
+  baseline (difference, CI, p-values, Holm over eps; :mod:`.stats`), with dataset, model,
+  checkpoint, n_points and attack settings stated next to the numbers and an audit column, because
+  a robust accuracy means nothing without its threat model and red flags.
+- ``jacobian_correlation.json`` (and a section of ``tables.md``): Spearman correlation across
+  trials between each Jacobian statistic (clean and PGD points) and worst-case accuracy.
+- ``checkpoint="best"`` (``ur-aggregate RUN --checkpoint best``, default output
+  ``RUN/aggregate_best``): the same for the best-by-validation checkpoints, of the trials that
+  evaluated one (the others are listed as excluded); the transfer check is not run there (it
+  attacks the final weights).
 - ``tb/``: TensorBoard: HParams (one session per trial), accuracy-vs-eps curves, Jacobian norm vs
   lambda, eps_train x eps_test matrices (scalars + a custom-scalars layout), adversarial examples,
   audit flags as text. Scalar steps are integers, so curves use x = ``round(1000 * eps)``.
@@ -36,7 +44,16 @@ from .. import audit as au
 from ..rundir import RunDir, read_json
 from .figures import write_figures
 from .scan import Group, NoTrialsError, Scan, Trial, group_trials, hparams, metrics, scan_run, slug
-from .tables import build_tables, matrices, matrix_markdown, table_markdown, write_table_files
+from .stats import BootstrapSpec
+from .tables import (
+    build_tables,
+    correlation_markdown,
+    jacobian_correlations,
+    matrices,
+    matrix_markdown,
+    table_markdown,
+    write_table_files,
+)
 from .tensorboard import write_tensorboard
 
 __all__ = [
@@ -64,18 +81,38 @@ class Summary:
     markdown: str
     flags: dict  # trial name -> [Flag]
     transfers: dict
+    excluded: list = None  # [(trial dir, why)]: finished trials without this checkpoint's evaluation
 
 
 def aggregate(
-    run_dir, out=None, transfer: bool = True, rules: Optional[au.AuditRules] = None, device=None
+    run_dir,
+    out=None,
+    transfer: bool = True,
+    rules: Optional[au.AuditRules] = None,
+    device=None,
+    checkpoint: str = "last",
+    bootstrap: BootstrapSpec = BootstrapSpec(),
 ) -> Summary:
-    """Read the run, audit every trial, write ``out`` (default ``RUN/aggregate``). Raises
-    NoTrialsError when the run has no trials at all (finished or not)."""
+    """Read the run, audit every trial, write ``out`` (default ``RUN/aggregate``, or
+    ``RUN/aggregate_best`` for ``checkpoint="best"``). Raises NoTrialsError when the run has no
+    trials at all (finished or not)."""
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else RunDir(run_dir).aggregate
-    scan = scan_run(run_dir, exclude=[out])
-    if not scan.trials and not scan.unfinished:
+    rd = RunDir(run_dir)
+    out = Path(out) if out is not None else rd.aggregate_for(checkpoint)
+    scan = scan_run(run_dir, exclude=[rd.aggregate, rd.aggregate_for(checkpoint), out], checkpoint=checkpoint)
+    if checkpoint != "last" and transfer:
+        transfer = False
+        for t in scan.trials:
+            t.skipped.append(
+                "transfer_beats_whitebox: not run for the best checkpoint (it attacks the final weights)"
+            )
+    if not scan.trials and not scan.unfinished and not scan.excluded:
         raise NoTrialsError(f"no trials under {run_dir} (no result.json, config.json or checkpoint.pt)")
+    if checkpoint != "last" and not scan.trials and scan.excluded:
+        raise NoTrialsError(
+            f"no trial under {run_dir} evaluated its {checkpoint} checkpoint "
+            f"(the grid needs evaluation.checkpoints: [last, {checkpoint}])"
+        )
     transfers, errors = (
         au.transfers_for_run(
             [(t.dir, t.record) for t in scan.trials], read_json(out / "transfer.json") or {}, device
@@ -93,14 +130,21 @@ def aggregate(
         t.skipped += [f"{c.name}: not tested: {c.detail}" for c in t.checks if c.status == "not tested"]
         t.skipped += errors.get(t.name, [])
     groups = group_trials(scan.trials)
-    tables = build_tables(groups)
+    tables = build_tables(groups, bootstrap)
+    corr = jacobian_correlations(groups)
     md = [
-        f"# Aggregate of {run_dir.name}",
+        f"# Aggregate of {run_dir.name} ({checkpoint} checkpoint)",
         "",
-        f"{len(scan.trials)} finished trial(s); {len(scan.unfinished)} unfinished trial(s) skipped.",
+        f"{len(scan.trials)} finished trial(s); {len(scan.unfinished)} unfinished trial(s) skipped"
+        + (
+            f"; {len(scan.excluded)} finished trial(s) without a {checkpoint} checkpoint evaluation excluded."
+            if scan.excluded
+            else "."
+        ),
         "",
     ] + [table_markdown(t) for t in tables]
     md += [matrix_markdown(k, m) for k, m in matrices(groups).items()]
+    md += [correlation_markdown(c) for c in corr]
     audit_md = "\n".join(
         f"- {t.name}: "
         + ("; ".join(str(f) for f in t.flags) or "no flags")
@@ -123,11 +167,14 @@ def aggregate(
         for tab in tables:
             write_table_files(tab, tmp)
         (tmp / "transfer.json").write_text(json.dumps(transfers, indent=1))
+        (tmp / "jacobian_correlation.json").write_text(json.dumps(corr, indent=1))
         summary = {
             "run_dir": str(run_dir),
             "n_trials": len(scan.trials),
             "n_unfinished": len(scan.unfinished),
             "unfinished": [str(p) for p in scan.unfinished],
+            "checkpoint": checkpoint,
+            "excluded": [{"trial": str(d), "why": why} for d, why in scan.excluded],
             "ignored": [str(p) for p in scan.ignored],
             "flags": {t.name: [f.as_dict() for f in t.flags] for t in scan.trials},
             "skipped_checks": {t.name: t.skipped for t in scan.trials},
@@ -150,6 +197,7 @@ def aggregate(
         markdown,
         {t.name: t.flags for t in scan.trials},
         transfers,
+        scan.excluded,
     )
 
 

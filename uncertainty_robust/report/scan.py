@@ -9,6 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Optional
 
 from ..config import TrialConfig
 from ..defenses import DEFENSES
@@ -24,10 +25,22 @@ class NoTrialsError(UserError, FileNotFoundError):
 @dataclass
 class Trial:
     dir: Path
-    record: dict
+    record: dict  # the evaluation of ``checkpoint`` (see :func:`checkpoint_view`)
     flags: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     checks: list = field(default_factory=list)  # audit.Check per check: flagged / passed / not tested
+    checkpoint: str = "last"
+
+    @cached_property
+    def points(self):
+        """``(indices, {outcome name: bool ndarray})`` of this checkpoint, or None (no points.npz:
+        records written before per-point outcomes existed, or hand-made ones)."""
+        from ..trial import read_points
+
+        try:
+            return read_points(self.dir, self.checkpoint)
+        except (OSError, ValueError, KeyError):  # a truncated or foreign file: no per-point statistics
+            return None
 
     @cached_property
     def cfg(self) -> TrialConfig:
@@ -64,6 +77,23 @@ class Scan:
     trials: list
     unfinished: list
     ignored: list  # result.json files that are not ours (Ray's), duplicates
+    excluded: list = field(default_factory=list)  # [(trial dir, why)]: finished, but not for this checkpoint
+
+
+_BEST_META = ("epoch", "metric", "value", "evaluated", "same_as_last")
+
+
+def checkpoint_view(record: dict, checkpoint: str = "last") -> Optional[dict]:
+    """The record as if ``checkpoint`` were its top level: "last" is the record itself; "best"
+    overlays the best epoch's evaluation (``record["best"]``) on it, with ``checkpoint`` and
+    ``epoch`` set. None when that checkpoint was not evaluated."""
+    if checkpoint == "last":
+        return record
+    best = record.get(checkpoint)
+    if not isinstance(best, dict) or not best.get("evaluated"):
+        return None
+    ev = {k: v for k, v in best.items() if k not in _BEST_META}
+    return {**record, **ev, "checkpoint": checkpoint, "epoch": best["epoch"]}
 
 
 def slug(s: str) -> str:
@@ -79,10 +109,12 @@ def _hidden(p: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in p.relative_to(root).parts)
 
 
-def scan_run(run_dir, exclude=()) -> Scan:
+def scan_run(run_dir, exclude=(), checkpoint: str = "last") -> Scan:
     """Finished trials (``**/result.json`` with our schema) and unfinished ones (a directory with
     our ``config.json`` or a ``checkpoint.pt`` but no result; Ray Train's ``checkpoint_*`` copies
-    and anything inside a known trial directory are not trials of their own)."""
+    and anything inside a known trial directory are not trials of their own). ``checkpoint``:
+    which evaluation each trial's ``record`` holds (:func:`checkpoint_view`); finished trials
+    without it are listed in ``excluded``."""
     root = Path(run_dir)
     excl = [Path(e).resolve() for e in exclude]
 
@@ -90,7 +122,7 @@ def scan_run(run_dir, exclude=()) -> Scan:
         return not _hidden(p, root) and not any(e == p.resolve() or e in p.resolve().parents for e in excl)
 
     probe = TrialDir(root)
-    trials, ignored, seen = [], [], {}
+    trials, ignored, seen, excluded = [], [], {}, []
     for f in sorted(root.rglob(probe.result.name)):
         if not keep(f):
             continue
@@ -99,8 +131,12 @@ def scan_run(run_dir, exclude=()) -> Scan:
             ignored.append(f)
         else:
             seen[rec.get("trial_id")] = f.parent
-            trials.append(Trial(f.parent, rec))
-    done = {t.dir.resolve() for t in trials}
+            view = checkpoint_view(rec, checkpoint)
+            if view is None:
+                excluded.append((f.parent, f"no evaluation of the {checkpoint} checkpoint"))
+                continue
+            trials.append(Trial(f.parent, view, checkpoint=checkpoint))
+    done = {t.dir.resolve() for t in trials} | {d.resolve() for d, _ in excluded}
     cands = set()
     for name in (probe.config.name, probe.checkpoint.name):
         for f in root.rglob(name):
@@ -111,7 +147,7 @@ def scan_run(run_dir, exclude=()) -> Scan:
                 cands.add(d)
     known = done | {c.resolve() for c in cands}
     unfinished = sorted(d for d in cands if not any(a.resolve() in known for a in d.parents))
-    return Scan(trials, unfinished, ignored)
+    return Scan(trials, unfinished, ignored, excluded)
 
 
 # ------------------------------------------------------------------------------ per-trial values
@@ -147,11 +183,32 @@ def metrics(t: Trial) -> dict:
         for stat in ("mean", "median"):
             if out in r.get("jacobian", {}):
                 m[f"jacobian/{out}_{stat}"] = r["jacobian"][out][stat]
+    for k, v in jacobian_values(r).items():
+        m.setdefault(f"jacobian/{k}", v)
+    if isinstance(r.get("best"), dict):
+        m["best/epoch"] = float(r["best"]["epoch"])
     if r.get("masking_probe") and "zero_grad_frac" in r["masking_probe"]:
         m["probe/zero_grad_frac"] = r["masking_probe"]["zero_grad_frac"]
     if r.get("transfer") and "acc" in r["transfer"]:
         m["transfer/acc"] = r["transfer"]["acc"]
     return m
+
+
+# The Jacobian statistics that tables correlate with robust accuracy: (output, summary). Medians for
+# the signed boundary distance (a few misclassified points make its mean meaningless).
+JACOBIAN_STATS = (("logits", "mean"), ("softmax", "mean"), ("margin", "mean"), ("boundary_linf", "median"))
+
+
+def jacobian_values(record: dict) -> dict:
+    """{"<output>_<stat>": v} at the clean points and {"adv_<output>_<stat>": v} at the PGD points
+    (``record["jacobian"]["adversarial"]``), for what the record has of :data:`JACOBIAN_STATS`."""
+    jac = record.get("jacobian") or {}
+    out = {}
+    for prefix, part in (("", jac), ("adv_", jac.get("adversarial") or {})):
+        for o, stat in JACOBIAN_STATS:
+            if isinstance(part.get(o), dict) and stat in part[o]:
+                out[f"{prefix}{o}_{stat}"] = part[o][stat]
+    return out
 
 
 def group_trials(trials: list) -> list:

@@ -1,0 +1,145 @@
+"""report.stats against cases computed by hand, by brute-force enumeration and by scipy directly: the
+two-level bootstrap's distribution, paired differences that must (and must not) exclude 0, a case
+where seed variance (which McNemar ignores) keeps a difference from being significant, Holm,
+Spearman, point alignment."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest, bootstrap, spearmanr
+
+from uncertainty_robust.report import stats
+
+
+def _enumerate(m: np.ndarray, shared_points: bool = True) -> tuple:
+    """Exact mean and variance of the two-level bootstrap statistic by enumerating every seed draw
+    and every point draw (with ``shared_points`` False: an independent point draw per seed, the
+    wrong scheme for crossed data, to show the test can tell them apart)."""
+    s, n = m.shape
+    vals = []
+    seed_draws = list(itertools.product(range(s), repeat=s))
+    point_draws = list(itertools.product(range(n), repeat=n))
+    for sd in seed_draws:
+        if shared_points:
+            for pd in point_draws:
+                vals.append(m[np.ix_(sd, pd)].mean())
+        else:
+            for pds in itertools.product(point_draws, repeat=s):
+                vals.append(np.mean([m[a, list(p)].mean() for a, p in zip(sd, pds)]))
+    v = np.array(vals)
+    return v.mean(), v.var()
+
+
+def test_two_level_bootstrap_matches_exact_enumeration():
+    m = np.array([[1, 0, 1], [1, 0, 0]], dtype=float)
+    mean, var = _enumerate(m)
+    _, var_indep = _enumerate(m, shared_points=False)
+    assert abs(var - var_indep) / var > 0.15  # the two schemes differ enough for the check to bite
+    (reps,) = stats.bootstrap_means([m], n_boot=40000, seed=3)
+    assert reps.mean() == pytest.approx(mean, abs=0.005)
+    assert reps.var() == pytest.approx(var, rel=0.04)
+    assert abs(reps.var() - var_indep) > 3 * abs(reps.var() - var)
+
+
+def test_batched_replicates_equal_single_ones_and_are_seeded():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 50)) < 0.5, rng.random((2, 50)) < 0.7
+    ra, rb = stats.bootstrap_means([a, b], n_boot=500, seed=1)
+    assert np.array_equal(ra, stats.bootstrap_means([a], n_boot=500, seed=1)[0])
+    assert np.array_equal(rb, stats.bootstrap_means([b], n_boot=500, seed=1)[0])
+    assert not np.array_equal(ra, stats.bootstrap_means([a], n_boot=500, seed=2)[0])
+
+
+def test_one_seed_interval_agrees_with_scipy_bootstrap():
+    rng = np.random.default_rng(5)
+    x = (rng.random(800) < 0.35).astype(float)
+    ours = stats.mean_ci(x[None], stats.BootstrapSpec(n_boot=20000, seed=0))
+    ref = bootstrap((x,), np.mean, n_resamples=20000, method="percentile", random_state=0).confidence_interval
+    assert ours["mean"] == pytest.approx(x.mean())
+    assert ours["lo"] == pytest.approx(ref.low, abs=0.004) and ours["hi"] == pytest.approx(
+        ref.high, abs=0.004
+    )
+    se = np.sqrt(x.mean() * (1 - x.mean()) / len(x))  # and it is the binomial interval's width
+    assert ours["hi"] - ours["lo"] == pytest.approx(2 * 1.96 * se, rel=0.06)
+
+
+def _base(seeds: int, n: int = 500, p: float = 0.5, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((seeds, n)) < p
+
+
+def test_clear_paired_improvement_excludes_zero():
+    base = _base(3)
+    method = base.copy()
+    for s in range(3):
+        wrong = np.flatnonzero(~base[s])[:60]
+        method[s, wrong] = True  # 60 more points right on every seed, none lost
+    d = stats.paired_difference(method, base)
+    assert d["diff"] == pytest.approx(60 / 500)
+    assert d["lo"] > 0 and d["p"] < 0.01
+    assert (d["n_better"], d["n_worse"]) == (180, 0)
+    assert d["p_mcnemar"] == pytest.approx(binomtest(180, 180, 0.5).pvalue)
+
+
+def test_balanced_changes_do_not_exclude_zero():
+    base = _base(3, seed=1)
+    method = base.copy()
+    for s in range(3):
+        method[s, np.flatnonzero(~base[s])[:10]] = True
+        method[s, np.flatnonzero(base[s])[:10]] = False
+    d = stats.paired_difference(method, base)
+    assert d["diff"] == 0 and d["lo"] < 0 < d["hi"] and d["p"] > 0.5
+    assert d["p_mcnemar"] == pytest.approx(binomtest(30, 60, 0.5).pvalue)
+
+
+def test_seed_variance_keeps_a_pooled_mcnemar_result_from_being_significant():
+    """Seeds disagree (+20, +20, -10 points): McNemar, pooling (seed, point) pairs, calls it
+    overwhelming; the two-level bootstrap, resampling seeds, does not exclude 0 (P(all three draws
+    are the third seed) = 1/27)."""
+    n = 500
+    base = _base(3, n, seed=2)
+    method = base.copy()
+    for s, k in ((0, 100), (1, 100)):
+        method[s, np.flatnonzero(~base[s])[:k]] = True
+    method[2, np.flatnonzero(base[2])[:50]] = False
+    d = stats.paired_difference(method, base, stats.BootstrapSpec(n_boot=4000))
+    assert d["diff"] == pytest.approx((100 + 100 - 50) / (3 * n))
+    assert d["p_mcnemar"] < 1e-6
+    assert d["lo"] < 0 < d["hi"] and d["p"] > 0.05
+    point_only = stats.paired_difference(method[:1], base[:1])  # one seed: points only
+    assert point_only["lo"] > 0
+
+
+def test_bootstrap_p_value_bounds():
+    assert stats.bootstrap_p(np.full(999, 0.1)) == pytest.approx(2 / 1000)
+    assert stats.bootstrap_p(np.zeros(999)) == 1.0
+    assert stats.bootstrap_p(np.linspace(-1, 1, 1001)) == pytest.approx(1.0)
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = stats.holm([0.2, None, 0.01])
+    assert out[1] is None and out[0] == pytest.approx(0.2) and out[2] == pytest.approx(0.02)
+    assert stats.holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_spearman_against_scipy():
+    x, y = [0.3, 0.1, 0.7, 0.5, 0.9], [2.0, 1.0, 2.5, 4.0, 3.0]
+    r = stats.spearman(x, y)
+    ref = spearmanr(x, y)
+    assert r["rho"] == pytest.approx(ref.statistic) and r["p"] == pytest.approx(ref.pvalue) and r["n"] == 5
+    assert stats.spearman([1, 2, 3, 4], [40, 30, 20, 10])["rho"] == pytest.approx(-1.0)
+    assert stats.spearman([1, 2, None, 4], [1, 2, 3, 4])["n"] == 3
+    assert stats.spearman([1, 2], [1, 2])["rho"] is None
+    assert stats.spearman([1, 2, 3], [5, 5, 5])["rho"] is None
+
+
+def test_align_takes_common_points_in_order():
+    a = np.array([5, 1, 9, 3])
+    b = np.array([3, 9, 7, 5])
+    common, (pa, pb) = stats.align([(a, None), (b, None)])
+    assert common.tolist() == [3, 5, 9]
+    assert a[pa].tolist() == [3, 5, 9] and b[pb].tolist() == [3, 5, 9]
