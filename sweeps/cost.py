@@ -23,7 +23,12 @@ def breakdown(c: TrialConfig) -> dict:
     - ``evaluation``: every attack at every positive test eps on ``n_eval`` points, the masking probe
       (100 points, steps x (1 + 4 x 4)), the exact Jacobians at clean points (K passes) and at PGD
       points (the first PGD's steps + K passes) on ``jacobian_points``; twice when the best
-      checkpoint is evaluated too (less when the best epoch is the last one)."""
+      checkpoint is evaluated too (less when the best epoch is the last one);
+    - ``autoattack``: every AutoAttack component at every AutoAttack eps on ``autoattack_points``
+      points, as if every point survived our attacks (it runs only on the survivors, so this is an
+      upper bound; for undefended models the real cost is a small fraction): APGD steps x restarts,
+      APGD-T and FAB-T steps x target classes (min(9, K-1)), Square's queries at a third of a pass
+      (forward only)."""
     size = _train_size(c.dataset)
     n_train = min(c.n_train or size, max(0, size - c.val_points))
     per_example = 1 + (c.pgd_steps * c.adv_fraction if c.is_adversarial else 0)
@@ -31,14 +36,39 @@ def breakdown(c: TrialConfig) -> dict:
     validation = c.epochs * (
         c.val_points * (1 + c.val_pgd_steps) + min(c.val_points, 128) * 2 * c.jacobian_projections
     )
-    eps_pos = sum(1 for e in c.test_eps if e > 0)
     attacks = sum(a.steps * a.restarts for a in c.attacks)  # single-step attacks: 1 x 1
     probe_steps = next((a.steps for a in c.attacks if a.name == "pgd"), 20)
     k = dataset_info(c.dataset).num_classes
     jacobian = c.jacobian_points * (2 * k + probe_steps)
+    eps_pos = sum(1 for e in c.eval_eps() if e > 0)
     evaluation = c.n_eval * attacks * eps_pos + min(c.n_eval, 100) * probe_steps * 17 + jacobian
+    autoattack = autoattack_passes(c, k) * len(c.aa_eps()) * (c.autoattack_points or c.n_eval)
     evaluation *= len(c.checkpoints)
-    return {"train": float(train), "validation": float(validation), "evaluation": float(evaluation)}
+    autoattack *= len(c.checkpoints)
+    return {
+        "train": float(train),
+        "validation": float(validation),
+        "evaluation": float(evaluation),
+        "autoattack": float(autoattack),
+    }
+
+
+def autoattack_passes(c: TrialConfig, k: int) -> float:
+    """Forward+backward passes per point and eps of the config's AutoAttack list (see ``breakdown``)."""
+    from uncertainty_robust.autoattack import COMPONENTS, plan_of
+
+    targets = max(1, min(9, k - 1))
+    total = 0.0
+    for spec in c.autoattack:
+        for name, steps, restarts in plan_of(spec)[1]:
+            comp = COMPONENTS[name]
+            per = steps * restarts
+            if comp.gradient_free:
+                per /= 3
+            elif name in ("apgd-t", "fab-t"):
+                per *= targets
+            total += per
+    return total
 
 
 def grad_evals(c: TrialConfig) -> float:
