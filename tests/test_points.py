@@ -107,3 +107,22 @@ def test_boundary_distance_is_scale_free_and_report_has_adversarial_points(std_m
         assert {"logits", "softmax", "margin", "boundary_linf"} <= set(part) and part["margin"]["n"] == 20
     # PGD moves points towards the boundary: the median distance shrinks
     assert rep["adversarial"]["boundary_linf"]["median"] < rep["boundary_linf"]["median"]
+
+
+def test_probe_points_restrict_the_strong_probe(std_model):
+    """``evaluation.probe_points``: the probe's strong CE-PGD runs on a stratified subset, and its
+    paired counts are over exactly those points (the default runs it on every evaluation point)."""
+    from common import STD
+
+    from uncertainty_robust.evaluate import evaluate
+
+    base = dict(STD, n_eval=60, test_eps=[0.0, 0.05, 0.1], jacobian_points=0, autoattack=[])
+    base["attacks"] = [AttackSpec("fgsm"), AttackSpec("pgd", 5)]
+    sizes = {}
+    for k in (None, 20):
+        torch.manual_seed(0)
+        rec = evaluate(std_model, validate(TrialConfig(**base, probe_points=k)))
+        strong = rec["masking_probe"]["strong"]
+        sizes[k] = strong["n_points"]
+        assert strong["only_other"] + strong["only_ref"] <= strong["n_points"]
+    assert sizes == {None: 60, 20: 20}

@@ -121,6 +121,12 @@ class TrialConfig:
         grid="evaluation.autoattack_points",
         help="AutoAttack on a stratified subset of this many of the n_eval points (None: all)",
     )
+    probe_points: Optional[int] = _f(
+        None,
+        grid="evaluation.probe_points",
+        help="the masking probe's strong CE-PGD on a stratified subset of this many of the n_eval points "
+        "(None: all)",
+    )
     jacobian_points: int = _f(500, grid="evaluation.jacobian_points")
     jacobian_eps: Optional[float] = _f(
         None,
@@ -403,6 +409,8 @@ def validate(cfg: TrialConfig) -> TrialConfig:
             )
         for i, e in enumerate(cfg.autoattack_eps):
             _range(f"autoattack_eps[{i}]", e, 0.0, 1.0, lo_open=True)
+    if cfg.probe_points is not None:
+        _int("probe_points", cfg.probe_points, 1, 10**7)
     if cfg.autoattack_points is not None:
         _int("autoattack_points", cfg.autoattack_points, 1, 10**7)
         if cfg.autoattack_points > cfg.n_eval:

@@ -96,11 +96,12 @@ def _dist_version(dist: str) -> str:
         return "unknown"
 
 
-def autoattack_points(y: torch.Tensor, cfg: TrialConfig) -> torch.Tensor:
+def autoattack_points(y: torch.Tensor, cfg: TrialConfig, k: Optional[int] = -1) -> torch.Tensor:
     """Indices (into the n_eval evaluation points) AutoAttack and the probe's Square run on: all of
-    them, or a class-balanced subset of ``autoattack_points`` (fixed seed, the same for every trial)."""
+    them, or a class-balanced subset of ``autoattack_points`` (fixed seed, the same for every trial).
+    ``k``: another subset size (the probe's ``probe_points``; None: all)."""
     n = len(y)
-    k = cfg.autoattack_points
+    k = cfg.autoattack_points if k == -1 else k
     if k is None or k >= n:
         return torch.arange(n, device=y.device)
     return torch.from_numpy(stratified_indices(y.cpu().numpy(), k, seed=0)).to(y.device)
@@ -389,12 +390,14 @@ def masking_probe(model, x, y, cfg: TrialConfig, suite, pts: torch.Tensor) -> di
             ref.restarts * PROBE_RESTARTS_FACTOR,
             ref.random_start,
         )
-        sm = _attack_mask(model, x, y, strong, eps, clean, cfg.eval_batch_size, cost)
+        sub = torch.zeros(n, dtype=torch.bool, device=y.device)
+        sub[autoattack_points(y, cfg, cfg.probe_points)] = True  # every point unless probe_points
+        sm = _attack_mask(model, x, y, strong, eps, clean & sub, cfg.eval_batch_size, cost)
         out["strong"] = {
             "label": strong.label(),
             "steps": strong.steps,
             "restarts": strong.restarts,
-            **paired(wb, sm),
+            **paired(wb[sub], sm[sub]),
         }
         on = torch.zeros(n, dtype=torch.bool, device=y.device)
         on[pts] = True
