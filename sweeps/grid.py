@@ -26,7 +26,7 @@ Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` f
     search: {mode: grid, num_samples: 1, scheduler: none, metric: worst_mean, max_concurrent: null,
              trial_retries: 2, worker_retries: 2}
     slurm: {nodes: 1, time_min: 240, cpus_per_node: null, gpus_per_node: 0, mem_gb: null,
-            account: null, qos: null, constraint: null, extra: []}
+            account: null, qos: null, constraint: null, extra: [], max_requeues: 100}
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ SLURM = {
     "qos": None,
     "constraint": None,
     "extra": [],
+    "max_requeues": 100,  # time-outs after which the job stops requeuing itself (submitit's default: 3)
 }
 TOP_KEYS = (
     set(TOP_FIELDS) | set(SECTIONS) | set(AXES) | {"name", "description", "resources", "search", "slurm"}
@@ -258,6 +259,7 @@ def _check_resources(res: dict, search: dict, slurm: dict) -> None:
     for k in ("cpus_per_node", "mem_gb"):
         if slurm[k] is not None:
             _pos(f"slurm.{k}", slurm[k], integer=True, hi=100000)
+    _pos("slurm.max_requeues", slurm["max_requeues"], integer=True, allow_zero=True, hi=100000)
     if not isinstance(slurm["extra"], list):
         raise GridError("slurm.extra", "expected a list of sbatch options, e.g. ['--exclusive']")
 

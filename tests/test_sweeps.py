@@ -46,6 +46,21 @@ def ckpt_epoch(d: Path) -> int:
         return 0
 
 
+def ranks_of(run: Path) -> list:
+    """PIDs of the DDP rank processes of ``run`` (cluster/ranks.py names them ``ur-rank<R>`` and
+    points their stdout at the trial's ``trial.log``), highest rank last."""
+    found = []
+    for pid in subprocess.run(["pgrep", "^ur-rank"], capture_output=True, text=True).stdout.split():
+        try:
+            out = os.readlink(f"/proc/{pid}/fd/1")
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if out.startswith(str(run.resolve()) + os.sep):
+            found.append((name, int(pid)))
+    return [pid for _, pid in sorted(found)]
+
+
 # ----------------------------------------------------------------------------- grid validation
 BAD_GRIDS = {
     "unknown top-level key": ("defenses: [at]\nepochz: 3\n", "epochz"),
@@ -121,12 +136,17 @@ def test_shipped_grids_parse_and_dry_run_lists_the_paper_grid():
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
-    """A 4-trial, 2-worker-per-trial sweep; the driver is SIGKILLed once a trial has finished,
-    a second launch of the same name is refused while the first runs, and the relaunch completes
+    """A 4-trial, 2-worker-per-trial sweep; a second launch of the same name is refused while the
+    first runs, the driver is SIGKILLed as soon as a trial has finished, and the relaunch completes
     every trial without training a finished one again."""
+    epochs = 8  # long enough that the kill lands while trials are still training
+    grid = yaml.safe_load(TINY.read_text())
+    grid.update(epochs=epochs)
+    g = tmp_path / "tiny8.yaml"
+    g.write_text(yaml.safe_dump(grid))
     args = launch_cmd(
         "--grid",
-        str(TINY),
+        str(g),
         "--cluster",
         "local",
         "--num-cpus",
@@ -143,21 +163,24 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
     first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
     try:
         deadline = time.time() + 400
-        while time.time() < deadline:
-            if (run / "plan.json").exists() and any((d / "result.json").exists() for d in trial_dirs(run)):
-                break
+        while not ((run / "plan.json").exists() and any(ckpt_epoch(d) for d in trial_dirs(run))):
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(1)
-        else:
-            pytest.fail("no trial finished in time")
+            assert time.time() < deadline, "no trial started training in time"
+            time.sleep(0.2)
         second = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=120)
         assert second.returncode == 2 and "already being driven" in second.stderr, second.stderr
+        while not any((d / "result.json").exists() for d in trial_dirs(run)):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.2)
         finished_before = {d.name for d in trial_dirs(run) if (d / "result.json").exists()}
         os.kill(first.pid, signal.SIGKILL)  # the driver only: Ray's processes follow it down
         first.wait(30)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+    time.sleep(3)  # the ranks notice their actor is gone within a second (cluster/ranks.py)
+    assert not ranks_of(run), "DDP ranks of the killed driver are still running"
     starts_before = {d.name: starts(d) for d in trial_dirs(run)}
     assert len(finished_before) < 4, "the kill came too late to interrupt anything"
 
@@ -166,7 +189,7 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
     assert "restoring experiment" in r.stdout + r.stderr
     for d in trial_dirs(run):
         rec = json.loads((d / "result.json").read_text())
-        assert rec["train"]["epochs"] == 3 and len(rec["train"]["history"]) == 3
+        assert rec["train"]["epochs"] == epochs and len(rec["train"]["history"]) == epochs
         if d.name in finished_before:
             assert starts(d) == starts_before[d.name] == 1, (
                 f"{d.name} finished before the kill but trained again"
@@ -210,11 +233,9 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
         else:
             pytest.fail("training never reached epoch 2")
         epoch_at_kill = ckpt_epoch(dirs[0])
-        workers = subprocess.run(
-            ["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True
-        ).stdout.split()
-        assert workers, "no Ray Train worker process found"
-        os.kill(int(workers[-1]), signal.SIGKILL)
+        workers = ranks_of(run)
+        assert workers, "no DDP rank process (ur-rank*) of this run found"
+        os.kill(workers[-1], signal.SIGKILL)
         assert proc.wait(400) == 0, (tmp_path / "out.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
@@ -223,7 +244,7 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
     rec = json.loads((d / "result.json").read_text())
     assert len(rec["train"]["history"]) == 8  # no epoch lost or duplicated in the record
     assert starts(d) == 2, "the worker group should have been restarted exactly once"
-    text = (tmp_path / "out.log").read_text()
+    text = (d / "trial.log").read_text()  # every rank's log lines
     resumed = [
         int(line.rsplit("from epoch", 1)[1].split()[0]) for line in text.splitlines() if "from epoch" in line
     ]
