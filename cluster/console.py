@@ -166,6 +166,13 @@ class EpochLines(_callback_base()):
             epochs = (trial.config.get("trial") or {}).get("epochs")
             out(epoch_line(str(trial), result, epochs))
 
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if VERBOSITY == 1 and "clean_acc" not in last:  # stopped early by the scheduler (ASHA)
+            out(
+                f"{time.strftime('%H:%M:%S')} {trial}  stopped by the scheduler after epoch {last.get('epoch', '?')}"
+            )
+
     def on_trial_error(self, iteration, trials, trial, **info):
         if VERBOSITY < 1:
             return

@@ -92,6 +92,7 @@ def run_one(config: dict) -> None:
     cfg = TrialConfig.from_dict(config["trial"])
     trial = _trial_dir(config, cfg)
     record = read_result(trial.root)
+    last: dict = {}  # the last epoch's metrics, repeated in the final result (see below)
     if record is None:
         warm_up()
         res = {**RESOURCES, **(config.get("resources") or {})}
@@ -103,6 +104,8 @@ def run_one(config: dict) -> None:
                     shutil.copy2(Path(d) / trial.checkpoint.name, trial.checkpoint)
 
         def on_epoch(epoch: int, metrics: dict, ckpt: Path, ack) -> None:
+            last.clear()
+            last.update(metrics)
             tmp = tempfile.mkdtemp(prefix="ur-ckpt-")
             try:
                 shutil.copy2(ckpt, Path(tmp) / trial.checkpoint.name)
@@ -127,7 +130,11 @@ def run_one(config: dict) -> None:
         record = read_result(trial.root)
         if record is None:
             raise RuntimeError(f"trial {trial.name} ended without writing {trial.result}")
-    tune.report(final_metrics(record))
+    if not last and record["train"].get("history"):  # finished before: its last epoch from disk
+        last = tune_metrics(record["train"]["history"][-1])
+    # Tune checks every result for the scheduler's metric (a per-epoch one, e.g. ASHA on a validation
+    # accuracy): the final result carries the last epoch's metrics along with the final evaluation
+    tune.report({**last, **final_metrics(record)})
 
 
 def _bound(defense: str):
