@@ -246,10 +246,12 @@ def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
     if not wait:
         return 0
     while _in_queue(job.job_id):
-        time.sleep(5)
+        time.sleep(2)
     final = job_state(run_dir)
-    print(final)
     status = read_json(rd.status)
+    for line in (status or {}).get("lines", []):  # the driver's summary, as a local run prints it
+        print(line)
+    print(final)
     if status is not None and not rd.failed.exists() and status.get("errors", 1) == 0:
         return 0
     if rd.failed.exists():

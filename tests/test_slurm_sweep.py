@@ -626,6 +626,11 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
     assert any("Bypassing signal SIGTERM" in t for t in logs), (
         "the Ray head did not leave SIGTERM to submitit"
     )
+    # and Ray's own processes (GCS, raylet: children of the head task, signalled by the step too) did not
+    # die of b's SIGTERM before its USR2 (cluster.slurm.shielded_children); CI once saw the driver lose
+    # its GCS and the job end FAILED instead of requeued
+    assert not any("Failed to connect to GCS" in t for t in logs), "the head's Ray died of the step's SIGTERM"
+    assert "FAILED" not in _sacct_history(job_id), _sacct_history(job_id)
 
     for it in interruptions:
         # no finished trial trained again
