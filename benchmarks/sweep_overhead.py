@@ -85,6 +85,9 @@ print("LOOP_JSON " + json.dumps({"import_s": t1 - t0, "loop_s": time.perf_counte
 """
 
 
+SUBREAPER = False
+
+
 def r3(x):
     return None if x is None else round(float(x), 3)
 
@@ -151,12 +154,42 @@ def _env(repo: Path = REPO) -> dict:
     return env
 
 
+def _subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux), so that the CPU time of every
+    process a command starts (Ray's daemons and workers, the ranks) ends up in RUSAGE_CHILDREN."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    return ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+
+
+def _reap(timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.2)
+
+
 def _run(cmd, cwd=REPO, env=None, timeout=3600) -> tuple:
+    """(completed process, wall s, CPU s of the command and all its descendants; None when this process
+    could not become their reaper)."""
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout
     )
-    return p, time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    _reap()  # Ray's processes outlive launch.py by a moment
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime) if SUBREAPER else None
+    return p, wall, cpu
 
 
 def _tune_trials(run_dir: Path) -> list:
@@ -182,34 +215,43 @@ def _tune_trials(run_dir: Path) -> list:
     return rows
 
 
+def _loop(grid: Path, work: Path, tag: str) -> dict:
+    p, wall, cpu = _run([sys.executable, "-c", LOOP, grid, work / tag])
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("LOOP_JSON ")), None)
+    if p.returncode != 0 or line is None:
+        raise RuntimeError(f"plain loop failed ({p.returncode}): {p.stderr[-2000:]}")
+    loop = json.loads(line[len("LOOP_JSON ") :])
+    return {
+        "wall_s": r3(wall),
+        "cpu_s": r3(cpu),
+        "import_s": r3(loop["import_s"]),
+        "trials": [{k: r3(v) if isinstance(v, float) else v for k, v in t.items()} for t in loop["trials"]],
+        "compute_s": r3(sum(t["train_s"] + t["eval_s"] for t in loop["trials"])),
+        "mean_trial_s": r3(sum(t["wall_s"] for t in loop["trials"]) / len(loop["trials"])),
+    }
+
+
 def bench_size(size: int, work: Path, slurm: bool) -> dict:
+    """Loop, local sweep, SLURM sweep, loop again (the baseline is the mean of the two loops, so
+    load that drifts during the runs biases the ratios less)."""
     spec = SIZES[size]
     grid = work / f"bench{size}.yaml"
     grid.write_text(GRID.format(size=size, **spec))
     out = {"size_s": size, **spec, "trials": 4, "loadavg_before": load_avg()}
     log(f"{size}-s trials: plain loop")
-    p, wall = _run([sys.executable, "-c", LOOP, grid, work / f"loop{size}"])
-    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("LOOP_JSON ")), None)
-    if p.returncode != 0 or line is None:
-        raise RuntimeError(f"plain loop failed ({p.returncode}): {p.stderr[-2000:]}")
-    loop = json.loads(line[len("LOOP_JSON ") :])
-    out["loop"] = {
-        "wall_s": r3(wall),
-        "import_s": r3(loop["import_s"]),
-        "trials": [{k: r3(v) if isinstance(v, float) else v for k, v in t.items()} for t in loop["trials"]],
-        "mean_trial_s": r3(sum(t["wall_s"] for t in loop["trials"]) / len(loop["trials"])),
-    }
+    loops = [_loop(grid, work, f"loop{size}a")]
     common = ["--grid", grid, "--storage", work / "runs", "--max-concurrent", "1", "--no-aggregate", "-q"]
     log(f"{size}-s trials: launch.py --cluster local")
-    p, wall = _run(
+    p, wall, cpu = _run(
         [sys.executable, "sweeps/launch.py", *common, "--name", f"local{size}", "--cluster", "local"]
     )
     (work / f"local{size}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
-    out["local"] = _sweep_row(p, wall, out["loop"]["wall_s"], work / "runs" / f"local{size}")
+    local = (p, wall, cpu, work / "runs" / f"local{size}")
+    sl = None
     if slurm:
         log(f"{size}-s trials: launch.py on the local SLURM (--partition gpu --wait)")
         env = dict(_env(), UR_NO_AGGREGATE="1")
-        p, wall = _run(
+        p, wall, cpu = _run(
             [
                 sys.executable,
                 "sweeps/launch.py",
@@ -225,20 +267,37 @@ def bench_size(size: int, work: Path, slurm: bool) -> dict:
             env=env,
         )
         (work / f"slurm{size}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
-        row = _sweep_row(p, wall, out["loop"]["wall_s"], work / "runs" / f"slurm{size}")
-        row.update(_sacct(work / "runs" / f"slurm{size}"))
-        out["slurm"] = row
+        sl = (p, wall, None, work / "runs" / f"slurm{size}")  # the job's CPU is under slurmd, not here
+    log(f"{size}-s trials: plain loop again")
+    loops.append(_loop(grid, work, f"loop{size}b"))
+    base = {
+        "wall_s": r3(sum(x["wall_s"] for x in loops) / 2),
+        "cpu_s": r3(sum(x["cpu_s"] for x in loops) / 2) if all(x["cpu_s"] for x in loops) else None,
+        "compute_s": r3(sum(x["compute_s"] for x in loops) / 2),
+        "mean_trial_s": r3(sum(x["mean_trial_s"] for x in loops) / 2),
+        "runs": loops,
+    }
+    out["loop"] = base
+    out["local"] = _sweep_row(*local, base)
+    if sl is not None:
+        out["slurm"] = _sweep_row(*sl, base)
+        out["slurm"].update(_sacct(sl[3]))
     out["loadavg_after"] = load_avg()
     return out
 
 
-def _sweep_row(p, wall: float, loop_wall: float, run_dir: Path) -> dict:
+def _sweep_row(p, wall: float, cpu, run_dir: Path, base: dict) -> dict:
+    n = 4
     row = {
         "wall_s": r3(wall),
         "rc": p.returncode,
-        "ratio_vs_loop": r3(wall / loop_wall),
-        "overhead_per_trial_s": r3((wall - loop_wall) / 4),
+        "ratio_vs_loop": r3(wall / base["wall_s"]),
+        "overhead_per_trial_s": r3((wall - base["wall_s"]) / n),
+        "cpu_s": r3(cpu),
     }
+    if cpu is not None and base.get("cpu_s"):
+        row["cpu_ratio_vs_loop"] = r3(cpu / base["cpu_s"])
+        row["cpu_overhead_per_trial_s"] = r3((cpu - base["cpu_s"]) / n)
     fin = next((ln for ln in p.stdout.splitlines() if ln.startswith("sweep finished in")), None)
     if fin:
         row["tune_s"] = r3(float(fin.split("finished in", 1)[1].split(" s:", 1)[0]))
@@ -247,9 +306,17 @@ def _sweep_row(p, wall: float, loop_wall: float, run_dir: Path) -> dict:
         row["with_ray_start_stop_s"] = r3(float(tot.split()[1]))
     trials = _tune_trials(run_dir)
     row["trials"] = trials
+    comp = [t["compute_s"] for t in trials if t.get("compute_s") is not None]
+    if comp:
+        row["compute_s"] = r3(sum(comp))
+    if "tune_s" in row and len(comp) == n:
+        # Tune's loop minus the trials' own training + evaluation: per-trial engine cost (the first
+        # trial of an actor also starts the actor and its forkserver)
+        row["tune_minus_compute_per_trial_s"] = r3((row["tune_s"] - sum(comp)) / n)
+        row["fixed_s"] = r3(wall - row["tune_s"])  # Python start, launch.py checks, Ray start/stop
     ov = [t["in_trial_overhead_s"] for t in trials if t.get("in_trial_overhead_s") is not None]
     if ov:
-        row["mean_in_trial_overhead_s"] = r3(sum(ov) / len(ov))
+        row["in_trial_overhead_s"] = ov
     return row
 
 
@@ -287,10 +354,18 @@ def bench_quickstart(ref: str, work: Path) -> dict:
     commit = _git("rev-parse", "--short", "HEAD", cwd=clone)
     log(f"quickstart at {commit}: python sweeps/launch.py --cluster local (fresh clone)")
     la = load_avg()
-    p, wall = _run([sys.executable, "sweeps/launch.py", "--cluster", "local"], cwd=clone, env=_env(clone))
+    p, wall, cpu = _run(
+        [sys.executable, "sweeps/launch.py", "--cluster", "local"], cwd=clone, env=_env(clone)
+    )
     text = p.stdout + p.stderr
     (work / f"quickstart-{commit}.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+    compute = 0.0
+    for rp in (clone / "runs" / "quickstart" / "trials").glob("*/result.json"):
+        rec = json.loads(rp.read_text())
+        compute += rec["train"]["train_seconds"] + rec["eval_seconds"]
     return {
+        "cpu_s": r3(cpu),
+        "trials_compute_s": r3(compute),
         "commit": commit,
         "rc": p.returncode,
         "wall_s": r3(wall),
@@ -303,6 +378,10 @@ def bench_quickstart(ref: str, work: Path) -> dict:
     }
 
 
+def _f(x, fmt="{:.1f}", unit=" s") -> str:
+    return "-" if x is None else fmt.format(x) + unit
+
+
 def write_report(res: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -310,26 +389,30 @@ def write_report(res: dict, out: Path) -> None:
     L = [
         "# Sweep engine: overhead of launch.py over a plain loop, and the quickstart",
         "",
-        f"Machine: {machine_line(m)}. Written by `benchmarks/sweep_overhead.py` ({res['seconds']:.0f} s).",
+        f"Machine: {machine_line(m)}. Written by `benchmarks/sweep_overhead.py` ({res['seconds']:.0f} s). The",
+        "machine is shared with other engineers' work: wall times include waiting for a core (see the load",
+        "averages); CPU times (every process of the run, Ray's daemons included) do not.",
         "",
         "Work: 4 trials (standard, EntM λ=0.5, AT ε=0.2, AT+EntM) on the embedded MNIST digits, `small_cnn`",
         "width 0.25, PGD-2 training adversary; each trial evaluated on 64 test points with FGSM, PGD-5, CW-5 at",
-        "ε ∈ {0, 0.1, 0.3}. 1 rank per trial, 1 torch thread, trials one at a time in all three runs (the numbers",
-        "time the machinery; they say nothing about robustness). *Loop*: `run_trial` for each config in one fresh",
-        "process. *Local*: `launch.py --cluster local --max-concurrent 1 -q` (Ray start, Tune, ranks, Ray stop,",
-        "Python start). *SLURM*: the same as one job on the local SLURM (`--partition gpu --wait`): submission,",
-        "queue, job start, Ray head in the job.",
+        "ε ∈ {0, 0.1, 0.3}. 1 rank per trial, 1 torch thread, trials one at a time in all runs (the numbers time",
+        "the machinery; they say nothing about robustness). *Loop*: `run_trial` for each config in one fresh",
+        "process, run before and after the sweeps (the baseline is their mean). *Local*: `launch.py --cluster",
+        "local --max-concurrent 1 -q` (Python start, Ray start, Tune, ranks, Ray stop). *SLURM*: the same as one",
+        "job on the local SLURM (`--partition gpu --wait`): submission, queue, job start, Ray head in the job.",
+        "Overhead per trial = (sweep - loop) / 4, so it includes the per-sweep fixed costs shared by 4 trials.",
         "",
         "| trial size | mean trial (loop) | loop | local | ratio | overhead / trial "
         "| SLURM | ratio | overhead / trial | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in res.get("sizes", []):
-        loc, sl = s["local"], s.get("slurm") or {}
+        loc, sl, lp = s["local"], s.get("slurm") or {}, s["loop"]
+        runs = " / ".join(f"{x['wall_s']:.1f}" for x in lp["runs"])
         L.append(
-            f"| ~{s['size_s']} s ({s['epochs']} epochs x {s['n_train']}) | {s['loop']['mean_trial_s']:.1f} s | "
-            f"{s['loop']['wall_s']:.1f} s | {loc['wall_s']:.1f} s | **{loc['ratio_vs_loop']:.2f}x** | "
-            f"{loc['overhead_per_trial_s']:.1f} s | "
+            f"| ~{s['size_s']} s ({s['epochs']} epochs x {s['n_train']}) | {lp['mean_trial_s']:.1f} s | "
+            f"{lp['wall_s']:.1f} s ({runs}) | {loc['wall_s']:.1f} s | "
+            f"**{loc['ratio_vs_loop']:.2f}x** | {loc['overhead_per_trial_s']:.1f} s | "
             + (
                 f"{sl['wall_s']:.1f} s | **{sl['ratio_vs_loop']:.2f}x** | {sl['overhead_per_trial_s']:.1f} s"
                 if sl
@@ -341,22 +424,40 @@ def write_report(res: dict, out: Path) -> None:
         "",
         "Goals (issue 11): ratio <= 1.10x at 60-s trials; <= 3 s of overhead per trial at 1-s trials.",
         "",
-        "Where the local run's time goes beyond the loop (per size): *tune* is Tune's loop from the first trial",
-        "to the last (`sweep finished in`), *+ray* adds Ray's start and stop, the rest of the wall time is Python",
-        "start, imports and the grid/data checks of `launch.py`; *in trial* is Tune's time per trial minus the",
-        "trial's own training and evaluation (rank fork, process group, data, per-epoch probe and checkpoint",
-        "copies, result reports).",
+        "Where the local run's time goes. *fixed*: wall time outside Tune's loop (Python start and imports,",
+        "`launch.py`'s checks, Ray's start and stop), once per sweep. *per trial*: Tune's loop minus the trials' own",
+        "training and evaluation, per trial (rank forks, the per-epoch checkpoint copies and reports, Tune's",
+        "bookkeeping between trials; the first trial of an actor also starts the actor and its forkserver, which",
+        "imports torch once: *first trial* is that trial's time in Tune beyond its compute). *compute*: the",
+        "trials' training + evaluation as the trials measured it, in the sweep and in the loop (the difference",
+        "is load: the same code). *CPU*: CPU seconds of every process of the run.",
         "",
-        "| trial size | loop | local wall | tune | +ray | mean in-trial overhead | SLURM queue wait | SLURM job elapsed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| trial size | fixed | per trial | first trial | compute sweep / loop | CPU sweep / loop | CPU overhead / trial |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in res.get("sizes", []):
-        loc, sl = s["local"], s.get("slurm") or {}
+        loc, lp = s["local"], s["loop"]
+        first = (loc.get("in_trial_overhead_s") or [None])[0]
         L.append(
-            f"| ~{s['size_s']} s | {s['loop']['wall_s']:.1f} s | {loc['wall_s']:.1f} s | {loc.get('tune_s', '-')} s | "
-            f"{loc.get('with_ray_start_stop_s', '-')} s | {loc.get('mean_in_trial_overhead_s', '-')} s | "
-            f"{sl.get('queue_wait_s', '-')} s | {sl.get('job_elapsed_s', '-')} s |"
+            f"| ~{s['size_s']} s | {_f(loc.get('fixed_s'))} | {_f(loc.get('tune_minus_compute_per_trial_s'), '{:.2f}')} | "
+            f"{_f(first)} | {_f(loc.get('compute_s'))} / {_f(lp.get('compute_s'))} | "
+            f"{_f(loc.get('cpu_s'))} / {_f(lp.get('cpu_s'))} | {_f(loc.get('cpu_overhead_per_trial_s'))} |"
         )
+    if any(s.get("slurm") for s in res.get("sizes", [])):
+        L += [
+            "",
+            "SLURM: the job's queue wait and elapsed time (sacct, 1-s resolution); the rest of the SLURM wall",
+            "time is submission and `--wait`'s polling (every 2 s).",
+            "",
+            "| trial size | queue wait | job elapsed | Tune loop in the job | compute in the job |",
+            "|---|---|---|---|---|",
+        ]
+        for s in res["sizes"]:
+            sl = s.get("slurm") or {}
+            L.append(
+                f"| ~{s['size_s']} s | {_f(sl.get('queue_wait_s'), '{:.0f}')} | {_f(sl.get('job_elapsed_s'), '{:.0f}')} | "
+                f"{_f(sl.get('tune_s'))} | {_f(sl.get('compute_s'))} |"
+            )
     q = res.get("quickstart") or {}
     if q:
         L += [
@@ -364,18 +465,19 @@ def write_report(res: dict, out: Path) -> None:
             "## The quickstart on a fresh clone",
             "",
             "`python sweeps/launch.py --cluster local` (4 trials x 2 DDP ranks on the embedded digits, 2 epochs,",
-            "evaluation and aggregation included) in a fresh `git clone`; lines = what it prints (stdout + stderr).",
-            "Goal: under 1 minute on 2 cores.",
+            "evaluation on 200 points and aggregation included) in a fresh `git clone`; lines = what it prints",
+            "(stdout + stderr); compute = the 4 trials' own training + evaluation. Goal: under 1 minute on 2 cores.",
             "",
-            "| version | commit | wall | lines printed | exit | load avg |",
-            "|---|---|---|---|---|---|",
+            "| version | commit | wall | trials' compute | lines printed | exit | load avg |",
+            "|---|---|---|---|---|---|---|",
         ]
         for k in ("before", "after"):
             if k in q:
                 x = q[k]
                 L.append(
-                    f"| {k} | {x['commit']} | {x['wall_s']:.1f} s | {x['lines']} ({x['stdout_lines']} stdout, "
-                    f"{x['stderr_lines']} stderr) | {x['rc']} | {x['loadavg_before'][0]} -> {x['loadavg_after'][0]} |"
+                    f"| {k} | {x['commit']} | {x['wall_s']:.1f} s | {_f(x.get('trials_compute_s'))} | {x['lines']} "
+                    f"({x['stdout_lines']} stdout, {x['stderr_lines']} stderr) | {x['rc']} | "
+                    f"{x['loadavg_before'][0]} -> {x['loadavg_after'][0]} |"
                 )
         if "after" in q:
             L += ["", "First lines printed (after):", "", "```", *q["after"]["first_lines"], "```"]
@@ -393,6 +495,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     a = p.parse_args(argv)
+    global SUBREAPER
+    SUBREAPER = _subreaper()
     slurm = not a.no_slurm and shutil.which("sbatch") is not None
     res = {"machine": machine(), "slurm": slurm}
     print("machine: " + machine_line(res["machine"]), flush=True)

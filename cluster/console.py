@@ -133,8 +133,11 @@ def epoch_line(name: str, result: dict, epochs: Optional[int]) -> str:
     e = result.get("epoch", result.get("training_iteration"))
     of = f"/{epochs}" if epochs else ""
     wall = result.get("time_this_iter_s")
+    again = result.get("ranks_restarted")
     return (
-        f"{time.strftime('%H:%M:%S')} {name}  epoch {e}{of}  {shown}" + (f"  {wall:.1f} s" if wall else "")
+        f"{time.strftime('%H:%M:%S')} {name}  epoch {e}{of}  {shown}"
+        + (f"  {wall:.1f} s" if wall else "")
+        + (f"  (ranks restarted {again}x, see trial.log)" if again else "")
     ).rstrip()
 
 

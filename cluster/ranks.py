@@ -258,13 +258,15 @@ def run_ranks(
     on_epoch: EpochHandler,
     resume_from: Optional[os.PathLike] = None,
     verbose: bool = False,
+    on_restart: Optional[Callable[[str, int], None]] = None,
 ) -> int:
     """Run the trial on ``workers`` ranks until they all exit 0; returns the number of restarts.
 
     A rank that dies (killed, crashed, out of memory) takes the others down with it and all of them
     restart from the trial's last checkpoint, at most ``retries`` times; a :class:`UserError` raised
     in a rank (missing data, bad config) is not retried. Raises :class:`RankFailure` with the rank's
-    exception as its last line."""
+    exception as its last line. ``on_restart(what happened, restart number)`` is called before each
+    restart."""
     trial = TrialDir(trial_dir)
     for attempt in range(retries + 1):
         failure = _attempt(
@@ -288,6 +290,8 @@ def run_ranks(
             f"{what}; restarting all {workers} rank(s) from the last checkpoint ({attempt + 1}/{retries})",
         )
         log.warning("%s: %s; restarting its ranks (%d/%d)", trial.name, what, attempt + 1, retries)
+        if on_restart is not None:
+            on_restart(what, attempt + 1)
     raise AssertionError("unreachable")
 
 

@@ -93,6 +93,7 @@ def run_one(config: dict) -> None:
     trial = _trial_dir(config, cfg)
     record = read_result(trial.root)
     last: dict = {}  # the last epoch's metrics, repeated in the final result (see below)
+    restarts = [0]  # rank restarts so far, reported with every epoch after the first one
     if record is None:
         warm_up()
         res = {**RESOURCES, **(config.get("resources") or {})}
@@ -104,6 +105,8 @@ def run_one(config: dict) -> None:
                     shutil.copy2(Path(d) / trial.checkpoint.name, trial.checkpoint)
 
         def on_epoch(epoch: int, metrics: dict, ckpt: Path, ack) -> None:
+            if restarts[0]:
+                metrics = {**metrics, "ranks_restarted": restarts[0]}
             last.clear()
             last.update(metrics)
             tmp = tempfile.mkdtemp(prefix="ur-ckpt-")
@@ -126,6 +129,7 @@ def run_one(config: dict) -> None:
             retries=int(config.get("worker_retries", 2)),
             on_epoch=on_epoch,
             verbose=os.environ.get(VERBOSE_ENV) == "1",
+            on_restart=lambda what, n: restarts.__setitem__(0, n),
         )
         record = read_result(trial.root)
         if record is None:

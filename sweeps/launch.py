@@ -180,6 +180,9 @@ def print_status(run_dir: Path) -> int:
             f"last driver exit: {st['trials']} trials, {st['errors']} errored"
             + "".join(f"\n  error: {m}" for m in st.get("error_messages", []))
         )
+        for line in st.get("lines", [])[1:]:  # the per-trial summary (its errors are above)
+            if not line.startswith("  error: "):
+                print(f"  {line}")
     job = read_json(rd.slurm_job)
     if job is not None:
         from cluster.slurm import job_state
@@ -195,6 +198,7 @@ def print_status(run_dir: Path) -> int:
 @exit_on_user_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    verbosity(args)  # -q with -v: one line, exit 2
     storage = Path(args.storage)
     if args.status:
         return print_status(storage / args.status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,6 +206,9 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
+    """A 2-rank trial whose rank 1 is SIGKILLed mid-training restarts both ranks from its last
+    checkpoint and finishes; the default console says where the logs are, prints one line per epoch
+    (rank 0 only; the restart is noted on it) and nothing of Ray's or the ranks' own output."""
     grid = yaml.safe_load(TINY.read_text())
     grid.update(defenses=["at"], epochs=8, n_train=2000, adversarial={"pgd_steps": 5, "eps_step": 0.05})
     g = tmp_path / "one.yaml"
@@ -220,7 +224,6 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
         str(tmp_path),
         "--name",
         "w",
-        "-q",
         "--no-aggregate",
     )
     out = open(tmp_path / "out.log", "w")
@@ -253,6 +256,20 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
         int(line.rsplit("from epoch", 1)[1].split()[0]) for line in text.splitlines() if "from epoch" in line
     ]
     assert resumed and resumed[0] >= epoch_at_kill, (resumed, epoch_at_kill)
+
+    # the console (stdout + stderr of launch.py at the default verbosity)
+    lines = (tmp_path / "out.log").read_text().splitlines()
+    assert lines[0].startswith("run directory: ") and lines[1].startswith("logs: "), lines[:3]
+    assert str((run / "logs").resolve()) in lines[1] and "trial.log" in lines[1], lines[1]
+    assert list((run / "logs").glob("driver.*.log")) and list((run / "logs").glob("ray.*")), "no log files"
+    epoch_lines = [ln for ln in lines if re.match(r"\d\d:\d\d:\d\d \S+  epoch \d+/8  ", ln)]
+    epochs = [int(re.search(r"epoch (\d+)/8", ln).group(1)) for ln in epoch_lines]
+    assert 8 in epochs and len(epochs) == len(set(epochs)), epochs  # once per epoch: rank 0 alone
+    assert any("ranks restarted 1x" in ln for ln in epoch_lines), epoch_lines
+    assert sum(" done: clean " in ln for ln in lines) == 1, lines
+    assert any(ln.startswith("sweep finished in") for ln in lines), lines
+    noise = [ln for ln in lines if "rank1" in ln or "(pid=" in ln or " INFO " in ln or "WARNING" in ln]
+    assert not noise, noise
 
 
 # ----------------------------------------------------------------------------- a user's own Tune script
