@@ -237,7 +237,13 @@ def bench_size(size: int, work: Path, slurm: bool) -> dict:
     spec = SIZES[size]
     grid = work / f"bench{size}.yaml"
     grid.write_text(GRID.format(size=size, **spec))
-    out = {"size_s": size, **spec, "trials": 4, "loadavg_before": load_avg()}
+    out = {
+        "size_s": size,
+        **spec,
+        "trials": 4,
+        "measured": time.strftime("%Y-%m-%dT%H:%M"),
+        "loadavg_before": load_avg(),
+    }
     log(f"{size}-s trials: plain loop")
     loops = [_loop(grid, work, f"loop{size}a")]
     common = ["--grid", grid, "--storage", work / "runs", "--max-concurrent", "1", "--no-aggregate", "-q"]
@@ -364,6 +370,7 @@ def bench_quickstart(ref: str, work: Path) -> dict:
         rec = json.loads(rp.read_text())
         compute += rec["train"]["train_seconds"] + rec["eval_seconds"]
     return {
+        "measured": time.strftime("%Y-%m-%dT%H:%M"),
         "cpu_s": r3(cpu),
         "trials_compute_s": r3(compute),
         "commit": commit,
@@ -389,7 +396,14 @@ def write_report(res: dict, out: Path) -> None:
     L = [
         "# Sweep engine: overhead of launch.py over a plain loop, and the quickstart",
         "",
-        f"Machine: {machine_line(m)}. Written by `benchmarks/sweep_overhead.py` ({res['seconds']:.0f} s). The",
+        f"Machine: {machine_line(m)}. Written by `benchmarks/sweep_overhead.py` ({res['seconds']:.0f} s)"
+        + (
+            f"; rows not rerun come from its run of {res['merged_from']['started']} (commit "
+            f"{res['merged_from']['commit']}), each row with its own time and load averages"
+            if res.get("merged_from")
+            else ""
+        )
+        + ". The",
         "machine is shared with other engineers' work: wall times include waiting for a core (see the load",
         "averages); CPU times (every process of the run, Ray's daemons included) do not.",
         "",
@@ -418,7 +432,7 @@ def write_report(res: dict, out: Path) -> None:
                 if sl
                 else "- | - | -"
             )
-            + f" | {s['loadavg_before'][0]} -> {s['loadavg_after'][0]} |"
+            + f" | {s['loadavg_before'][0]} -> {s['loadavg_after'][0]} ({s.get('measured', '')[11:]}) |"
         )
     L += [
         "",
@@ -477,7 +491,7 @@ def write_report(res: dict, out: Path) -> None:
                 L.append(
                     f"| {k} | {x['commit']} | {x['wall_s']:.1f} s | {_f(x.get('trials_compute_s'))} | {x['lines']} "
                     f"({x['stdout_lines']} stdout, {x['stderr_lines']} stderr) | {x['rc']} | "
-                    f"{x['loadavg_before'][0]} -> {x['loadavg_after'][0]} |"
+                    f"{x['loadavg_before'][0]} -> {x['loadavg_after'][0]} ({x.get('measured', '')[11:]}) |"
                 )
         if "after" in q:
             L += ["", "First lines printed (after):", "", "```", *q["after"]["first_lines"], "```"]
@@ -494,6 +508,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the sizes and quickstart runs of the existing sweep.json that this run does not redo",
+    )
     a = p.parse_args(argv)
     global SUBREAPER
     SUBREAPER = _subreaper()
@@ -515,6 +534,19 @@ def main(argv=None) -> int:
         res["workdir"] = str(work) if a.keep else None
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
+    old = (
+        json.loads((a.out / "sweep.json").read_text())
+        if a.merge and (a.out / "sweep.json").exists()
+        else None
+    )
+    if old:
+        done = {x["size_s"] for x in res["sizes"]}
+        res["sizes"] = sorted(
+            res["sizes"] + [x for x in old.get("sizes", []) if x["size_s"] not in done],
+            key=lambda x: x["size_s"],
+        )
+        res["quickstart"] = {**(old.get("quickstart") or {}), **(res.get("quickstart") or {})}
+        res["merged_from"] = old["machine"]
     write_report(res, a.out)
     for s in res["sizes"]:
         log(
