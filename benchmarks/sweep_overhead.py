@@ -500,7 +500,7 @@ def write_report(res: dict, out: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=sorted(SIZES), choices=sorted(SIZES))
+    p.add_argument("--sizes", type=int, nargs="*", default=sorted(SIZES), choices=sorted(SIZES))
     p.add_argument("--no-slurm", action="store_true", help="local Ray only")
     p.add_argument("--no-quickstart", action="store_true")
     p.add_argument(
