@@ -70,24 +70,31 @@ def init_ray(
     num_cpus: Optional[int] = None,
     num_gpus: Optional[int] = None,
     object_store_mb: int = 512,
+    verbosity: int = 1,
 ) -> None:
+    """Connect to Ray at ``address`` or start a private local instance (never someone else's).
+
+    The actors' output goes to Ray's log files (``RUN/logs/ray.<tag>/``), not to this console,
+    unless ``verbosity`` >= 2; then the ranks echo their logs too (through the job's runtime env)."""
     import ray
+
+    from .trainables import VERBOSE_ENV
 
     if ray.is_initialized():
         return
+    kw = {"log_to_driver": verbosity >= 2}
+    if verbosity >= 2:
+        kw["runtime_env"] = {"env_vars": {VERBOSE_ENV: "1"}}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **kw)
     else:
-        # the dashboard process serves the State API that Ray Train's placement-group cleaner polls
         ray.init(
             address="local",
             num_cpus=num_cpus,
             num_gpus=num_gpus,
-            include_dashboard=None,
-            dashboard_host="127.0.0.1",
-            dashboard_port=None,
+            include_dashboard=False,  # nothing here polls the State API; saves ~10 processes at start
             object_store_memory=object_store_mb * 1024 * 1024,
-            log_to_driver=True,
+            **kw,
         )
 
 
@@ -118,52 +125,48 @@ def _trial_name(trial) -> str:
     return f"{TrialConfig(**trial.config['trial']).short_name()}_{trial.trial_id[-5:]}"
 
 
-def _reporter(cls):
-    return cls(
-        parameter_columns={
-            "trial/defense": "defense",
-            "trial/lam": "lam",
-            "trial/eps": "eps",
-            "trial/seed": "seed",
-        },
-        metric_columns={
-            "training_iteration": "iter",
-            "val_clean_acc": "val clean",
-            "val_robust_acc": "val robust",
-            "clean_acc": "clean",
-            "worst_mean": "worst(mean eps)",
-        },
-        max_report_frequency=30,
-        sort_by_metric=False,
-    )
+PARAMETER_COLUMNS = {"trial/defense": "defense", "trial/lam": "lam", "trial/eps": "eps", "trial/seed": "seed"}
+METRIC_COLUMNS = {
+    "training_iteration": "iter",
+    "val_clean_acc": "val clean",
+    "val_robust_acc": "val robust",
+    "clean_acc": "clean",
+    "worst_mean": "worst(mean eps)",
+}
 
 
-def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
-    """Drive the sweep whose resolved plan is in ``RUN/plan.json``. Returns a summary dict.
+def run_sweep(run_dir: os.PathLike, verbosity: int = 1) -> dict:
+    """Drive the sweep whose resolved plan is in ``RUN/plan.json``. Returns a summary dict (what
+    ``RUN/sweep_status.json`` holds) with the summary's printable ``lines``.
 
-    Expects Ray to be initialized (:func:`init_ray`).
+    Expects Ray to be initialized (:func:`init_ray`). Prints per :mod:`cluster.console`.
     """
+    import time
+
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our columns
     # Tune's own TensorBoard logger would put a second, Ray-flavoured HParams setup under RUN/tune
     # and blank out the aggregate's HParams table in `tensorboard --logdir RUN`; keep JSON + CSV.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # every epoch reports a checkpoint, and Tune snapshots its state each time: expected, not a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
-    from ray.tune import CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from . import trainables
+    from . import console, trainables
 
+    console.set_verbosity(verbosity)
     rd = RunDir(Path(run_dir).resolve())
     run_dir = rd.root
     plan = rd.read_plan()
     resources, search = plan["resources"], plan["search"]
     trainables.register_all()
-    trainable = tune.with_resources(
-        trainables.TRAINABLES[trainables.GENERIC], {"CPU": 0, "memory": 64 * 1024 * 1024}
-    )
+    trainable = trainables.with_resources(trainables.TRAINABLES[trainables.GENERIC])
     exp_path = rd.tune
+    t0 = time.time()
     if Tuner.can_restore(str(exp_path)):
         log.info("restoring experiment %s (finished trials are kept)", exp_path)
+        console.out(f"restoring experiment {exp_path} (finished trials are kept)")
         tuner = Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         param_space = {
@@ -187,21 +190,28 @@ def run_sweep(run_dir: os.PathLike, verbose: int = 1) -> dict:
             tune_config=TuneConfig(
                 max_concurrent_trials=_max_concurrent(resources, search),
                 scheduler=scheduler,
+                reuse_actors=True,  # the actor keeps its warm forkserver for the next trial
                 trial_dirname_creator=lambda t: t.trial_id,
                 trial_name_creator=_trial_name,
             ),
             run_config=RunConfig(
                 name=rd.tune.name,
                 storage_path=str(run_dir),
-                verbose=verbose,
-                progress_reporter=_reporter(CLIReporter),
-                callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+                verbose=3 if verbosity >= 2 else verbosity,
+                progress_reporter=console.table_reporter(PARAMETER_COLUMNS, METRIC_COLUMNS),
+                callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), console.EpochLines()],
                 failure_config=FailureConfig(max_failures=int(search.get("trial_retries", 2))),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),  # the trial dir has the real one
             ),
         )
     results = tuner.fit()
     errors = [_last_line(r.error) for r in results if r.error]
-    summary = {"trials": len(results), "errors": len(errors), "error_messages": errors[:10]}
+    summary = {
+        "trials": len(results),
+        "errors": len(errors),
+        "error_messages": errors[:10],
+        "lines": console.summary_lines(results, time.time() - t0),
+    }
     write_json(summary, rd.status)
     return summary
 
@@ -216,11 +226,18 @@ def main(argv=None) -> int:
     p.add_argument("--address")
     p.add_argument("--num-cpus", type=int)
     p.add_argument("--num-gpus", type=int)
+    p.add_argument("-v", "--verbose", action="count", default=1)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    with DriverLock(Path(a.run_dir)):
-        init_ray(a.address, a.num_cpus, a.num_gpus)
-        s = run_sweep(a.run_dir)
+    from . import console
+
+    rd = RunDir(Path(a.run_dir).resolve())
+    tag = console.new_tag()
+    console.setup_logging(rd, tag, a.verbose)
+    with DriverLock(rd.root):
+        init_ray(a.address, a.num_cpus, a.num_gpus, verbosity=a.verbose)
+        s = run_sweep(rd.root, verbosity=a.verbose)
+    for line in s["lines"]:
+        console.out(line)
     return 1 if s["errors"] else 0
 
 

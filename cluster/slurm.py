@@ -12,6 +12,7 @@ restarted driver restores the Tune experiment from disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -50,11 +51,26 @@ def slurm_options(grid, args) -> dict:
         "constraint": args.constraint or s["constraint"],
         "extra": list(s["extra"]) + list(args.sbatch_opt),
         "aggregate": not getattr(args, "no_aggregate", False),  # --no-aggregate reaches the job
+        "max_requeues": s.get("max_requeues", 100)
+        if getattr(args, "max_requeues", None) is None
+        else args.max_requeues,
+        "verbosity": 0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1,
     }
     for k in ("nodes", "time_min", "cpus_per_node"):
         if not isinstance(opts[k], int) or opts[k] <= 0:
             raise SlurmError(f"--{k.replace('_', '-')}: expected a positive integer, got {opts[k]!r}")
+    if not isinstance(opts["max_requeues"], int) or opts["max_requeues"] < 0:
+        raise SlurmError(f"--max-requeues: expected an integer >= 0, got {opts['max_requeues']!r}")
     return opts
+
+
+def signal_delay_s(time_min: int) -> int:
+    """Seconds before the time limit at which SLURM sends the requeue signal (``--signal=USR2@N``).
+
+    submitit's 90 s, but at most a quarter of the limit: SLURM checks limits every 30 s and may
+    signal up to 60 s early, so with 90 s a 1- or 2-minute job would get it right at its start and
+    never progress. Our checkpoint is instant (Tune's state and every trial's are already on disk)."""
+    return int(min(90, max(10, time_min * 60 // 4)))
 
 
 def _run(cmd: list, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -122,13 +138,20 @@ def _extra_params(extra: list) -> dict:
 
 
 def executor_for(run_dir: Path, opts: dict) -> submitit.AutoExecutor:
-    ex = submitit.AutoExecutor(folder=str(RunDir(run_dir).slurm_logs / "%j"), cluster="slurm")
+    # submitit stops requeuing after slurm_max_num_timeout time-outs (3 by default); a long sweep on
+    # a partition with a short limit must keep going (slurm.max_requeues, --max-requeues)
+    ex = submitit.AutoExecutor(
+        folder=str(RunDir(run_dir).slurm_logs / "%j"),
+        cluster="slurm",
+        slurm_max_num_timeout=int(opts.get("max_requeues", 100)),
+    )
     params = dict(
         slurm_partition=opts["partition"],
         nodes=opts["nodes"],
         tasks_per_node=1,
         cpus_per_task=opts["cpus_per_node"],
         timeout_min=opts["time_min"],
+        slurm_signal_delay_s=signal_delay_s(opts["time_min"]),
         name=f"ur-{run_dir.name}",
         slurm_setup=[f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}"],
         slurm_additional_parameters=_extra_params(opts["extra"]),
@@ -201,7 +224,9 @@ def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
         )
     rd.failed.unlink(missing_ok=True)
     ex = executor_for(run_dir, opts)
-    job = ex.submit(SweepJob(str(run_dir), aggregate=opts.get("aggregate", True)))
+    job = ex.submit(
+        SweepJob(str(run_dir), aggregate=opts.get("aggregate", True), verbosity=opts.get("verbosity", 1))
+    )
     info = {
         "job_id": job.job_id,
         "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -212,7 +237,8 @@ def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
     write_json(info, rd.slurm_job)
     print(
         f"submitted SLURM job {job.job_id} (partition {opts['partition']}, {opts['nodes']} node(s) x "
-        f"{opts['cpus_per_node']} CPUs, {opts['time_min']} min)"
+        f"{opts['cpus_per_node']} CPUs, {opts['time_min']} min, requeued up to {opts.get('max_requeues', 100)} "
+        "times on time-outs)"
     )
     print(f"logs:        {info['stdout']}\n             {info['stderr']}")
     print(f"TensorBoard: tensorboard --logdir {run_dir} --host 127.0.0.1")
@@ -220,10 +246,12 @@ def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
     if not wait:
         return 0
     while _in_queue(job.job_id):
-        time.sleep(5)
+        time.sleep(2)
     final = job_state(run_dir)
-    print(final)
     status = read_json(rd.status)
+    for line in (status or {}).get("lines", []):  # the driver's summary, as a local run prints it
+        print(line)
+    print(final)
     if status is not None and not rd.failed.exists() and status.get("errors", 1) == 0:
         return 0
     if rd.failed.exists():
@@ -231,12 +259,44 @@ def submit(run_dir: Path, opts: dict, wait: bool = False) -> int:
     return 1
 
 
+def _requeue_signals() -> set:
+    """The signals a SLURM step gets on the way to a requeue: SIGTERM (``scancel``, preemption,
+    ``scontrol requeue``) and submitit's requeue signal (USR2 unless SUBMITIT_PREEMPT_SIGNAL says)."""
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    return {signal.SIGTERM, getattr(signal, "SIG" + SlurmJobEnvironment.USR_SIG, signal.SIGUSR2)}
+
+
+@contextlib.contextmanager
+def shielded_children():
+    """Processes started inside this block (Ray's GCS, raylet, workers, and through them every actor
+    and rank) inherit SIGTERM and the requeue signal *blocked*.
+
+    SLURM signals every process of a step: ``scancel --signal TERM`` (submitit's ``_interrupt()``,
+    and preemption with a grace time) reaches Ray's own processes, whose default handling is to shut
+    down. The head then lost its Ray before USR2 arrived, the driver died on "Failed to connect to GCS
+    within 60 seconds", and the job ended FAILED instead of requeued. A blocked signal stays pending
+    and is never delivered; the head process itself is unaffected (submitit's handlers run there),
+    and the job's end still kills everything with SIGKILL. Ray itself blocks SIGINT in its children
+    the same way (``ray._private.services.start_ray_process``)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _requeue_signals())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _block_requeue_signals() -> None:  # preexec_fn of `ray start` on the other nodes
+    signal.pthread_sigmask(signal.SIG_BLOCK, _requeue_signals())
+
+
 class SweepJob(submitit.helpers.Checkpointable):
     """The callable submitit runs on every task of the job."""
 
-    def __init__(self, run_dir: str, aggregate: bool = True):
+    def __init__(self, run_dir: str, aggregate: bool = True, verbosity: int = 1):
         self.run_dir = run_dir
         self.aggregate = aggregate
+        self.verbosity = verbosity
 
     def __call__(self) -> Optional[dict]:
         env = submitit.JobEnvironment()
@@ -264,30 +324,38 @@ class SweepJob(submitit.helpers.Checkpointable):
         return self._worker(run_dir, tag, cpus, gpus)
 
     def _head(self, run_dir: RunDir, tag: str, cpus: int, gpus: int, nodes: int) -> Optional[dict]:
-        import logging
-
         import ray
 
+        from . import console
         from .driver import DriverLock, init_ray, run_sweep
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        v = getattr(self, "verbosity", 1)  # jobs pickled before verbosity existed
+        console.setup_logging(run_dir, tag, v)
         done = run_dir.ray_done(tag)
+        logs = None
         try:
             with DriverLock(run_dir.root, wait_s=120):
+                if v >= 1:
+                    for line in console.header(run_dir, tag):
+                        console.out(line)
                 term = signal.getsignal(signal.SIGTERM)  # submitit's: ignore SIGTERM, requeue on USR2
-                init_ray(num_cpus=cpus, num_gpus=gpus)
+                with shielded_children():
+                    init_ray(num_cpus=cpus, num_gpus=gpus, verbosity=v)
                 if term is not None:  # ray.init installs sys.exit on SIGTERM: the head would die before USR2
                     signal.signal(signal.SIGTERM, term)
+                logs = console.link_ray_logs(run_dir, tag)
                 addr = ray.get_runtime_context().gcs_address
                 _share_auth_token(run_dir, tag)
                 run_dir.ray_head(tag).write_text(addr)
                 _wait_for_nodes(run_dir, tag, nodes, timeout=300)
-                summary = run_sweep(run_dir.root)
-            run_dir.event({"event": "sweep_end", **summary})
+                summary = _in_thread(lambda: run_sweep(run_dir.root, verbosity=v))
+            for line in summary.get("lines", []):
+                console.out(line)
+            run_dir.event({"event": "sweep_end", **{k: v for k, v in summary.items() if k != "lines"}})
             run_dir.failed.unlink(missing_ok=True)  # left by an incarnation that a requeue killed
             if getattr(self, "aggregate", True) and not os.environ.get("UR_NO_AGGREGATE"):
                 _aggregate(run_dir)
-            return summary
+            return {k: v for k, v in summary.items() if k != "lines"}
         except Exception as e:
             run_dir.failed.write_text(
                 f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {tag}: "
@@ -295,9 +363,14 @@ class SweepJob(submitit.helpers.Checkpointable):
             )
             traceback.print_exc()
             raise
-        finally:
+        except BaseException:  # SystemExit from submitit's requeue handler: the job is requeued already
             done.write_text("done")
-            ray.shutdown()
+            raise
+        finally:
+            if not done.exists():
+                done.write_text("done")
+                ray.shutdown()
+                console.keep_ray_logs(run_dir, tag, logs)
 
     def _worker(self, run_dir: RunDir, tag: str, cpus: int, gpus: int) -> None:
         head_file, done = run_dir.ray_head(tag), run_dir.ray_done(tag)
@@ -323,7 +396,8 @@ class SweepJob(submitit.helpers.Checkpointable):
         token = run_dir.auth_token(tag)
         if token.exists():
             env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-        proc = subprocess.Popen(cmd, env=env)
+        # this node's Ray must outlive a step's SIGTERM as the head's does (shielded_children)
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=_block_requeue_signals)
         try:
             while not done.exists() and proc.poll() is None:
                 time.sleep(2)
@@ -333,16 +407,40 @@ class SweepJob(submitit.helpers.Checkpointable):
                 )
         finally:
             if proc.poll() is None:
-                proc.terminate()
+                proc.send_signal(signal.SIGINT)  # SIGTERM is blocked in it; SIGINT stops it cleanly
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+                    proc.wait(10)
         return None
 
     def checkpoint(self, *args, **kwargs):
         RunDir(self.run_dir).event({"event": "checkpoint_requeue", "job": os.environ.get("SLURM_JOB_ID")})
         return super().checkpoint(*args, **kwargs)  # DelayedSubmission(self): same job, requeued
+
+
+def _in_thread(fn):
+    """``fn()`` in a thread while the main thread waits in Python, so submitit's signal handlers
+    (which Python runs only in the main thread, between bytecodes) run within half a second even
+    when Ray blocks in native code; returns ``fn``'s result or raises its exception."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="ur-tune-driver", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _gpus_on_node() -> int:

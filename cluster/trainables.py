@@ -1,25 +1,38 @@
-"""Ray Tune trainables, one per defense, each running ``uncertainty_robust``'s trial on N DDP
-workers through a Ray Train ``TorchTrainer`` (gloo on CPU, nccl on GPU).
+"""Ray Tune trainables, one per defense plus a generic one, registered by name.
+
+A trial is a Tune *function trainable* that holds the whole trial's resources (``workers x
+cpus_per_worker`` CPUs and ``workers x gpus_per_worker`` GPUs, one placement-group bundle, so one
+node) and runs the trial's N DDP ranks itself, as forks of a warm forkserver (:mod:`cluster.ranks`).
+Tune reuses the actor for the next trial (``reuse_actors=True``), so torch is imported once per
+actor, not once per rank per trial. Tune's schedulers (ASHA) see one result per epoch and a
+checkpoint with it; ``Tuner.restore`` works as for any registered trainable.
 
 Layout of a run directory (shared storage on a real cluster)::
 
-    RUN/trials/<trial>/   the library's trial dir: checkpoint.pt, model.pt, tb/, result.json
-    RUN/train/<trial>/    Ray Train's run (its checkpoints, reported every epoch)
-    RUN/tune/             the Tune experiment (restored by a relaunch)
+    RUN/trials/<trial>/   the library's trial dir: checkpoint.pt, model.pt, tb/, result.json,
+                          starts.log (one line per (re)start), trial.log (every rank's output)
+    RUN/tune/             the Tune experiment (restored by a relaunch); <trial>/checkpoint_* is
+                          Tune's copy of the last epoch's checkpoint
 
 A trial's identity is its config (``TrialConfig.trial_id``), not Tune's trial name, so a
 relaunched or requeued sweep finds the same directories, and a trial whose ``result.json``
 exists is reported from disk instead of being trained again.
+
+Outside a sweep, a Tune script of your own can run any of them by name (``docs/architecture.md``)::
+
+    from cluster.trainables import register_all
+    register_all()
+    tune.Tuner("ur_entm", param_space={"trial": {"lam": tune.grid_search([0.1, 0.5]), "epochs": 2},
+                                       "resources": {"workers": 2}}).fit()
+
+Without ``run_dir`` in the config a trial's files go to ``<Tune trial dir>/trial/``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import tempfile
-import time
 from pathlib import Path
 
 from uncertainty_robust.config import TrialConfig
@@ -27,8 +40,12 @@ from uncertainty_robust.defenses import DEFENSES
 from uncertainty_robust.evaluate import read_result
 from uncertainty_robust.rundir import RunDir, TrialDir
 
+from .ranks import log_start, tune_metrics  # noqa: F401  (re-exported: tests and tools use them)
+
 TRAINABLE_PREFIX = "ur_"
 GENERIC = "ur_trial"  # dispatches on config["trial"]["defense"]; what mixed-defense sweeps use
+RESOURCES = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
+VERBOSE_ENV = "UR_VERBOSE"  # set (through Ray's runtime env) by `launch.py -v`: ranks echo their log
 
 
 def trial_dirname(cfg: TrialConfig) -> str:
@@ -50,89 +67,81 @@ def final_metrics(record: dict) -> dict:
     return m
 
 
-def _log_start(trial_dir: Path, what: str) -> None:
-    """Append one line per start: tests and humans count (re)starts from it."""
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    with open(TrialDir(trial_dir).starts, "a") as f:
-        f.write(
-            json.dumps({"event": what, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()})
-            + "\n"
-        )
+def trial_resources(config: dict):
+    """Tune's resource request for a trial: one bundle with all its ranks' CPUs/GPUs (one node)."""
+    from ray.tune import PlacementGroupFactory
+
+    res = {**RESOURCES, **(config.get("resources") or {})}
+    bundle = {"CPU": float(res["workers"]) * float(res["cpus_per_worker"])}
+    if float(res["gpus_per_worker"]) > 0:
+        bundle["GPU"] = float(res["workers"]) * float(res["gpus_per_worker"])
+    return PlacementGroupFactory([bundle])
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Runs on every Ray Train worker (DDP process group already initialized by TorchTrainer)."""
-    import ray.train as rt
+def _trial_dir(config: dict, cfg: TrialConfig) -> TrialDir:
+    if config.get("run_dir"):
+        return RunDir(config["run_dir"]).trial(trial_dirname(cfg))
+    import ray.tune as tune
 
-    from uncertainty_robust.trial import run_trial
-
-    cfg = TrialConfig.from_dict(loop_config["trial"])
-    trial = TrialDir(loop_config["trial_dir"])
-    trial_dir = trial.root
-    ctx = rt.get_context()
-    rank = ctx.get_world_rank()
-    if cfg.num_threads == 0:  # share the CPUs Ray gave this worker, not the whole node
-        import torch
-
-        torch.set_num_threads(max(1, int(loop_config.get("cpus_per_worker", 1))))
-    resume_from = None
-    ray_ckpt = rt.get_checkpoint()
-    if ray_ckpt is not None and not trial.checkpoint.exists():
-        resume_from = Path(ray_ckpt.path) / trial.checkpoint.name  # storage without our trial dir on it
-    if rank == 0:
-        _log_start(trial_dir, "train_start")
-
-    def on_epoch_end(epoch: int, metrics: dict, ckpt_path: Path) -> None:
-        metrics = {k.replace("/", "_"): v for k, v in metrics.items()}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                shutil.copy2(ckpt_path, Path(tmp) / trial.checkpoint.name)
-                rt.report(metrics, checkpoint=rt.Checkpoint.from_directory(tmp))
-        else:
-            rt.report(metrics)
-
-    run_trial(cfg, trial_dir, resume_from=resume_from, on_epoch_end=on_epoch_end)
+    return TrialDir(Path(tune.get_context().get_trial_dir()) / "trial")  # a user's own Tune script
 
 
 def run_one(config: dict) -> None:
-    """The Tune function trainable: one trial = one Ray Train run."""
+    """The Tune function trainable: one trial, its ranks started by :func:`cluster.ranks.run_ranks`."""
     import ray.tune as tune
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .ranks import run_ranks, warm_up
 
     cfg = TrialConfig.from_dict(config["trial"])
-    run_dir = RunDir(config["run_dir"])
-    name = trial_dirname(cfg)
-    trial_dir = run_dir.trial(name).root
-    record = read_result(trial_dir)
+    trial = _trial_dir(config, cfg)
+    record = read_result(trial.root)
+    last: dict = {}  # the last epoch's metrics, repeated in the final result (see below)
+    restarts = [0]  # rank restarts so far, reported with every epoch after the first one
     if record is None:
-        res = config.get("resources", {})
-        workers = int(res.get("workers", 1))
-        use_gpu = float(res.get("gpus_per_worker", 0)) > 0
-        cpus = float(res.get("cpus_per_worker", 1))
-        per_worker = {"CPU": cpus}
-        if use_gpu:
-            per_worker["GPU"] = float(res["gpus_per_worker"])
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"trial": cfg.to_dict(), "trial_dir": str(trial_dir), "cpus_per_worker": cpus},
-            scaling_config=ScalingConfig(
-                num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker
-            ),
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            run_config=RunConfig(
-                name=name,
-                storage_path=str(run_dir.root / "train"),
-                callbacks=[TuneReportCallback()],
-                failure_config=FailureConfig(max_failures=int(config.get("worker_retries", 2))),
-            ),
+        warm_up()
+        res = {**RESOURCES, **(config.get("resources") or {})}
+        ck = tune.get_checkpoint()  # Tune's copy, for storage where the trial dir was lost
+        if ck is not None and not trial.checkpoint.exists():
+            with ck.as_directory() as d:
+                if (Path(d) / trial.checkpoint.name).exists():
+                    trial.root.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(Path(d) / trial.checkpoint.name, trial.checkpoint)
+
+        def on_epoch(epoch: int, metrics: dict, ckpt: Path, ack) -> None:
+            if restarts[0]:
+                metrics = {**metrics, "ranks_restarted": restarts[0]}
+            last.clear()
+            last.update(metrics)
+            tmp = tempfile.mkdtemp(prefix="ur-ckpt-")
+            try:
+                shutil.copy2(ckpt, Path(tmp) / trial.checkpoint.name)
+            finally:
+                ack()  # rank 0 goes on with the next epoch while Tune takes the copy
+            try:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+        cpus = float(res["cpus_per_worker"])
+        run_ranks(
+            cfg.to_dict(),
+            trial.root,
+            workers=int(res["workers"]),
+            threads=0 if cfg.num_threads else max(1, int(cpus)),  # share the CPUs the trial holds
+            use_gpu=float(res["gpus_per_worker"]) > 0,
+            retries=int(config.get("worker_retries", 2)),
+            on_epoch=on_epoch,
+            verbose=os.environ.get(VERBOSE_ENV) == "1",
+            on_restart=lambda what, n: restarts.__setitem__(0, n),
         )
-        trainer.fit()  # raises (and Tune retries the trial) if the workers failed for good
-        record = read_result(trial_dir)
+        record = read_result(trial.root)
         if record is None:
-            raise RuntimeError(f"trial {name} ended without writing {run_dir.trial(name).result}")
-    tune.report(final_metrics(record))
+            raise RuntimeError(f"trial {trial.name} ended without writing {trial.result}")
+    if not last and record["train"].get("history"):  # finished before: its last epoch from disk
+        last = tune_metrics(record["train"]["history"][-1])
+    # Tune checks every result for the scheduler's metric (a per-epoch one, e.g. ASHA on a validation
+    # accuracy): the final result carries the last epoch's metrics along with the final evaluation
+    tune.report({**last, **final_metrics(record)})
 
 
 def _bound(defense: str):
@@ -151,10 +160,17 @@ TRAINABLES = {f"{TRAINABLE_PREFIX}{d}": _bound(d) for d in DEFENSES}
 TRAINABLES[GENERIC] = run_one
 
 
+def with_resources(fn):
+    """``fn`` with its resource request read from each trial's ``config["resources"]``."""
+    from ray import tune
+
+    return tune.with_resources(fn, trial_resources)
+
+
 def register_all() -> list[str]:
-    """Register ``ur_standard`` ... ``ur_at_entm`` and ``ur_trial`` with Tune; returns the names."""
+    """Register ``ur_standard`` ... ``ur_trades`` and ``ur_trial`` with Tune; returns the names."""
     from ray import tune
 
     for name, fn in TRAINABLES.items():
-        tune.register_trainable(name, fn)
+        tune.register_trainable(name, with_resources(fn))
     return sorted(TRAINABLES)

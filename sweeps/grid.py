@@ -43,7 +43,7 @@ Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` f
                                       # metric: what ASHA maximises, val/robust_acc or val/clean_acc
                                       # (anything else is refused: never select on the test split)
     slurm: {nodes: 1, time_min: 240, cpus_per_node: null, gpus_per_node: 0, mem_gb: null,
-            account: null, qos: null, constraint: null, extra: []}
+            account: null, qos: null, constraint: null, extra: [], max_requeues: 100}
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ SLURM = {
     "qos": None,
     "constraint": None,
     "extra": [],
+    "max_requeues": 100,  # time-outs after which the job stops requeuing itself (submitit's default: 3)
 }
 TOP_KEYS = (
     set(TOP_FIELDS) | set(SECTIONS) | set(AXES) | {"name", "description", "resources", "search", "slurm"}
@@ -301,6 +302,7 @@ def _check_resources(res: dict, search: dict, slurm: dict) -> None:
     for k in ("cpus_per_node", "mem_gb"):
         if slurm[k] is not None:
             _pos(f"slurm.{k}", slurm[k], integer=True, hi=100000)
+    _pos("slurm.max_requeues", slurm["max_requeues"], integer=True, allow_zero=True, hi=100000)
     if not isinstance(slurm["extra"], list):
         raise GridError("slurm.extra", "expected a list of sbatch options, e.g. ['--exclusive']")
 

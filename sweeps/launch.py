@@ -12,7 +12,6 @@ trials continue from their last checkpoint. Bad input exits 2 with one line.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import shutil
@@ -74,8 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, help="local: CPUs Ray may use (default: all)")
     p.add_argument("--no-aggregate", action="store_true", help="skip the aggregation step at the end")
     p.add_argument("--status", metavar="NAME", help="print the state of run NAME and exit")
-    p.add_argument("-q", "--quiet", action="store_true", help="no Tune progress table")
+    p.add_argument(
+        "--max-requeues",
+        type=int,
+        help="SLURM: time-outs after which the job stops requeuing itself (default: the grid's "
+        "slurm.max_requeues, 100)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the final summary (and errors)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print everything: Ray's and Tune's output, every trial's and rank's log lines",
+    )
     return p
+
+
+def verbosity(args) -> int:
+    """0 with -q, 2 with -v, else 1 (see cluster/console.py)."""
+    if args.quiet and args.verbose:
+        raise LaunchError("-q/--quiet and -v/--verbose: choose one")
+    return 0 if args.quiet else 2 if args.verbose else 1
 
 
 # ------------------------------------------------------------------------------ plan & dry run
@@ -162,6 +180,9 @@ def print_status(run_dir: Path) -> int:
             f"last driver exit: {st['trials']} trials, {st['errors']} errored"
             + "".join(f"\n  error: {m}" for m in st.get("error_messages", []))
         )
+        for line in st.get("lines", [])[1:]:  # the per-trial summary (its errors are above)
+            if not line.startswith("  error: "):
+                print(f"  {line}")
     job = read_json(rd.slurm_job)
     if job is not None:
         from cluster.slurm import job_state
@@ -177,6 +198,7 @@ def print_status(run_dir: Path) -> int:
 @exit_on_user_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    verbosity(args)  # -q with -v: one line, exit 2
     storage = Path(args.storage)
     if args.status:
         return print_status(storage / args.status)
@@ -253,22 +275,30 @@ def _check_local(grid: Grid, args) -> None:
 
 
 def run_local(run_dir: Path, args) -> int:
+    import ray
+
+    from cluster import console
     from cluster.driver import DriverLock, init_ray, run_sweep
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    v = verbosity(args)
+    rd = RunDir(run_dir)
+    tag = console.new_tag()
     t0 = time.time()
     with DriverLock(run_dir):
-        init_ray(num_cpus=args.num_cpus or os.cpu_count())
-        print(
-            f"run directory: {run_dir}\nTensorBoard:   tensorboard --logdir {run_dir} --host 127.0.0.1",
-            flush=True,
-        )
-        summary = run_sweep(run_dir, verbose=0 if args.quiet else 1)
-    print(
-        f"sweep finished in {time.time() - t0:.1f} s: {summary['trials']} trials, {summary['errors']} errored"
-    )
-    for m in summary["error_messages"]:
-        print(f"  error: {m}")
+        console.setup_logging(rd, tag, v)
+        if v >= 1:
+            for line in console.header(rd, tag):
+                console.out(line)
+        init_ray(num_cpus=args.num_cpus or os.cpu_count(), verbosity=v)
+        logs = console.link_ray_logs(rd, tag)
+        try:
+            summary = run_sweep(run_dir, verbosity=v)
+        finally:
+            ray.shutdown()
+            console.keep_ray_logs(rd, tag, logs)
+    for line in summary["lines"]:
+        console.out(line)
+    console.out(f"total {time.time() - t0:.1f} s with Ray's start and stop; logs in {rd.logs}")
     if not args.no_aggregate:
         aggregate(run_dir)
     return 1 if summary["errors"] else 0

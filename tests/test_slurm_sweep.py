@@ -380,6 +380,32 @@ def test_bad_input_exits_2_and_submits_nothing(slurm_cluster, tmp_path):
     assert "\n" not in str(ei.value) and "timed out" in str(ei.value), str(ei.value)
 
 
+def test_max_requeues_and_signal_time_reach_submitit(tmp_path):
+    """``slurm.max_requeues`` (grid) / ``--max-requeues`` (CLI) become submitit's
+    ``slurm_max_num_timeout`` (default 100, not submitit's 3), and short time limits get their
+    requeue signal early enough to make progress and late enough to requeue. No cluster needed."""
+    from cluster.slurm import SlurmError, executor_for, signal_delay_s, slurm_options
+    from sweeps import launch
+    from sweeps.grid import GridError, load_grid, parse_grid
+
+    grid = load_grid(TINY)
+    parser = launch.build_parser()
+    opts = slurm_options(grid, parser.parse_args(["--time", "1"]))
+    ex = executor_for(tmp_path / "run", opts)._executor
+    assert opts["max_requeues"] == 100 and ex.max_num_timeout == 100
+    assert ex.parameters["signal_delay_s"] == 15  # a quarter of the 1-minute limit: sbatch --signal=USR2@15
+    opts = slurm_options(grid, parser.parse_args(["--max-requeues", "7"]))
+    assert executor_for(tmp_path / "run", opts)._executor.max_num_timeout == 7
+    g = parse_grid(TINY.read_text().replace("slurm: {", "slurm: {max_requeues: 5, "))
+    assert slurm_options(g, parser.parse_args([]))["max_requeues"] == 5
+    with pytest.raises(SlurmError, match="--max-requeues"):
+        slurm_options(grid, parser.parse_args(["--max-requeues", "-1"]))
+    with pytest.raises(GridError) as e:
+        parse_grid(TINY.read_text().replace("slurm: {", "slurm: {max_requeues: -2, "))
+    assert e.value.key == "slurm.max_requeues"
+    assert [signal_delay_s(m) for m in (1, 2, 6, 240)] == [15, 30, 90, 90]
+
+
 # ------------------------------------------------------------------------------------ 5. a job that fails for good
 def _mnist_root(root: Path) -> Path:
     """torchvision's MNIST layout (raw idx files), 1000 train + 200 test digits from the embedded set."""
@@ -600,6 +626,11 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
     assert any("Bypassing signal SIGTERM" in t for t in logs), (
         "the Ray head did not leave SIGTERM to submitit"
     )
+    # and Ray's own processes (GCS, raylet: children of the head task, signalled by the step too) did not
+    # die of b's SIGTERM before its USR2 (cluster.slurm.shielded_children); CI once saw the driver lose
+    # its GCS and the job end FAILED instead of requeued
+    assert not any("Failed to connect to GCS" in t for t in logs), "the head's Ray died of the step's SIGTERM"
+    assert "FAILED" not in _sacct_history(job_id), _sacct_history(job_id)
 
     for it in interruptions:
         # no finished trial trained again
@@ -639,3 +670,87 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
     assert "COMPLETED" in _job_line(r.stdout, job_id), (
         f"no COMPLETED SLURM job state in --status:\n{r.stdout}"
     )
+
+
+# ------------------------------------------------------------------------ 6. a 1-minute time limit, requeued > 3 times
+@_hard_timeout(540)
+def test_one_minute_time_limit_requeues_more_than_3_times_and_finishes(slurm_cluster, tmp_path, cancel_jobs):
+    """A sweep whose job has a 1-minute time limit keeps requeuing itself past submitit's default of
+    3 time-outs (``slurm.max_requeues``, default 100) and finishes, resuming from its checkpoints.
+
+    With a limit under ~50 min submitit counts every requeue signal (USR2) as a time-out. SLURM sends
+    it on its own 30-s cycle (here anywhere 15-45 s into each run, ``cluster.slurm.signal_delay_s``),
+    so to make "more than 3" certain without minutes of training the test also sends that same signal
+    (``scancel --signal USR2``, what SLURM sends before a time limit) to each of the first 4 runs that
+    SLURM has not signalled yet, once the run has trained 2 epochs. Both kinds use up the budget
+    alike; with submitit's default the 4th would end the job ("timed-out too many times")."""
+    epochs = 9
+    grid = _grid(
+        tmp_path,
+        "timelimit",
+        defenses=["at"],
+        train_eps=[0.2],
+        epochs=epochs,
+        n_train=2000,
+        resources={"workers": 1, "cpus_per_worker": 1},
+    )
+    sw = Sweep(
+        tmp_path,
+        grid,
+        "timelimit",
+        "--time",
+        "1",
+        "--cpus-per-node",
+        "1",
+        "--no-aggregate",
+        register=cancel_jobs,
+    )
+    trial = _trial_dirs(sw.run_dir)[0]
+
+    def requeues() -> int:
+        return sum(e["event"] == "checkpoint_requeue" for e in _events(sw.run_dir))
+
+    forced, epoch = 0, 0
+    for k in range(4):
+        sw.wait_running(k)
+
+        def progressed_or_signalled(k=k, target=epoch + 2):
+            return requeues() > k or sw.restarts() > k or _ckpt_epoch(trial) >= target
+
+        sw._wait_for(progressed_or_signalled, 120, f"run {k} to train 2 epochs", poll=0.2)
+        epoch = _ckpt_epoch(trial)
+        by_slurm = requeues() > k or sw.restarts() > k
+        if not by_slurm:
+            r = _run(["scancel", "--signal", "USR2", sw.job_id])
+            assert r.returncode == 0, r.stderr
+            forced += 1
+        print(
+            f"[{time.strftime('%H:%M:%S')}] run {k}: checkpoint epoch {epoch}; requeue signal sent by "
+            f"{'SLURM' if by_slurm else 'the test'}"
+        )
+        sw._wait_for(lambda k=k: requeues() > k, 60, f"run {k} to requeue itself", poll=0.3)
+    deadline = time.time() + 300
+    while sw.proc.poll() is None and time.time() < deadline:  # later runs: SLURM's own signal only
+        state, reason, _ = _squeue(sw.job_id)
+        if state == "PENDING" and reason == "BeginTime":
+            _run(["scontrol", "update", f"JobId={sw.job_id}", "StartTime=now"])
+        time.sleep(1)
+    rc = sw.finish(timeout=10)
+    events = _events(sw.run_dir)
+    logs = "".join(
+        f.read_text(errors="replace") for f in (sw.run_dir / "slurm" / sw.job_id).glob(f"{sw.job_id}_0_log.*")
+    )
+    print(
+        f"\n1-minute job {sw.job_id}: wall {sw.wall:.0f} s, {requeues()} requeues ({forced} signalled by "
+        f"the test), launch.py exit {rc}"
+    )
+    print(_sacct_history(sw.job_id))
+    assert rc == 0, sw.log()[-3000:]
+    assert "timed-out too many times" not in logs
+    assert requeues() > 3 and max(e["restart"] for e in events if e["event"] == "task_start") > 3, events
+    assert logs.count("this job is timed-out") >= requeues() > 3, "submitit did not count time-outs"
+    hist = json.loads((trial / "result.json").read_text())["train"]["history"]
+    assert [h["epoch"] for h in hist] == list(range(1, epochs + 1))
+    assert len(_starts(trial)) >= 4, "the trial did not resume in the later runs"
+    assert not (sw.run_dir / "FAILED").exists()
+    assert "COMPLETED" in _sacct_history(sw.job_id).splitlines()[-1]

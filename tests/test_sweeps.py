@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,21 @@ def ckpt_epoch(d: Path) -> int:
         return int(torch.load(p, weights_only=True)["epoch"]) if p.exists() else 0
     except Exception:  # being replaced right now
         return 0
+
+
+def ranks_of(run: Path) -> list:
+    """PIDs of the DDP rank processes of ``run`` (cluster/ranks.py names them ``ur-rank<R>`` and
+    points their stdout at the trial's ``trial.log``), highest rank last."""
+    found = []
+    for pid in subprocess.run(["pgrep", "^ur-rank"], capture_output=True, text=True).stdout.split():
+        try:
+            out = os.readlink(f"/proc/{pid}/fd/1")
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if out.startswith(str(run.resolve()) + os.sep):
+            found.append((name, int(pid)))
+    return [pid for _, pid in sorted(found)]
 
 
 # ----------------------------------------------------------------------------- grid validation
@@ -121,12 +137,17 @@ def test_shipped_grids_parse_and_dry_run_lists_the_paper_grid():
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
-    """A 4-trial, 2-worker-per-trial sweep; the driver is SIGKILLed once a trial has finished,
-    a second launch of the same name is refused while the first runs, and the relaunch completes
+    """A 4-trial, 2-worker-per-trial sweep; a second launch of the same name is refused while the
+    first runs, the driver is SIGKILLed as soon as a trial has finished, and the relaunch completes
     every trial without training a finished one again."""
+    epochs = 8  # long enough that the kill lands while trials are still training
+    grid = yaml.safe_load(TINY.read_text())
+    grid.update(epochs=epochs)
+    g = tmp_path / "tiny8.yaml"
+    g.write_text(yaml.safe_dump(grid))
     args = launch_cmd(
         "--grid",
-        str(TINY),
+        str(g),
         "--cluster",
         "local",
         "--num-cpus",
@@ -143,21 +164,28 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
     first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
     try:
         deadline = time.time() + 400
-        while time.time() < deadline:
-            if (run / "plan.json").exists() and any((d / "result.json").exists() for d in trial_dirs(run)):
-                break
+        while not ((run / "plan.json").exists() and any(ckpt_epoch(d) for d in trial_dirs(run))):
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(1)
-        else:
-            pytest.fail("no trial finished in time")
+            assert time.time() < deadline, "no trial started training in time"
+            time.sleep(0.2)
         second = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=120)
         assert second.returncode == 2 and "already being driven" in second.stderr, second.stderr
+        while not any((d / "result.json").exists() for d in trial_dirs(run)):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "no trial finished in time"
+            time.sleep(0.2)
         finished_before = {d.name for d in trial_dirs(run) if (d / "result.json").exists()}
         os.kill(first.pid, signal.SIGKILL)  # the driver only: Ray's processes follow it down
         first.wait(30)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+    # Ray's actors notice that the driver (and with it their raylet) is gone within seconds; their
+    # ranks follow within a second (cluster/ranks.py), so none writes into a trial behind the relaunch
+    deadline = time.time() + 30
+    while ranks_of(run) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not ranks_of(run), "DDP ranks of the killed driver are still running 30 s later"
     starts_before = {d.name: starts(d) for d in trial_dirs(run)}
     assert len(finished_before) < 4, "the kill came too late to interrupt anything"
 
@@ -166,7 +194,7 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
     assert "restoring experiment" in r.stdout + r.stderr
     for d in trial_dirs(run):
         rec = json.loads((d / "result.json").read_text())
-        assert rec["train"]["epochs"] == 3 and len(rec["train"]["history"]) == 3
+        assert rec["train"]["epochs"] == epochs and len(rec["train"]["history"]) == epochs
         if d.name in finished_before:
             assert starts(d) == starts_before[d.name] == 1, (
                 f"{d.name} finished before the kill but trained again"
@@ -178,6 +206,9 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
+    """A 2-rank trial whose rank 1 is SIGKILLed mid-training restarts both ranks from its last
+    checkpoint and finishes; the default console says where the logs are, prints one line per epoch
+    (rank 0 only; the restart is noted on it) and nothing of Ray's or the ranks' own output."""
     grid = yaml.safe_load(TINY.read_text())
     grid.update(defenses=["at"], epochs=8, n_train=2000, adversarial={"pgd_steps": 5, "eps_step": 0.05})
     g = tmp_path / "one.yaml"
@@ -193,7 +224,6 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
         str(tmp_path),
         "--name",
         "w",
-        "-q",
         "--no-aggregate",
     )
     out = open(tmp_path / "out.log", "w")
@@ -210,11 +240,9 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
         else:
             pytest.fail("training never reached epoch 2")
         epoch_at_kill = ckpt_epoch(dirs[0])
-        workers = subprocess.run(
-            ["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True
-        ).stdout.split()
-        assert workers, "no Ray Train worker process found"
-        os.kill(int(workers[-1]), signal.SIGKILL)
+        workers = ranks_of(run)
+        assert workers, "no DDP rank process (ur-rank*) of this run found"
+        os.kill(workers[-1], signal.SIGKILL)
         assert proc.wait(400) == 0, (tmp_path / "out.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
@@ -223,8 +251,150 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
     rec = json.loads((d / "result.json").read_text())
     assert len(rec["train"]["history"]) == 8  # no epoch lost or duplicated in the record
     assert starts(d) == 2, "the worker group should have been restarted exactly once"
-    text = (tmp_path / "out.log").read_text()
+    text = (d / "trial.log").read_text()  # every rank's log lines
     resumed = [
         int(line.rsplit("from epoch", 1)[1].split()[0]) for line in text.splitlines() if "from epoch" in line
     ]
     assert resumed and resumed[0] >= epoch_at_kill, (resumed, epoch_at_kill)
+
+    # the console (stdout + stderr of launch.py at the default verbosity)
+    lines = (tmp_path / "out.log").read_text().splitlines()
+    assert lines[0].startswith("run directory: ") and lines[1].startswith("logs: "), lines[:3]
+    assert str((run / "logs").resolve()) in lines[1] and "trial.log" in lines[1], lines[1]
+    assert list((run / "logs").glob("driver.*.log")) and list((run / "logs").glob("ray.*")), "no log files"
+    epoch_lines = [ln for ln in lines if re.match(r"\d\d:\d\d:\d\d \S+  epoch \d+/8  ", ln)]
+    epochs = [int(re.search(r"epoch (\d+)/8", ln).group(1)) for ln in epoch_lines]
+    assert 8 in epochs and len(epochs) == len(set(epochs)), epochs  # once per epoch: rank 0 alone
+    assert any("ranks restarted 1x" in ln for ln in epoch_lines), epoch_lines
+    assert sum(" done: clean " in ln for ln in lines) == 1, lines
+    assert any(ln.startswith("sweep finished in") for ln in lines), lines
+    noise = [ln for ln in lines if "rank1" in ln or "(pid=" in ln or " INFO " in ln or "WARNING" in ln]
+    assert not noise, noise
+
+
+# ----------------------------------------------------------------------------- a user's own Tune script
+USER_SCRIPT = r"""
+import json, sys
+import ray
+from ray import tune
+from cluster.trainables import register_all
+
+if __name__ == "__main__":
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    register_all()
+    tiny = {"dataset": "mnist_embedded", "width": 0.25, "epochs": 2, "n_train": 400, "batch_size": 100,
+            "test_eps": [0.0, 0.1], "attacks": [{"name": "fgsm"}], "n_eval": 32, "jacobian_points": 8}
+    tuner = tune.Tuner(
+        "ur_entm",  # by name, as registered
+        param_space={"trial": {**tiny, "lam": tune.grid_search([0.1, 0.5])}, "resources": {"workers": 1}},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=sys.argv[1], name="mine", verbose=0),
+    )
+    grid = tuner.fit()
+    best = grid.get_best_result(metric="worst_mean", mode="max")  # a final-evaluation metric
+    print("BEST", best.config["trial"]["lam"], best.metrics["worst_mean"])
+    out = []
+    for r in grid:
+        df = r.metrics_dataframe
+        out.append({"error": str(r.error) if r.error else None, "lam": r.config["trial"]["lam"],
+                    "path": r.path, "metrics": {k: v for k, v in r.metrics.items() if isinstance(v, (int, float))},
+                    "epochs_reported": [int(e) for e, d in zip(df["epoch"], df["done"]) if not d],
+                    "checkpoint": r.checkpoint is not None})
+    print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_users_own_tune_script_runs_a_defense_trainable_by_name(tmp_path):
+    """``ur_entm`` registered by ``register_all()`` runs in a plain Tune script: each trial trains
+    (real embedded MNIST digits), reports per-epoch metrics and checkpoints, and writes its trial
+    files under its Tune trial directory."""
+    script = tmp_path / "mine.py"
+    script.write_text(USER_SCRIPT)
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "tune")],
+        capture_output=True,
+        text=True,
+        env={**ENV, "OMP_NUM_THREADS": "1"},
+        timeout=280,
+        cwd=tmp_path,
+    )
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert r.returncode == 0 and line, r.stdout[-2000:] + r.stderr[-3000:]
+    results = json.loads(line[len("RESULT ") :])
+    assert sorted(x["lam"] for x in results) == [0.1, 0.5]
+    for x in results:
+        assert x["error"] is None, x["error"]
+        assert x["epochs_reported"] == [1, 2], x  # one Tune result per epoch (rank 0 only)
+        assert x["checkpoint"], "no checkpoint reported to Tune"
+        assert 0 <= x["metrics"]["worst_mean"] <= x["metrics"]["clean_acc"] <= 1, x["metrics"]
+        # the final result repeats the last epoch's metrics (a per-epoch scheduler metric is in every result)
+        assert x["metrics"]["epoch"] == 2 and "train_loss" in x["metrics"], x["metrics"]
+        rec = json.loads((Path(x["path"]) / "trial" / "result.json").read_text())
+        assert rec["config"]["defense"] == "entm" and rec["config"]["lam"] == x["lam"]
+        assert len(rec["train"]["history"]) == 2
+
+
+# ----------------------------------------------------------------------------- Ray and the step's SIGTERM
+SHIELD_SCRIPT = r"""
+import os, signal, subprocess, sys, time
+import ray
+from cluster.slurm import shielded_children
+
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+if __name__ == "__main__":
+    shield = sys.argv[1] == "shield"
+    if shield:
+        with shielded_children():
+            ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+
+    @ray.remote
+    def pid():
+        return os.getpid()
+
+    worker = ray.get(pid.remote())  # a worker process started by the raylet after ray.init
+    kids = [int(p) for p in subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True,
+                                           text=True).stdout.split()]
+    procs = {p: open(f"/proc/{p}/comm").read().strip() for p in kids + [worker]}
+    for p in procs:  # what slurmstepd does to every process of the step on `scancel --signal ...`
+        os.kill(p, signal.SIGTERM)
+        os.kill(p, signal.SIGUSR2)
+    time.sleep(4)
+    dead = sorted(n for p, n in procs.items() if not alive(p))
+    print("DEAD", ",".join(dead) or "-", "OF", ",".join(sorted(procs.values())), flush=True)
+    if shield and not dead:
+        print("CALL", ray.get(pid.remote(), timeout=60) > 0, flush=True)
+    os._exit(0)  # an unshielded driver would wait 60 s for its dead GCS
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ray_of_the_slurm_head_survives_the_steps_sigterm(tmp_path):
+    """On ``scancel --signal TERM`` (submitit's ``_interrupt()``, preemption with a grace time) SLURM
+    signals every process of the step. The head's Ray, started under ``shielded_children()``
+    (cluster/slurm.py), must keep running so the USR2 that follows can requeue the job; without it
+    the GCS and raylet shut down (seen in CI: the job ended FAILED instead of requeued)."""
+    script = tmp_path / "shield.py"
+    script.write_text(SHIELD_SCRIPT)
+    out = {}
+    for mode in ("shield", "bare"):
+        r = subprocess.run(
+            [sys.executable, str(script), mode], capture_output=True, text=True, env=ENV, timeout=150
+        )
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("DEAD ")), None)
+        assert line, (mode, r.stdout[-2000:], r.stderr[-2000:])
+        out[mode] = (line, r.stdout)
+    line, stdout = out["shield"]
+    assert line.startswith("DEAD - OF") and "gcs_server" in line and "raylet" in line, line
+    assert "CALL True" in stdout, stdout
+    # the control: the same signals without the shield take Ray's own processes down
+    assert "gcs_server" in out["bare"][0].split(" OF ")[0], out["bare"][0]

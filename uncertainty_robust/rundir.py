@@ -16,7 +16,8 @@ is written once (after submitit's ``JobPaths``). A run directory on shared stora
     RUN/ray_done.<tag>       the head is done: workers stop        (the SLURM job)
     RUN/ray_worker_failed.<tag>  a worker could not join           (the SLURM job)
     RUN/.ray_auth_token.<tag>    Ray's token for the workers, 0600  (the SLURM job)
-    RUN/logs/                Ray's and the workers' full logs      (the driver)
+    RUN/logs/driver.<tag>.log    the driver's log: ours, Ray's, Tune's  (the driver; tag = time or jobid.restart)
+    RUN/logs/ray.<tag>/      Ray's session logs, every Ray process  (the driver: linked, copied at the end)
     RUN/tune/                the Tune experiment (restored after a requeue)
     RUN/trials/<trial>/      one trial (:class:`TrialDir`)
     RUN/aggregate/           tables, TensorBoard, audit            (the aggregation)
@@ -115,6 +116,12 @@ class RunDir(_Dir):
 
     def ray_done(self, tag: str) -> Path:
         return self.root / f"ray_done.{tag}"
+
+    def driver_log(self, tag: str) -> Path:
+        return self.logs / f"driver.{tag}.log"
+
+    def ray_logs(self, tag: str) -> Path:
+        return self.logs / f"ray.{tag}"
 
     def ray_worker_failed(self, tag: str) -> Path:
         return self.root / f"ray_worker_failed.{tag}"
