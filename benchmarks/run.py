@@ -19,7 +19,8 @@ Items (names for ``--only``), one module each:
   attacks   1. benchmarks/attacks_vs_torchattacks.py
   at        2. benchmarks/at_epoch.py
   jacobian  3. benchmarks/jacobian_cost.py
-  sweep     4. benchmarks/sweep_overhead.py (a sweep through launch.py vs a plain loop)
+  sweep     4. benchmarks/sweep_overhead.py (a sweep through launch.py vs a plain loop; its own
+               command line and results file, benchmarks/results/sweep.md)
   ddp       5. benchmarks/ddp_scaling.py
   suite     6. benchmarks/suite_early_exit.py
 An item module has ``NAME``, ``TITLE``, ``run(ctx) -> dict`` (the result, JSON-able; ``ctx.args``
@@ -84,7 +85,17 @@ class Context:
 
 
 # ------------------------------------------------------------------------------------- report
+def standalone(mod) -> bool:
+    """An item with its own command line and results file (``sweep_overhead``: sweep.md), not rendered here."""
+    return mod is not None and not hasattr(mod, "rows")
+
+
 def _item_line(name: str, rec: dict, mod) -> str:
+    if standalone(mod):
+        return (
+            f"- `{name}`: measured by `python {module_path(name)}` (Ray, SLURM, fresh clones), which writes "
+            f"its own `benchmarks/results/{name}.md`"
+        )
     if mod is None:
         return (
             f"- `{name}`: not shown: its module `{module_path(name)}` is not in this checkout; its "
@@ -100,11 +111,11 @@ def render_md(R: dict) -> str:
     """bench.md from the merged results: the header, the table of ratios, one section per item."""
     items, table, sections = [], [], []
     for name in ITEMS:
-        if name not in R:
-            continue
         mod = item_module(name)
-        items.append(_item_line(name, R[name], mod))
-        if mod is not None and "result" in R[name]:
+        if name not in R and not standalone(mod):
+            continue
+        items.append(_item_line(name, R.get(name, {}), mod))
+        if mod is not None and not standalone(mod) and "result" in R[name]:
             table += [row(*r) for r in mod.rows(R[name])]
             sections.append(mod.section(R[name]))
     head = fill("bench", items=lines(items), rows=lines(table))
@@ -120,8 +131,12 @@ def run_item(name: str, ctx: Context, mach: dict) -> dict:
     """One item, its failure kept to itself (one failing item must not lose the others)."""
     log(f"=== {name}")
     t0 = time.time()
+    mod = item_module(name)
+    if standalone(mod):
+        log(f"{name}: run `python {module_path(name)}` (it writes benchmarks/results/{name}.md)")
+        return {"error": "standalone item", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
-        res, err = item_module(name).run(ctx), None
+        res, err = mod.run(ctx), None
     except Exception as e:
         traceback.print_exc()
         res, err = None, f"{type(e).__name__}: {e}"
