@@ -476,25 +476,7 @@ def reference(
     n_pts = len(points)
     pieces = pieces_of(specs)
     total = Cost()
-    checks: list = []
-    # pyautoattack's model checks, once, on the clean evaluation points (they do not depend on eps)
-    if n_pts:
-        msgs: list = []
-        chk_cost = Cost()
-        xs, ys = x[points[:batch_size]], y[points[:batch_size]]
-        with _session(model, device) as log:
-            from pyautoattack import checks as aa_checks
-
-            counted, lg = Counted(model, chk_cost), logging.getLogger(LOGGER)
-            if all(v != "rand" for v, *_ in pieces):
-                aa_checks.check_randomized(counted, xs, ys, bs=len(xs), logger=lg)
-            n_cls = aa_checks.check_range_output(counted, xs, logger=lg)
-            aa_checks.check_dynamic(counted, xs, False, logger=lg)
-            targets = max(1, min(9, n_cls - 1))
-            aa_checks.check_n_classes(n_cls, [p[1] for p in pieces], targets, targets, logger=lg)
-            msgs.extend(log)
-        total.add(chk_cost)
-        checks += [{"flag": check_flag(m), "message": m, "where": "model checks"} for m in msgs]
+    checks = _model_checks(model, x, y, points, pieces, batch_size, device, total) if n_pts else []
     fp = model_fingerprint(model)
     robust_out, robust_after, results, per_eps = {}, {}, [], []
     for eps in eps_list:
@@ -513,31 +495,8 @@ def reference(
                 "points": points.tolist(),
             }
             path = state(piece_name(eps, order, label)) if state is not None else None
-            st = _load_piece(path, key)
-            todo = [i for i in robust.nonzero().squeeze(1).tolist() if i not in st["attacked_set"]]
-            for c in range(0, len(todo), batch_size):
-                chunk = todo[c : c + batch_size]
-                idx = torch.tensor(chunk, device=x.device)
-                cost, msgs = Cost(), []
-                _, after = run_plan(
-                    model,
-                    x[idx],
-                    y[idx],
-                    eps,
-                    version,
-                    [(name, steps, restarts)],
-                    _chunk_seed(seed, eps, label, chunk[0]),
-                    cost,
-                    msgs,
-                )
-                st["attacked"] += chunk
-                st["attacked_set"].update(chunk)
-                st["broken"] += [i for i, ok in zip(chunk, after[-1].tolist()) if not ok]
-                st["cost"].add(cost)
-                st["messages"] += [m for m in msgs if m not in st["messages"]]
-                _save_piece(path, key, st)
-                if interrupt is not None:
-                    interrupt(eps, label)
+            st = _run_piece(model, x, y, eps, (version, name, steps, restarts, label), robust, seed, batch_size,
+                            path, key, interrupt)  # fmt: skip
             broken = torch.zeros_like(robust)
             if st["broken"]:
                 broken[torch.tensor(st["broken"], device=x.device)] = True
@@ -568,20 +527,7 @@ def reference(
                 {"flag": check_flag(m), "message": m, "where": f"{label} at eps {eps:g}"}
                 for m in st["messages"]
             ]
-        if "square" in acc_dict and len(acc_dict) > 2:  # Square after other attacks (their check_square_sr)
-            from pyautoattack import checks as aa_checks
-
-            d = dict(acc_dict)  # cumulative robust accuracy after each attack, as in run_standard_evaluation
-            cap = _Capture()
-            lg = logging.getLogger(LOGGER)
-            lg.addHandler(cap)
-            prop, lg.propagate = lg.propagate, False
-            try:
-                aa_checks.check_square_sr(d, logger=lg)
-            finally:
-                lg.removeHandler(cap)
-                lg.propagate = prop
-            checks += [{"flag": check_flag(m), "message": m, "where": f"eps {eps:g}"} for m in cap.messages]
+        checks += _square_checks(acc_dict, eps)
         robust_out[eps] = robust | ~_in(points, len(x), x.device)
         per_eps.append(
             {
@@ -603,6 +549,77 @@ def reference(
         "_robust": robust_out,
         "_robust_after": robust_after,
     }
+
+
+def _model_checks(model, x, y, points, pieces, batch_size: int, device, total: Cost) -> list:
+    """pyautoattack's model checks, once, on the clean evaluation points (they do not depend on eps)."""
+    msgs: list = []
+    chk_cost = Cost()
+    xs, ys = x[points[:batch_size]], y[points[:batch_size]]
+    with _session(model, device) as log:
+        from pyautoattack import checks as aa_checks
+
+        counted, lg = Counted(model, chk_cost), logging.getLogger(LOGGER)
+        if all(v != "rand" for v, *_ in pieces):
+            aa_checks.check_randomized(counted, xs, ys, bs=len(xs), logger=lg)
+        n_cls = aa_checks.check_range_output(counted, xs, logger=lg)
+        aa_checks.check_dynamic(counted, xs, False, logger=lg)
+        targets = max(1, min(9, n_cls - 1))
+        aa_checks.check_n_classes(n_cls, [p[1] for p in pieces], targets, targets, logger=lg)
+        msgs.extend(log)
+    total.add(chk_cost)
+    return [{"flag": check_flag(m), "message": m, "where": "model checks"} for m in msgs]
+
+
+def _run_piece(model, x, y, eps, piece, robust, seed, batch_size, path, key, interrupt) -> dict:
+    """One (eps, attack) piece on the points still ``robust``, chunk by chunk, its state saved to
+    ``path`` after every chunk and resumed from it (chunks already attacked are skipped)."""
+    version, name, steps, restarts, label = piece
+    st = _load_piece(path, key)
+    todo = [i for i in robust.nonzero().squeeze(1).tolist() if i not in st["attacked_set"]]
+    for c in range(0, len(todo), batch_size):
+        chunk = todo[c : c + batch_size]
+        idx = torch.tensor(chunk, device=x.device)
+        cost, msgs = Cost(), []
+        _, after = run_plan(
+            model,
+            x[idx],
+            y[idx],
+            eps,
+            version,
+            [(name, steps, restarts)],
+            _chunk_seed(seed, eps, label, chunk[0]),
+            cost,
+            msgs,
+        )
+        st["attacked"] += chunk
+        st["attacked_set"].update(chunk)
+        st["broken"] += [i for i, ok in zip(chunk, after[-1].tolist()) if not ok]
+        st["cost"].add(cost)
+        st["messages"] += [m for m in msgs if m not in st["messages"]]
+        _save_piece(path, key, st)
+        if interrupt is not None:
+            interrupt(eps, label)
+    return st
+
+
+def _square_checks(acc_dict: dict, eps: float) -> list:
+    """pyautoattack's ``check_square_sr`` when Square ran after other attacks (cumulative robust
+    accuracy after each attack, as in ``run_standard_evaluation``)."""
+    if "square" not in acc_dict or len(acc_dict) <= 2:
+        return []
+    from pyautoattack import checks as aa_checks
+
+    cap = _Capture()
+    lg = logging.getLogger(LOGGER)
+    lg.addHandler(cap)
+    prop, lg.propagate = lg.propagate, False
+    try:
+        aa_checks.check_square_sr(dict(acc_dict), logger=lg)
+    finally:
+        lg.removeHandler(cap)
+        lg.propagate = prop
+    return [{"flag": check_flag(m), "message": m, "where": f"eps {eps:g}"} for m in cap.messages]
 
 
 def _in(points: torch.Tensor, n: int, device) -> torch.Tensor:

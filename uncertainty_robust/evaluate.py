@@ -127,8 +127,6 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
     int64 (N,)) and ``_labels``; they never go to JSON (``run_trial`` saves the masks, indices and
     labels to ``TrialDir.points``). A smaller n_eval's points are a subset of a larger one's.
     """
-    from .rundir import TrialDir
-
     device = device or next(model.parameters()).device
     accel.configure(device, training=False)  # CUDA: IEEE fp32, no cuDNN autotuning of shrinking batches
     model = accel.eval_model(model, cfg)  # eval_precision bf16: every forward under bf16 autocast
@@ -142,27 +140,61 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
         logits = torch.cat(
             [model(x[i : i + cfg.eval_batch_size]) for i in range(0, len(x), cfg.eval_batch_size)]
         )
-    probs = logits.softmax(1)
-    eps_all = cfg.eval_eps()
     suite = run_suite(
         model,
         x,
         y,
         cfg.attacks,
-        eps_all,
+        cfg.eval_eps(),
         cfg.eval_batch_size,
         per_attack=True,
         keep_examples=keep_examples,
     )
-    n = len(y)
     total = Cost()
-    attacks = []
+    attacks = attack_rows(cfg, suite, len(y), total)
+    masks = {"clean": suite.clean_correct}
+    for (label, eps), m in suite.correct.items():
+        masks[f"attack/{label}/{eps:g}"] = m
+    for eps, m in suite.worst.items():
+        masks[f"worst/{eps:g}"] = m  # our own attacks' worst case, every point (the worst@eps column)
+    pts = autoattack_points(y, cfg)
+    aa = run_autoattack(model, x, y, cfg, suite, pts, state, masks, total)
+    probe = masking_probe(model, x, y, cfg, suite, pts)
+    total.add(Cost(**probe["cost"]))
+    jp = cfg.jacobian_points
+    jac_steps = next((a.steps for a in cfg.attacks if a.name == "pgd"), 20)
+    jac = jacobian_report(model, x[:jp], y[:jp], cfg.jac_eps, jac_steps) if jp else {}
+    record = {
+        "clean_acc": float(suite.clean_correct.float().mean()),
+        "n_points": len(y),
+        "attacks": attacks,
+        "worst_case": worst_rows(cfg, suite, attacks, aa, masks, pts),
+        "autoattack": aa,
+        "jacobian": jac,
+        "entropy_mean": float(entropy(logits).mean()),
+        "ece": expected_calibration_error(logits.softmax(1), y),
+        "masking_probe": probe,
+        "precision": accel.record(cfg, device),
+        "eval_seconds": time.perf_counter() - t0,
+        "eval_cost": total.as_dict(),
+        "_masks": {k: v.detach().cpu() for k, v in masks.items()},
+        "_indices": indices,
+        "_labels": y.detach().cpu(),
+    }
+    if keep_examples:
+        record["_adv_examples"] = suite.adv_examples  # tensors; dropped before JSON
+    return record
+
+
+def attack_rows(cfg: TrialConfig, suite, n: int, total: Cost) -> list:
+    """One result row per (our attack, eps): its settings, accuracy and cost (added to ``total``)."""
+    rows = []
     for spec in cfg.attacks:
         a = spec.attack
-        for eps in spec.eps_list(eps_all):
+        for eps in spec.eps_list(cfg.eval_eps()):
             c: Cost = suite.cost[(spec.label(), eps)]
             total.add(c)
-            attacks.append(
+            rows.append(
                 {
                     "attack": spec.name,
                     "label": spec.label(),
@@ -179,84 +211,74 @@ def evaluate(model, cfg: TrialConfig, device=None, keep_examples: int = 0, state
                     **c.as_dict(),
                 }
             )
-    masks = {"clean": suite.clean_correct}
-    for (label, eps), m in suite.correct.items():
-        masks[f"attack/{label}/{eps:g}"] = m
-    worst_masks = {eps: m.clone() for eps, m in suite.worst.items()}
+    return rows
+
+
+def run_autoattack(
+    model, x, y, cfg: TrialConfig, suite, pts, state, masks: dict, total: Cost
+) -> Optional[dict]:
+    """AutoAttack at ``cfg.aa_eps()`` on the points ``pts`` our attacks left robust (resumable through
+    ``state``, a TrialDir or its path); adds its masks to ``masks`` (``autoattack/points``,
+    ``autoattack/<eps>`` = ours + AutoAttack, ``autoattack/<label>/<eps>``) and its cost to ``total``.
+    Returns the record's ``autoattack`` entry, None when it does not run."""
+    from .rundir import TrialDir
+
     aa_eps = [e for e in cfg.aa_eps() if e in suite.worst]
-    aa_record, pts = None, autoattack_points(y, cfg)
-    if aa_eps:
-        td = None if state is None else state if isinstance(state, TrialDir) else TrialDir(state)
-        aa = aa_reference(
-            model,
-            x,
-            y,
-            cfg.autoattack,
-            aa_eps,
-            suite.worst,
-            pts,
-            seed=cfg.seed,
-            batch_size=cfg.eval_batch_size,
-            state=td.eval_piece if td is not None else None,
-        )
-        total.add(aa["cost"])
-        in_pts = torch.zeros(n, dtype=torch.bool, device=y.device)
-        in_pts[pts] = True
-        masks["autoattack/points"] = in_pts
-        for eps in aa_eps:
-            worst_masks[eps] &= aa["_robust"][eps]
-            masks[f"autoattack/{eps:g}"] = aa["_robust"][eps] & in_pts & suite.worst[eps]
-        for (eps, label), m in aa["_robust_after"].items():
-            masks[f"autoattack/{label}/{eps:g}"] = m & in_pts
-        aa_record = {k: v for k, v in aa.items() if not k.startswith("_")}
-        aa_record["cost"] = aa["cost"].as_dict()
-        aa_record["points"] = (
-            "all n_eval points" if len(pts) == n else "stratified subset of the n_eval points (seed 0)"
-        )
-    worst = []
+    if not aa_eps:
+        return None
+    td = None if state is None else state if isinstance(state, TrialDir) else TrialDir(state)
+    aa = aa_reference(
+        model,
+        x,
+        y,
+        cfg.autoattack,
+        aa_eps,
+        suite.worst,
+        pts,
+        seed=cfg.seed,
+        batch_size=cfg.eval_batch_size,
+        state=td.eval_piece if td is not None else None,
+    )
+    total.add(aa["cost"])
+    in_pts = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    in_pts[pts] = True
+    masks["autoattack/points"] = in_pts
+    for eps in aa_eps:
+        masks[f"autoattack/{eps:g}"] = aa["_robust"][eps] & in_pts & suite.worst[eps]
+    for (eps, label), m in aa["_robust_after"].items():
+        masks[f"autoattack/{label}/{eps:g}"] = m & in_pts
+    rec = {k: v for k, v in aa.items() if not k.startswith("_")}
+    rec["cost"] = aa["cost"].as_dict()
+    rec["eps_list"] = aa_eps
+    rec["points"] = (
+        "all n_eval points" if len(pts) == len(y) else "stratified subset of the n_eval points (seed 0)"
+    )
+    return rec
+
+
+def worst_rows(cfg: TrialConfig, suite, attacks: list, aa: Optional[dict], masks: dict, pts) -> list:
+    """The record's ``worst_case``: per eps our L-inf attacks' per-example worst case on every point;
+    where AutoAttack ran, ours + AutoAttack on its points with ours (``ours``, ``ours_on_points``) beside it."""
+    n = len(suite.clean_correct)
+    aa_eps = aa["eps_list"] if aa else []
+    rows = []
     for eps in sorted(suite.worst):
         labels = sorted({a["label"] for a in attacks if a["norm"] == "Linf" and a["eps"] == eps})
         ours = {"acc": float(suite.worst[eps].float().mean()), "n_points": n, "attacks": labels}
-        if eps in aa_eps:
-            worst.append(
-                {
-                    "eps": eps,
-                    "acc": float(worst_masks[eps][pts].float().mean()),
-                    "n_points": len(pts),
-                    "attacks": labels + [s.label() for s in cfg.autoattack],
-                    "ours": ours,
-                    "ours_on_points": float(suite.worst[eps][pts].float().mean()),  # ours alone, same points
-                }
-            )
-        else:
-            worst.append({"eps": eps, **ours})
-    for eps, m in suite.worst.items():
-        masks[f"worst/{eps:g}"] = m  # our own attacks' worst case, every point (the worst@eps column)
-    probe = masking_probe(model, x, y, cfg, suite, pts)
-    total.add(Cost(**probe["cost"]))
-    jp = cfg.jacobian_points
-    jac_steps = next((a.steps for a in cfg.attacks if a.name == "pgd"), 20)
-    jac = jacobian_report(model, x[:jp], y[:jp], cfg.jac_eps, jac_steps) if jp else {}
-    record = {
-        "clean_acc": float(suite.clean_correct.float().mean()),
-        "n_points": n,
-        "attacks": attacks,
-        "worst_case": worst,
-        "autoattack": aa_record,
-        "jacobian": jac,
-        "entropy_mean": float(entropy(logits).mean()),
-        "ece": expected_calibration_error(probs, y),
-        "masking_probe": probe,
-        "precision": accel.record(cfg, device),
-        "eval_seconds": time.perf_counter() - t0,
-        "eval_cost": total.as_dict(),
-        "_masks": {k: v.detach().cpu() for k, v in masks.items()},
-    }
-    if keep_examples:
-        record["_adv_examples"] = suite.adv_examples  # tensors; dropped before JSON
-    record["_indices"] = indices
-    record["_labels"] = y.detach().cpu()
-    return record
+        if eps not in aa_eps:
+            rows.append({"eps": eps, **ours})
+            continue
+        rows.append(
+            {
+                "eps": eps,
+                "acc": float(masks[f"autoattack/{eps:g}"][pts].float().mean()),
+                "n_points": len(pts),
+                "attacks": labels + [s.label() for s in cfg.autoattack],
+                "ours": ours,
+                "ours_on_points": float(suite.worst[eps][pts].float().mean()),  # ours alone, same points
+            }
+        )
+    return rows
 
 
 # ----------------------------------------------------------------------------- the masking probe
@@ -313,7 +335,6 @@ def masking_probe(model, x, y, cfg: TrialConfig, suite, pts: torch.Tensor) -> di
     t0 = time.perf_counter()
     cost = Cost()
     n = len(y)
-    clean = suite.clean_correct
     out: dict = {
         "rule": "eps where the strongest CE-PGD's accuracy is closest to 0.5",
         "min_informative_acc": INFORMATIVE_MIN_ACC,
@@ -347,7 +368,24 @@ def masking_probe(model, x, y, cfg: TrialConfig, suite, pts: torch.Tensor) -> di
         for e in eps_list
         if ("fgsm", e) in suite.correct
     ]
-    # the margin loss at equal steps and restarts, at every eps
+    out["margin"] = _margin_checks(model, x, y, cfg, suite, ref, eps_list, accs, cost)
+    if accs[eps] < INFORMATIVE_MIN_ACC:
+        out["not_tested"] = (
+            f"{label} accuracy is below {INFORMATIVE_MIN_ACC:g} at every eps (closest to 0.5: {accs[eps]:.3f} "
+            f"at eps {eps:g}): a stronger, transferred or gradient-free attack has nothing left to break"
+        )
+    else:
+        out.update(_stronger_attacks(model, x, y, cfg, suite, ref, eps, pts, cost))
+    cost.seconds = time.perf_counter() - t0
+    out["cost"] = cost.as_dict()
+    return out
+
+
+def _margin_checks(model, x, y, cfg: TrialConfig, suite, ref: AttackSpec, eps_list, accs, cost: Cost) -> list:
+    """The CW margin loss at the reference's steps, restarts and step size, at every eps, paired with
+    the reference (reused from ``cfg.attacks`` when it has that twin); not run where the reference is
+    below 5 %."""
+    label = ref.label()
     twin = next(
         (
             s
@@ -361,64 +399,53 @@ def masking_probe(model, x, y, cfg: TrialConfig, suite, pts: torch.Tensor) -> di
     margin = []
     for e in eps_list:
         if accs[e] < INFORMATIVE_MIN_ACC:
-            margin.append(
-                {
-                    "eps": e,
-                    "label": cw.label(),
-                    "not_tested": f"{label} accuracy {accs[e]:.3f} < {INFORMATIVE_MIN_ACC:g}",
-                }
-            )
+            why = f"{label} accuracy {accs[e]:.3f} < {INFORMATIVE_MIN_ACC:g}"
+            margin.append({"eps": e, "label": cw.label(), "not_tested": why})
             continue
         m = suite.correct.get((cw.label(), e)) if twin is not None else None
         reused = m is not None
         if m is None:
-            m = _attack_mask(model, x, y, cw, e, clean, cfg.eval_batch_size, cost)
+            m = _attack_mask(model, x, y, cw, e, suite.clean_correct, cfg.eval_batch_size, cost)
         margin.append(
             {"eps": e, "label": cw.label(), "reused": reused, **paired(suite.correct[(label, e)], m)}
         )
-    out["margin"] = margin
-    if accs[eps] < INFORMATIVE_MIN_ACC:
-        out["not_tested"] = (
-            f"{label} accuracy is below {INFORMATIVE_MIN_ACC:g} at every eps (closest to 0.5: {accs[eps]:.3f} "
-            f"at eps {eps:g}): a stronger, transferred or gradient-free attack has nothing left to break"
-        )
-    else:
-        strong = AttackSpec(
-            "pgd",
-            ref.steps * PROBE_STEPS_FACTOR,
-            ref.step_size,
-            ref.restarts * PROBE_RESTARTS_FACTOR,
-            ref.random_start,
-        )
-        sub = torch.zeros(n, dtype=torch.bool, device=y.device)
-        sub[autoattack_points(y, cfg, cfg.probe_points)] = True  # every point unless probe_points
-        sm = _attack_mask(model, x, y, strong, eps, clean & sub, cfg.eval_batch_size, cost)
-        out["strong"] = {
+    return margin
+
+
+def _stronger_attacks(
+    model, x, y, cfg: TrialConfig, suite, ref: AttackSpec, eps: float, pts, cost: Cost
+) -> dict:
+    """At the probe eps: CE-PGD with 4x the steps and 4x the restarts (on every point, or on
+    ``probe_points`` of them) and Square on the AutoAttack points, each paired with the reference."""
+    n, clean = len(y), suite.clean_correct
+    wb = suite.correct[(ref.label(), eps)]
+    strong = AttackSpec(
+        "pgd",
+        ref.steps * PROBE_STEPS_FACTOR,
+        ref.step_size,
+        ref.restarts * PROBE_RESTARTS_FACTOR,
+        ref.random_start,
+    )
+    sub = torch.zeros(n, dtype=torch.bool, device=y.device)
+    sub[autoattack_points(y, cfg, cfg.probe_points)] = True  # every point unless probe_points
+    sm = _attack_mask(model, x, y, strong, eps, clean & sub, cfg.eval_batch_size, cost)
+    on = torch.zeros(n, dtype=torch.bool, device=y.device)
+    on[pts] = True
+    square = AttackSpec("square", PROBE_SQUARE_QUERIES)
+    sq = _attack_mask(model, x, y, square, eps, clean & on, cfg.eval_batch_size, cost)
+    return {
+        "strong": {
             "label": strong.label(),
             "steps": strong.steps,
             "restarts": strong.restarts,
             **paired(wb[sub], sm[sub]),
-        }
-        on = torch.zeros(n, dtype=torch.bool, device=y.device)
-        on[pts] = True
-        sq = _attack_mask(
-            model,
-            x,
-            y,
-            AttackSpec("square", PROBE_SQUARE_QUERIES),
-            eps,
-            clean & on,
-            cfg.eval_batch_size,
-            cost,
-        )
-        out["square"] = {
+        },
+        "square": {
             "label": f"square{PROBE_SQUARE_QUERIES}",
             "queries": PROBE_SQUARE_QUERIES,
             **paired(wb[pts], sq[pts]),
-        }
-    cost.seconds = time.perf_counter() - t0
-    out["cost"] = cost.as_dict()
-    return out
+        },
+    }
 
 
 def result_record(cfg: TrialConfig, train_summary: dict, evaluation: dict, trial_dir: os.PathLike) -> dict:
