@@ -338,8 +338,10 @@ def test_rerun_replaces_aggregate_and_reuses_transfers(sweep, aggregated, monkey
             s["role"] == "standard" or s["role"].startswith("same") for s in t["sources"]
         )
     (out / "stale.txt").write_text("from an older aggregation")
+    from uncertainty_robust import transfer as transfer_module
+
     monkeypatch.setattr(
-        report.au, "transfer_for_trial", lambda *a, **k: pytest.fail("cached transfer recomputed")
+        transfer_module, "transfer_for_trial", lambda *a, **k: pytest.fail("cached transfer recomputed")
     )
     again = report.aggregate(sweep, transfer=True)
     assert again.out == out and not (out / "stale.txt").exists()

@@ -87,6 +87,12 @@ def register(d: Defense) -> Defense:
     return d
 
 
+def undefended() -> str:
+    """The defense every baseline chain ends at: no baseline and no adversarial training (standard
+    training). The audit compares with it and transfers from it."""
+    return next(d.name for d in DEFENSES.values() if d.baseline is None and not d.adversarial)
+
+
 def get(name: str) -> Defense:
     try:
         return DEFENSES[name]

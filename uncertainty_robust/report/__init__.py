@@ -113,14 +113,38 @@ def aggregate(
             f"no trial under {run_dir} evaluated its {checkpoint} checkpoint "
             f"(the grid needs evaluation.checkpoints: [last, {checkpoint}])"
         )
-    transfers, errors = (
-        au.transfers_for_run(
-            [(t.dir, t.record) for t in scan.trials], read_json(out / "transfer.json") or {}, device
-        )
-        if transfer
-        else ({}, {})
+    transfers = _audit(scan, rules, transfer, device, read_json(out / "transfer.json") or {})
+    groups = group_trials(scan.trials)
+    tables = build_tables(groups, bootstrap)
+    corr = jacobian_correlations(groups)
+    markdown, audit_md = _markdown(run_dir, checkpoint, scan, tables, groups, corr)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / "tables.md").write_text(markdown)
+        for tab in tables:
+            write_table_files(tab, tmp)
+        (tmp / "transfer.json").write_text(json.dumps(transfers, indent=1))
+        (tmp / "jacobian_correlation.json").write_text(json.dumps(corr, indent=1))
+        (tmp / "summary.json").write_text(json.dumps(_summary(run_dir, checkpoint, scan), indent=1))
+        if scan.trials:
+            write_tensorboard(tmp / "tb", scan.trials, groups, markdown, audit_md)
+            write_figures(tmp / "figures", groups)
+        _swap(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    flags = {t.name: t.flags for t in scan.trials}
+    return Summary(
+        out, len(scan.trials), scan.unfinished, scan.ignored, markdown, flags, transfers, scan.excluded
     )
+
+
+def _audit(scan: Scan, rules, transfer: bool, device, cache: dict) -> dict:
+    """Transfer attacks (``cache``: the previous aggregation's, reused where still valid), then every
+    trial's checks: ``t.checks``, ``t.flags`` and ``t.skipped`` (not tested, with the reason)."""
     pairs = [(t.dir, t.record) for t in scan.trials]
+    transfers, errors = au.transfers_for_run(pairs, cache, device) if transfer else ({}, {})
     for t in scan.trials:
         if t.name in transfers:
             t.record["transfer"] = transfers[t.name]
@@ -129,18 +153,21 @@ def aggregate(
         t.flags = [au.Flag(c.name, c.detail) for c in t.checks if c.status == "flagged"]
         t.skipped += [f"{c.name}: not tested: {c.detail}" for c in t.checks if c.status == "not tested"]
         t.skipped += errors.get(t.name, [])
-    groups = group_trials(scan.trials)
-    tables = build_tables(groups, bootstrap)
-    corr = jacobian_correlations(groups)
+    return transfers
+
+
+def _markdown(run_dir: Path, checkpoint: str, scan: Scan, tables: list, groups: list, corr: list) -> tuple:
+    """(tables.md, the audit section): the tables, matrices, Jacobian correlations and every trial's flags."""
+    excluded = (
+        f"; {len(scan.excluded)} finished trial(s) without a {checkpoint} checkpoint evaluation excluded."
+        if scan.excluded
+        else "."
+    )
     md = [
         f"# Aggregate of {run_dir.name} ({checkpoint} checkpoint)",
         "",
         f"{len(scan.trials)} finished trial(s); {len(scan.unfinished)} unfinished trial(s) skipped"
-        + (
-            f"; {len(scan.excluded)} finished trial(s) without a {checkpoint} checkpoint evaluation excluded."
-            if scan.excluded
-            else "."
-        ),
+        + excluded,
         "",
     ] + [table_markdown(t) for t in tables]
     md += [matrix_markdown(k, m) for k, m in matrices(groups).items()]
@@ -159,46 +186,23 @@ def aggregate(
         '\n\nA check marked "not tested" could not fire on that trial (the reason is in summary.json, '
         "skipped_checks); it is not a pass. Every flag is documented in docs/audit.md."
     )
-    markdown = "\n".join(md) + "\n## Audit flags\n\n" + (audit_md or "(no finished trials)") + "\n"
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
-    tmp.mkdir(parents=True)
-    try:
-        (tmp / "tables.md").write_text(markdown)
-        for tab in tables:
-            write_table_files(tab, tmp)
-        (tmp / "transfer.json").write_text(json.dumps(transfers, indent=1))
-        (tmp / "jacobian_correlation.json").write_text(json.dumps(corr, indent=1))
-        summary = {
-            "run_dir": str(run_dir),
-            "n_trials": len(scan.trials),
-            "n_unfinished": len(scan.unfinished),
-            "unfinished": [str(p) for p in scan.unfinished],
-            "checkpoint": checkpoint,
-            "excluded": [{"trial": str(d), "why": why} for d, why in scan.excluded],
-            "ignored": [str(p) for p in scan.ignored],
-            "flags": {t.name: [f.as_dict() for f in t.flags] for t in scan.trials},
-            "skipped_checks": {t.name: t.skipped for t in scan.trials},
-            "checks": {t.name: [c.as_dict() for c in t.checks] for t in scan.trials},
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        if scan.trials:
-            write_tensorboard(tmp / "tb", scan.trials, groups, markdown, audit_md)
-            write_figures(tmp / "figures", groups)
-        _swap(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return Summary(
-        out,
-        len(scan.trials),
-        scan.unfinished,
-        scan.ignored,
-        markdown,
-        {t.name: t.flags for t in scan.trials},
-        transfers,
-        scan.excluded,
-    )
+    return "\n".join(md) + "\n## Audit flags\n\n" + (audit_md or "(no finished trials)") + "\n", audit_md
+
+
+def _summary(run_dir: Path, checkpoint: str, scan: Scan) -> dict:
+    return {
+        "run_dir": str(run_dir),
+        "n_trials": len(scan.trials),
+        "n_unfinished": len(scan.unfinished),
+        "unfinished": [str(p) for p in scan.unfinished],
+        "checkpoint": checkpoint,
+        "excluded": [{"trial": str(d), "why": why} for d, why in scan.excluded],
+        "ignored": [str(p) for p in scan.ignored],
+        "flags": {t.name: [f.as_dict() for f in t.flags] for t in scan.trials},
+        "skipped_checks": {t.name: t.skipped for t in scan.trials},
+        "checks": {t.name: [c.as_dict() for c in t.checks] for t in scan.trials},
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def _swap(tmp: Path, out: Path) -> None:
