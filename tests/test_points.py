@@ -125,4 +125,5 @@ def test_probe_points_restrict_the_strong_probe(std_model):
         strong = rec["masking_probe"]["strong"]
         sizes[k] = strong["n_points"]
         assert strong["only_other"] + strong["only_ref"] <= strong["n_points"]
+        assert rec["masking_probe"]["square"]["n_points"] <= strong["n_points"]
     assert sizes == {None: 60, 20: 20}

@@ -124,8 +124,8 @@ class TrialConfig:
     probe_points: Optional[int] = _f(
         None,
         grid="evaluation.probe_points",
-        help="the masking probe's strong CE-PGD on a stratified subset of this many of the n_eval points "
-        "(None: all)",
+        help="the masking probe's strong CE-PGD and Square on a stratified subset of this many of the "
+        "n_eval points (None: all)",
     )
     jacobian_points: int = _f(500, grid="evaluation.jacobian_points")
     jacobian_eps: Optional[float] = _f(

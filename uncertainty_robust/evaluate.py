@@ -416,7 +416,8 @@ def _stronger_attacks(
     model, x, y, cfg: TrialConfig, suite, ref: AttackSpec, eps: float, pts, cost: Cost
 ) -> dict:
     """At the probe eps: CE-PGD with 4x the steps and 4x the restarts (on every point, or on
-    ``probe_points`` of them) and Square on the AutoAttack points, each paired with the reference."""
+    ``probe_points`` of them) and Square on the AutoAttack points (those of them within
+    ``probe_points``), each paired with the reference."""
     n, clean = len(y), suite.clean_correct
     wb = suite.correct[(ref.label(), eps)]
     strong = AttackSpec(
@@ -431,6 +432,7 @@ def _stronger_attacks(
     sm = _attack_mask(model, x, y, strong, eps, clean & sub, cfg.eval_batch_size, cost)
     on = torch.zeros(n, dtype=torch.bool, device=y.device)
     on[pts] = True
+    on &= sub  # Square on the AutoAttack points, within probe_points (nested stratified subsets)
     square = AttackSpec("square", PROBE_SQUARE_QUERIES)
     sq = _attack_mask(model, x, y, square, eps, clean & on, cfg.eval_batch_size, cost)
     return {
@@ -443,7 +445,7 @@ def _stronger_attacks(
         "square": {
             "label": f"square{PROBE_SQUARE_QUERIES}",
             "queries": PROBE_SQUARE_QUERIES,
-            **paired(wb[pts], sq[pts]),
+            **paired(wb[on], sq[on]),
         },
     }
 
