@@ -21,7 +21,8 @@ def breakdown(c: TrialConfig) -> dict:
     - ``validation``: per epoch, the probe on ``val_points``: a clean pass, PGD-``val_pgd_steps`` and
       the projection Jacobian estimate (2 x projections passes on 128 points);
     - ``evaluation``: every attack at every positive test eps on ``n_eval`` points, the masking probe
-      (100 points, steps x (1 + 4 x 4)), the exact Jacobians at clean points (K passes) and at PGD
+      (the strongest CE-PGD with 4x the steps and 4x the restarts on ``probe_points``, Square-1000 at
+      a third of a pass per query on the AutoAttack points among them), the exact Jacobians at clean points (K passes) and at PGD
       points (the first PGD's steps + K passes) on ``jacobian_points``; twice when the best
       checkpoint is evaluated too (less when the best epoch is the last one);
     - ``autoattack``: every AutoAttack component at every AutoAttack eps on ``autoattack_points``
@@ -41,7 +42,13 @@ def breakdown(c: TrialConfig) -> dict:
     k = dataset_info(c.dataset).num_classes
     jacobian = c.jacobian_points * (2 * k + probe_steps)
     eps_pos = sum(1 for e in c.eval_eps() if e > 0)
-    evaluation = c.n_eval * attacks * eps_pos + min(c.n_eval, 100) * probe_steps * 17 + jacobian
+    probe_n = min(c.probe_points or c.n_eval, c.n_eval)
+    square_n = min(probe_n, c.autoattack_points or c.n_eval)
+    ref = max((a for a in c.attacks if a.name == "pgd"), key=lambda a: a.steps * a.restarts, default=None)
+    probe = (
+        probe_n * ref.steps * ref.restarts * 16 + square_n * 1000 / 3 if ref else 0
+    )  # 4x steps x 4x restarts
+    evaluation = c.n_eval * attacks * eps_pos + probe + jacobian
     autoattack = autoattack_passes(c, k) * len(c.aa_eps()) * (c.autoattack_points or c.n_eval)
     evaluation *= len(c.checkpoints)
     autoattack *= len(c.checkpoints)

@@ -33,6 +33,8 @@ def test_breakdown_counts_training_and_autoattack_by_hand():
     assert cfg.aa_eps() == [0.3]
     assert b["autoattack"] == 20 * (100 + 900 + 900 + 5000 / 3)
     # our attacks also run at the AutoAttack eps (AutoAttack starts from their survivors)
-    assert b["evaluation"] == 50 * 10 * 2 + 50 * 10 * 17
+    # our attack at eps 0.1 and 0.3; the probe: PGD-10 x 4 steps x 4 restarts on the 50 points and
+    # Square-1000 (a third of a pass per query) on the 20 AutoAttack points
+    assert b["evaluation"] == 50 * 10 * 2 + 50 * 10 * 16 + 20 * 1000 / 3
     none = validate(TrialConfig(**{**cfg.to_dict(), "autoattack": []}))
     assert breakdown(none)["autoattack"] == 0
