@@ -26,8 +26,10 @@ everything goes to a temporary sibling directory that replaces ``aggregate/`` at
 records with our ``schema`` are read: Ray Tune writes its own ``result.json`` (JSON lines) into
 the same run directory.
 
-Modules: :mod:`.scan` (trials, groups, per-trial values), :mod:`.tables` (tables and derived
-series), :mod:`.tensorboard`, :mod:`.figures`; :func:`aggregate` ties them together.
+Modules: :mod:`.scan` (trials, groups, per-trial values), :mod:`.columns` (what a column is),
+:mod:`.tables` (tables and their files), :mod:`.paired` and :mod:`.stats` (intervals, paired
+tests), :mod:`.series` (curves, matrices, correlations), :mod:`.tensorboard`, :mod:`.figures`;
+:func:`aggregate` ties them together.
 """
 
 from __future__ import annotations
@@ -44,16 +46,9 @@ from .. import audit as au
 from ..rundir import RunDir, read_json
 from .figures import write_figures
 from .scan import Group, NoTrialsError, Scan, Trial, group_trials, hparams, metrics, scan_run, slug
+from .series import correlation_markdown, jacobian_correlations, matrices, matrix_markdown
 from .stats import BootstrapSpec
-from .tables import (
-    build_tables,
-    correlation_markdown,
-    jacobian_correlations,
-    matrices,
-    matrix_markdown,
-    table_markdown,
-    write_table_files,
-)
+from .tables import build_tables, table_markdown, write_table_files
 from .tensorboard import write_tensorboard
 
 __all__ = [

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from .scan import slug
-from .tables import curves, jacobian_lines, matrices
+from .series import curves, jacobian_lines, matrices
 
 
 def write_figures(out: Path, groups: list) -> list:

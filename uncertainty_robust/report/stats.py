@@ -208,3 +208,8 @@ def align(points: list) -> tuple:
         order = np.argsort(idx, kind="stable")
         pos.append(order[np.searchsorted(idx, common, sorter=order)])
     return common, pos
+
+
+def fmt_p(p: float, eq: str = "") -> str:
+    """A p-value for a Markdown cell: ``<0.001`` or three decimals (after ``eq``, e.g. "=")."""
+    return "<0.001" if p < 0.001 else f"{eq}{p:.3f}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..rundir import TrialDir
 from .scan import Group, hparams, metrics, slug
-from .tables import curves, jacobian_lines, matrices, matrix_markdown
+from .series import curves, jacobian_lines, matrices, matrix_markdown
 
 
 def _step(x: float) -> int:

@@ -1,0 +1,162 @@
+"""The derived series the figures and TensorBoard plot: accuracy vs test eps per attack, Jacobian
+norm vs lambda, eps_train x eps_test matrices, and the Spearman correlation of each Jacobian
+statistic with robust accuracy across trials."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+from . import stats as st
+from .columns import cell
+from .scan import jacobian_values
+
+
+def curves(groups: list) -> dict:
+    """{group label: {series: [(eps, mean)]}}: accuracy vs test eps per attack and worst case."""
+    out = {}
+    for g in groups:
+        series: dict = {}
+        for t in g.trials:
+            for a in t.record["attacks"]:
+                series.setdefault(a["label"], {}).setdefault(a["eps"], []).append(a["acc"])
+            for w in t.record["worst_case"]:
+                series.setdefault("worst", {}).setdefault(w["eps"], []).append((w.get("ours") or w)["acc"])
+                if "ours" in w:
+                    series.setdefault("AA", {}).setdefault(w["eps"], []).append(w["acc"])
+        out[g.label] = {
+            s: sorted((e, statistics.fmean(v)) for e, v in pts.items()) for s, pts in series.items()
+        }
+    return out
+
+
+def jacobian_lines(groups: list) -> dict:
+    """{line label: {stat: [(lam, mean)]}}: one line per defense (and train eps), x = lambda."""
+    lines: dict = {}
+    for g in groups:
+        c = g.cfg
+        rest = {k: v for k, v in g.key.items() if k != "lam"}
+        name = c.spec.display + (f" (ε={c.eps:g})" if c.is_adversarial else "")
+        line = lines.setdefault(json.dumps(rest, sort_keys=True, default=str), {"label": name, "points": {}})
+        for out in ("logits", "softmax"):
+            for stat in ("mean", "median"):
+                vals = [
+                    t.record["jacobian"][out][stat] for t in g.trials if out in t.record.get("jacobian", {})
+                ]
+                if vals:
+                    line["points"].setdefault(f"{out}_{stat}", []).append((c.lam, statistics.fmean(vals)))
+    return {
+        v["label"] + (f" #{i}" if [w["label"] for w in lines.values()].count(v["label"]) > 1 else ""): {
+            k: sorted(p) for k, p in v["points"].items()
+        }
+        for i, v in enumerate(lines.values())
+    }
+
+
+def matrices(groups: list) -> dict:
+    """{family title: {"rows": [eps_train], "cols": [eps_test], "acc": [[mean worst acc]]}}; a
+    family is the registry's ``Defense.family`` and lambda (Standard/AT, LS/AT+LS α, EntM/AT+EntM λ);
+    a non-adversarial member is the eps_train = 0 row. Only families with an adversarial member get a matrix."""
+    fams: dict = {}
+    for g in groups:
+        c = g.cfg
+        rest = {k: v for k, v in g.key.items() if k not in ("defense", "eps")}
+        fam = c.spec.family + (f" ({c.spec.lam.symbol}={c.lam:g})" if c.spec.takes_lam else "")
+        f = fams.setdefault(
+            (fam, json.dumps(rest, sort_keys=True, default=str)),
+            {"title": fam, "cells": {}, "adversarial": False},
+        )
+        f["adversarial"] |= c.is_adversarial
+        for t in g.trials:
+            for w in t.record["worst_case"]:  # our attacks' worst case: the same attacks at every eps_test
+                f["cells"].setdefault((t.eps_train, w["eps"]), []).append((w.get("ours") or w)["acc"])
+    out = {}
+    for (title, _), f in fams.items():
+        if not f["adversarial"]:
+            continue
+        rows, cols = sorted({k[0] for k in f["cells"]}), sorted({k[1] for k in f["cells"]})
+        title = title if title not in out else f"{title} #{len(out)}"
+        out[title] = {
+            "rows": rows,
+            "cols": cols,
+            "acc": [
+                [statistics.fmean(f["cells"][(r, c)]) if (r, c) in f["cells"] else None for c in cols]
+                for r in rows
+            ],
+        }
+    return out
+
+
+def matrix_markdown(title: str, m: dict) -> str:
+    head = "| ε_train \\ ε_test | " + " | ".join(f"{c:g}" for c in m["cols"]) + " |"
+    body = [
+        f"| {r:g} | " + " | ".join("" if v is None else f"{100 * v:.1f}" for v in row) + " |"
+        for r, row in zip(m["rows"], m["acc"])
+    ]
+    return (
+        "\n".join(
+            [f"#### worst-case accuracy (%), {title}", "", head, "|" + "---|" * (len(m["cols"]) + 1)] + body
+        )
+        + "\n"
+    )
+
+
+# ------------------------------------------------------------------------------ Jacobian vs robustness
+def jacobian_correlations(groups: list) -> list:
+    """Per (dataset, model): Spearman's rho across trials (every seed a point) between each Jacobian
+    statistic (:func:`~.scan.jacobian_values`: logit, softmax and margin-gradient norms and the
+    boundary distance, at clean and at PGD points) and the worst-case accuracy at each eps > 0."""
+    by: dict = {}
+    for g in groups:
+        by.setdefault((g.cfg.dataset, g.cfg.model), []).extend(g.trials)
+    out = []
+    for (dataset, model), trials in by.items():
+        eps = sorted({w["eps"] for t in trials for w in t.record["worst_case"] if w["eps"] > 0})
+        jv = [jacobian_values(t.record) for t in trials]
+        names = [k for k in dict.fromkeys(k for v in jv for k in v)]
+        if not names or not eps:
+            continue
+        acc = {e: [cell(t.record, (f"worst@{e:g}", "worst", None, e)) for t in trials] for e in eps}
+        adv_eps = sorted(
+            {(t.record.get("jacobian") or {}).get("adversarial", {}).get("eps") for t in trials} - {None}
+        )
+        out.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "n_trials": len(trials),
+                "robust": [f"worst@{e:g}" for e in eps],
+                "jacobian_adv_eps": adv_eps,
+                "correlation": {
+                    n: {f"worst@{e:g}": st.spearman([v.get(n) for v in jv], acc[e]) for e in eps}
+                    for n in names
+                },
+            }
+        )
+    return out
+
+
+def correlation_markdown(c: dict) -> str:
+    cols = c["robust"]
+    lines = [
+        f"#### Jacobian statistics vs worst-case accuracy, {c['dataset']} · {c['model']}",
+        "",
+        f"Spearman's ρ across {c['n_trials']} trials (each seed a point; p-value in parentheses, n pairs in "
+        f"the JSON). Rows: Jacobian norms of the logits, the softmax and the margin z_j* − z_y (strongest "
+        f"wrong class), and the first-order L-inf distance to the boundary, at clean test points and "
+        f"(adv_) at PGD points of eps {', '.join(f'{e:g}' for e in c['jacobian_adv_eps']) or '—'}"
+        + (
+            " (it differs across trials: set evaluation.jacobian_eps for one eps)."
+            if len(c["jacobian_adv_eps"]) > 1
+            else "."
+        ),
+        "",
+        "| statistic | " + " | ".join(cols) + " |",
+        "|" + "---|" * (len(cols) + 1),
+    ]
+    for name, row in c["correlation"].items():
+        cells = [
+            "" if row[k]["rho"] is None else f"{row[k]['rho']:+.2f} ({st.fmt_p(row[k]['p'])})" for k in cols
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
