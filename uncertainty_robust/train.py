@@ -265,13 +265,7 @@ def fit(
         epoch_seconds = time.perf_counter() - t0
         st.train_seconds += epoch_seconds
         st.epoch = epoch + 1
-        metrics = {f"train/{k}": v for k, v in _reduce(sums, device).items()}
-        metrics.update(_epoch_probe(model, x_val, y_val, cfg, st.epoch))
-        metrics.update({"epoch": st.epoch, "lr": opt.param_groups[0]["lr"], "epoch_seconds": epoch_seconds})
-        st.history.append(metrics)
-        value = metrics.get(BEST_METRIC, float("nan"))
-        if value == value and value > st.best_value:  # NaN (no validation split) never wins
-            st.best_epoch, st.best_value = st.epoch, value
+        metrics = _epoch_metrics(model, opt, cfg, sums, x_val, y_val, device, st, epoch_seconds)
         if rank == 0:
             end_epoch(cfg, trial, model, opt, sched, st, metrics, writer)
         if world > 1:
@@ -280,7 +274,27 @@ def fit(
             on_epoch_end(st.epoch, metrics, trial.checkpoint)
     if writer is not None:
         writer.close()
-    summary = {
+    return model, _summary(cfg, st, world, val_info)
+
+
+def _epoch_metrics(
+    model, opt, cfg: TrialConfig, sums: dict, x_val, y_val, device, st: TrainState, seconds: float
+):
+    """The epoch's metrics (training statistics reduced over ranks, the validation probe, lr, time),
+    appended to the history; the best epoch so far by ``BEST_METRIC`` updated."""
+    metrics = {f"train/{k}": v for k, v in _reduce(sums, device).items()}
+    metrics.update(_epoch_probe(model, x_val, y_val, cfg, st.epoch))
+    metrics.update({"epoch": st.epoch, "lr": opt.param_groups[0]["lr"], "epoch_seconds": seconds})
+    st.history.append(metrics)
+    value = metrics.get(BEST_METRIC, float("nan"))
+    if value == value and value > st.best_value:  # NaN (no validation split) never wins
+        st.best_epoch, st.best_value = st.epoch, value
+    return metrics
+
+
+def _summary(cfg: TrialConfig, st: TrainState, world: int, val_info: dict) -> dict:
+    """What ``fit`` returns besides the model: history, cost, time, the validation split and the best epoch."""
+    return {
         "epochs": len(st.history),
         "history": st.history,
         "cost": st.cost.as_dict(),
@@ -298,7 +312,6 @@ def fit(
         if st.best_epoch
         else None,
     }
-    return model, summary
 
 
 def crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
