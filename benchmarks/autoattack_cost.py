@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import sys
 import time
 from pathlib import Path
@@ -56,36 +54,16 @@ def load_avg() -> list:
 
 
 def machine(threads: int) -> dict:
-    cpu = None
-    try:
-        cpu = next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ),
-            None,
-        )
-    except OSError:
-        pass
-    try:
-        from importlib.metadata import version
+    """The machine line's facts (``benchmarks.harness.machine_info``) plus pyautoattack's version."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    from benchmarks.harness import machine_info
+
+    try:
         aa_version = version("pyautoattack")
-    except Exception:
+    except PackageNotFoundError:
         aa_version = None
-    return {
-        "host": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
-        "torch_threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pyautoattack": aa_version,
-        "cuda": torch.cuda.is_available(),
-        "loadavg_start": load_avg(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return {**machine_info(threads), "pyautoattack": aa_version}
 
 
 def machine_line(m: dict) -> str:

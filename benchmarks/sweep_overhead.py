@@ -100,6 +100,8 @@ def load_avg() -> list:
 
 
 def machine() -> dict:
+    """The machine line's facts, read without importing torch in this process (it times process starts)."""
+
     def ver(mod):
         try:
             return __import__(mod).__version__
