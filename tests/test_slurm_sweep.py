@@ -683,7 +683,8 @@ def test_one_minute_time_limit_requeues_more_than_3_times_and_finishes(slurm_clu
     so to make "more than 3" certain without minutes of training the test also sends that same signal
     (``scancel --signal USR2``, what SLURM sends before a time limit) to each of the first 4 runs that
     SLURM has not signalled yet, once the run has trained 2 epochs. Both kinds use up the budget
-    alike; with submitit's default the 4th would end the job ("timed-out too many times")."""
+    alike; with submitit's default the 4th would end the job ("timed-out too many times"). After the
+    4th the test raises the job's limit so that the rest finishes in one run."""
     epochs = 9
     grid = _grid(
         tmp_path,
@@ -729,8 +730,13 @@ def test_one_minute_time_limit_requeues_more_than_3_times_and_finishes(slurm_clu
             f"{'SLURM' if by_slurm else 'the test'}"
         )
         sw._wait_for(lambda k=k: requeues() > k, 60, f"run {k} to requeue itself", poll=0.3)
+    # 4 time-outs: past submitit's default budget of 3, the point of the test. Now lift the limit so
+    # that the rest trains in one more run: a run gets only ~15-45 s before SLURM's signal, most of
+    # it start-up on a slow machine, so waiting for the 1-minute runs alone may never finish (CI).
+    r = _run(["scontrol", "update", f"JobId={sw.job_id}", "TimeLimit=20"])
+    assert r.returncode == 0, r.stderr
     deadline = time.time() + 300
-    while sw.proc.poll() is None and time.time() < deadline:  # later runs: SLURM's own signal only
+    while sw.proc.poll() is None and time.time() < deadline:
         state, reason, _ = _squeue(sw.job_id)
         if state == "PENDING" and reason == "BeginTime":
             _run(["scontrol", "update", f"JobId={sw.job_id}", "StartTime=now"])
