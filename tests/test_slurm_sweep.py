@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -87,13 +88,30 @@ def cancel_jobs():
     for sw in sweeps:
         f = sw.run_dir / "slurm_job.json"
         if f.exists():
-            subprocess.run(
-                ["scancel", str(json.loads(f.read_text())["job_id"])], capture_output=True, timeout=30
-            )
+            job_id = str(json.loads(f.read_text())["job_id"])
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+            _kill_leftovers(job_id)
         if sw.proc.poll() is None:
             sw.proc.kill()
             sw.proc.wait(30)
         sw.out.close()
+
+
+def _kill_leftovers(job_id: str, wait_s: float = 30) -> None:
+    """After ``scancel``: wait for the job to leave the queue, then SIGKILL any process still carrying
+    its ``SLURM_JOB_ID`` (a Ray daemon of a failed test must not eat the CPUs of the tests after it)."""
+    deadline = time.time() + wait_s
+    while _squeue(job_id)[0] not in ("", "?") and time.time() < deadline:
+        time.sleep(0.5)
+    needle = f"SLURM_JOB_ID={job_id}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if needle in (d / "environ").read_bytes().split(b"\0"):
+                os.kill(int(d.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
 
 
 def _env(**extra) -> dict:
