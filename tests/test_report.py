@@ -358,7 +358,29 @@ def test_figures_when_matplotlib_is_available(aggregated):
         "acc_vs_eps_pgd10.png",
         "jacobian_vs_lam_logits_mean.png",
         "matrix_Standard_AT.png",
+        "validation_curves.png",
     } <= figs
+
+
+def test_figure_caption_names_data_split_model_points_and_seeds(sweep):
+    from uncertainty_robust.report.figures import caption, validation_curves
+
+    groups = report.group_trials(report.scan_run(sweep).trials)
+    cap = caption(groups)
+    recs = [t.record for g in groups for t in g.trials]
+    for part in (
+        recs[0]["dataset"],
+        "test split",
+        f"{recs[0]['n_points']} points",
+        recs[0]["model"],
+        "seeds 0",
+    ):
+        assert part in cap, (part, cap)
+    val = validation_curves(groups)
+    std = dict(val[f"{groups[0].label} robust"])
+    hist = [t.record["train"]["history"] for t in groups[0].trials]
+    assert sorted(std) == [h["epoch"] for h in hist[0]]  # one point per epoch, mean over the seeds
+    assert std[1] == pytest.approx(sum(h[0]["val/robust_acc"] for h in hist) / len(hist))
 
 
 def test_cli_script_and_module(sweep, tmp_path):

@@ -1,5 +1,6 @@
 """PNG figures of a run (matplotlib, Agg backend): accuracy vs test eps per attack, Jacobian norm
-vs lambda, eps_train x eps_test matrices."""
+vs lambda, eps_train x eps_test matrices, and the per-epoch validation curves. Every figure carries a
+caption with the dataset and split, model, number of points and seeds (:func:`caption`)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ def write_figures(out: Path, groups: list) -> list:
         return []
     out.mkdir(exist_ok=True)
     files, cv, jl = [], curves(groups), jacobian_lines(groups)
+    cap = caption(groups)
 
-    def lines(name, series: dict, xlabel, ylabel, title, **ax_kw):
-        fig, ax = plt.subplots(figsize=(6, 4))
+    def lines(name, series: dict, xlabel, ylabel, title, note=cap, styles=None, **ax_kw):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for label, pts in series.items():
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label)
+            kw = (styles or {}).get(label, {"marker": "o"})
+            ax.plot([x for x, _ in pts], [y for _, y in pts], label=label, **kw)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=title, **ax_kw)
         ax.legend(fontsize=6)
-        files.append(_save(fig, out / name, plt))
+        files.append(_save(fig, out / name, plt, note))
 
     for s in sorted({s for c in cv.values() for s in c}):
         lines(
@@ -36,7 +39,8 @@ def write_figures(out: Path, groups: list) -> list:
             {k: c[s] for k, c in cv.items() if s in c},
             "test ε",
             "accuracy",
-            f"{s}: accuracy vs test ε (mean over seeds)",
+            f"{s}: accuracy vs test ε (mean over seeds)"
+            + ("\nper-example worst over ours and AutoAttack, on the AutoAttack points" if s == "AA" else ""),
             ylim=(-0.02, 1.02),
         )
     for stat in ("logits_mean", "softmax_mean"):
@@ -47,6 +51,27 @@ def write_figures(out: Path, groups: list) -> list:
             f"‖∂f/∂x‖_F ({stat})",
             f"input-Jacobian norm vs λ ({stat})",
             yscale="log",
+        )
+    val = validation_curves(groups)
+    if val:
+        v = groups[0].trials[0].record.get("validation") or {}
+        color = {g.label: f"C{i % 10}" for i, g in enumerate(groups)}
+        styles = {
+            k: {"color": color[k.rsplit(" ", 1)[0]], "marker": "o" if k.endswith("robust") else "x"}
+            | ({} if k.endswith("robust") else {"linestyle": "--"})
+            for k in val
+        }
+        lines(
+            "validation_curves.png",
+            val,
+            "epoch",
+            "validation accuracy",
+            f"validation split per epoch: clean (--) and {v.get('attack', 'PGD')} at ε={v.get('eps', '?')} (—)",
+            note=caption(
+                groups, split=f"validation split, {v.get('n_points', '?')} points carved from train"
+            ),
+            styles=styles,
+            ylim=(-0.02, 1.02),
         )
     for title, m in matrices(groups).items():
         fig, ax = plt.subplots(figsize=(1 + 0.8 * len(m["cols"]), 1 + 0.6 * len(m["rows"])))
@@ -72,12 +97,44 @@ def write_figures(out: Path, groups: list) -> list:
             ylabel="ε_train",
             title=f"worst-case acc, {title}",
         )
-        files.append(_save(fig, out / f"matrix_{slug(title)}.png", plt))
+        files.append(_save(fig, out / f"matrix_{slug(title)}.png", plt, cap))
     return files
 
 
-def _save(fig, path: Path, plt) -> Path:
-    fig.tight_layout()
+def caption(groups: list, split: str | None = None) -> str:
+    """One line naming what every figure must: dataset and split, model, points, seeds, checkpoint."""
+
+    def uniq(values) -> str:
+        return ", ".join(sorted({str(v) for v in values}))
+
+    recs = [t.record for g in groups for t in g.trials]
+    seeds = uniq(t.cfg.seed for g in groups for t in g.trials)
+    return (
+        f"{uniq(r.get('dataset') for r in recs)} ({split or 'test split, ' + uniq(r.get('n_points') for r in recs) + ' points'})"
+        f" · {uniq(r.get('model') for r in recs)} · seeds {seeds} · attacks L∞ "
+        f"{uniq(a['label'] for r in recs for a in r.get('attacks', []))} · {len(recs)} trials, mean over seeds"
+    )
+
+
+def validation_curves(groups: list) -> dict:
+    """{"<method> clean" / "<method> robust": [(epoch, mean over seeds)]} from each trial's history."""
+    out = {}
+    for g in groups:
+        for key, name in (("val/clean_acc", "clean"), ("val/robust_acc", "robust")):
+            per_epoch: dict = {}
+            for t in g.trials:
+                for h in (t.record.get("train") or {}).get("history", []):
+                    if h.get(key) is not None:
+                        per_epoch.setdefault(h["epoch"], []).append(h[key])
+            if per_epoch:
+                out[f"{g.label} {name}"] = [(e, sum(v) / len(v)) for e, v in sorted(per_epoch.items())]
+    return out
+
+
+def _save(fig, path: Path, plt, note: str | None = None) -> Path:
+    if note:
+        fig.text(0.01, 0.005, note, fontsize=6, ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
