@@ -348,6 +348,18 @@ def test_fgsm_gap_is_relative_to_the_standard_model():
         config={"seed": 0, "defense": "at"},
     )
     assert status(at, "fgsm_gap", standard=std).status == "passed"
+    # beyond its training eps (0.1) FGSM overstates an AT model while PGD falls to the standard
+    # model's level (every AT model of the Fashion-MNIST reproduction at eps 0.3): not tested there
+    far = dict(curve=[0.95, 0.88, 0.5, 0.01], probe=probe([0.9, 0.6, 0.35], [0.88, 0.5, 0.01]))
+    at_far = record(**far, config={"seed": 0, "defense": "at", "eps": 0.1})
+    c = status(at_far, "fgsm_gap", standard=std)
+    assert c.status == "passed" and "not tested above the training eps 0.1 (0.2, 0.3)" in c.detail, c
+    # the same numbers from a model that was not trained adversarially: flagged at eps 0.3
+    c = status(record(**far, config={"seed": 0, "defense": "ls", "lam": 0.1}), "fgsm_gap", standard=std)
+    assert c.status == "flagged" and "at eps 0.3" in c.detail, c
+    at_only_far = record(**far, config={"seed": 0, "defense": "at", "eps": 0.05})
+    c = status(at_only_far, "fgsm_gap", standard=std)
+    assert c.status == "not tested" and "above the training eps 0.05" in c.detail, c
     assert status(ls, "fgsm_gap").status == "not tested"  # no standard model
     assert status(std, "fgsm_gap", standard=std).status == "not tested"
 
