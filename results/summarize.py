@@ -17,7 +17,7 @@ from pathlib import Path
 from uncertainty_robust.report import group_trials, scan_run
 from uncertainty_robust.report.scan import mean_std
 
-WORST_EPS = ("0.025", "0.05", "0.1", "0.2")  # the worst-case columns shown (where accuracy is not ~0)
+WORST_EPS = ("0.025", "0.05", "0.1", "0.2", "0.3")  # the worst-case columns shown (where accuracy is not ~0)
 
 
 def _pct(x) -> str:
