@@ -21,3 +21,9 @@ for g in "${parts[@]}"; do
   [ -d "runs/$g/aggregate/examples" ] && cp -r "runs/$g/aggregate/examples" "results/$g/"
   "$PY" results/summarize.py "runs/$g" > "results/$g/summary.md"
 done
+# every part together (the open choices are paired with part 1's trials on the same points and seeds)
+"$PY" sweeps/aggregate.py runs --out runs/aggregate
+rm -rf results/combined && mkdir -p results/combined
+cp -r runs/aggregate/figures runs/aggregate/tables.md runs/aggregate/summary.json runs/aggregate/table_*.csv \
+  runs/aggregate/table_*.json runs/aggregate/jacobian_correlation.json results/combined/
+"$PY" results/summarize.py runs > results/combined/summary.md
