@@ -16,30 +16,17 @@ from pathlib import Path
 
 from uncertainty_robust.report import group_trials, scan_run
 from uncertainty_robust.report.scan import mean_std
+from uncertainty_robust.report.tables import fmt_cell, fmt_diff
 
 WORST_EPS = ("0.025", "0.05", "0.1", "0.2", "0.3")  # the worst-case columns shown (where accuracy is not ~0)
 
 
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
-
-
 def _cell(c: dict | None) -> str:
-    if not c or c.get("mean") is None:
-        return "—"
-    ci = c.get("ci")
-    return _pct(c["mean"]) + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+    return fmt_cell(((c or {}).get("mean"), None, None), (c or {}).get("ci")) or "—"
 
 
 def _diff(c: dict | None) -> str:
-    d = (c or {}).get("diff")
-    if not d:
-        return "—"
-    p = d.get("p_holm", d["p"])
-    ps = "p<0.001" if p < 0.001 else f"p={p:.3f}"
-    return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] {ps}" + (
-        " **\\***" if d.get("significant") else ""
-    )
+    return fmt_diff((c or {}).get("diff") or None, p_key="p_holm", star=" **\\***") or "—"
 
 
 def _join(x) -> str:
@@ -58,43 +45,32 @@ def _columns(entry: dict) -> list[tuple[str, dict | None]]:
     return cols
 
 
+JACOBIAN_COLUMNS = [  # (header, path in result.json, format of the mean)
+    ("‖J‖ logits", ("jacobian", "logits", "mean"), ".3g"),
+    ("‖J‖ softmax", ("jacobian", "softmax", "mean"), ".3g"),
+    ("‖J‖ margin", ("jacobian", "margin", "mean"), ".3g"),
+    ("boundary dist. (median)", ("jacobian", "boundary_linf", "median"), ".3g"),
+    ("adv ‖J‖ logits", ("jacobian", "adversarial", "logits", "mean"), ".3g"),
+    ("adv ‖J‖ softmax", ("jacobian", "adversarial", "softmax", "mean"), ".3g"),
+    ("adv ‖J‖ margin", ("jacobian", "adversarial", "margin", "mean"), ".3g"),
+    ("entropy (nats)", ("entropy_mean",), ".3f"),
+]
+
+
+def _get(record: dict, path: tuple):
+    for k in path:
+        record = (record or {}).get(k)
+    return record
+
+
 def _jacobian_rows(run_dir: Path) -> list[str]:
-    scan = scan_run(run_dir)
-    keys = [
-        ("logits", None),
-        ("softmax", None),
-        ("margin", None),
-        ("boundary_linf", "median"),
-        ("logits", "adv"),
-        ("softmax", "adv"),
-        ("margin", "adv"),
-    ]
-    head = [
-        "‖J‖ logits",
-        "‖J‖ softmax",
-        "‖J‖ margin",
-        "boundary dist. (median)",
-        "adv ‖J‖ logits",
-        "adv ‖J‖ softmax",
-        "adv ‖J‖ margin",
-        "entropy (nats)",
-    ]
+    head = [h for h, _, _ in JACOBIAN_COLUMNS]
     out = ["| Method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-    for g in group_trials(scan.trials):
+    for g in group_trials(scan_run(run_dir).trials):
         row = [g.label]
-        for name, how in keys:
-            vals = []
-            for t in g.trials:
-                j = t.record.get("jacobian") or {}
-                src = (j.get("adversarial") or {}) if how == "adv" else j
-                st = src.get(name) or {}
-                vals.append(st.get("median" if how == "median" else "mean"))
-            m, s, _ = mean_std([v for v in vals if v is not None])
-            row.append("—" if m is None else f"{m:.3g}" + (f" ± {s:.2g}" if s is not None else ""))
-        m, s, _ = mean_std(
-            [t.record.get("entropy_mean") for t in g.trials if t.record.get("entropy_mean") is not None]
-        )
-        row.append("—" if m is None else f"{m:.3f}" + (f" ± {s:.2g}" if s is not None else ""))
+        for _, path, f in JACOBIAN_COLUMNS:
+            m, s, _ = mean_std([v for v in (_get(t.record, path) for t in g.trials) if v is not None])
+            row.append("—" if m is None else f"{m:{f}}" + (f" ± {s:.2g}" if s is not None else ""))
         out.append("| " + " | ".join(row) + " |")
     return out
 

@@ -129,7 +129,9 @@ def build_tables(groups: list, spec: st.BootstrapSpec = st.BootstrapSpec()) -> l
     return out
 
 
-def _fmt(ms: tuple, ci: tuple | None = None) -> str:
+def fmt_cell(ms: tuple, ci: tuple | None = None) -> str:
+    """A table cell in %: ``mean [lo, hi]`` with a CI, else ``mean ± std`` (or the mean alone);
+    "" when there is no mean. ``ms``: (mean, std, n) as :func:`scan.mean_std` gives it."""
     m, s, _ = ms
     if m is None:
         return ""
@@ -138,12 +140,15 @@ def _fmt(ms: tuple, ci: tuple | None = None) -> str:
     return f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if s is not None else "")
 
 
-def _fmt_diff(d: dict | None) -> str:
+def fmt_diff(d: dict | None, p_key: str = "p", star: str = " *") -> str:
+    """A paired difference in percentage points: ``diff [lo, hi] p=...`` and ``star`` when significant
+    after Holm; ``p_key``: which p-value to show ("p", or "p_holm" for the corrected one)."""
     if d is None:
         return ""
-    star = " *" if d.get("significant") else ""
+    mark = star if d.get("significant") else ""
     return (
-        f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] p{st.fmt_p(d['p'], '=')}{star}"
+        f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] "
+        f"p{st.fmt_p(d.get(p_key, d['p']), '=')}{mark}"
     )
 
 
@@ -184,11 +189,11 @@ def _aa_cell(row: dict, col: tuple, subset: bool) -> str:
     """``AA@eps``; on a subset of the points, with our own worst case on the same points beside it
     (our ``worst@eps`` column is on every point, so the two columns are not comparable)."""
     ci = row.get("ci", {})
-    text = _fmt(row["cells"][col[0]], ci.get(col[0]))
+    text = fmt_cell(row["cells"][col[0]], ci.get(col[0]))
     key = f"ours_on_AA_points@{col[3]:g}"
     ours = row["cells"].get(key)
     if subset and text and ours and ours[0] is not None:
-        return f"{text} (ours {_fmt(ours, ci.get(key))})"
+        return f"{text} (ours {fmt_cell(ours, ci.get(key))})"
     return text
 
 
@@ -211,7 +216,9 @@ def table_markdown(tab: dict) -> str:
             + " | ".join(
                 [r["method"], str(r["n_seeds"])]
                 + [
-                    _aa_cell(r, c, subset) if c[1] == "autoattack" else _fmt(r["cells"][c[0]], ci.get(c[0]))
+                    _aa_cell(r, c, subset)
+                    if c[1] == "autoattack"
+                    else fmt_cell(r["cells"][c[0]], ci.get(c[0]))
                     for c in cols
                 ]
                 + [_flags_text(r)]
@@ -237,7 +244,7 @@ def table_markdown(tab: dict) -> str:
                     "| "
                     + " | ".join(
                         [f"{r['method']} − {r['baseline']}", " ".join(map(str, r["paired_seeds"]))]
-                        + [_fmt_diff(r["diff"].get(c[0])) for c in cols]
+                        + [fmt_diff(r["diff"].get(c[0])) for c in cols]
                     )
                     + " |"
                 )
