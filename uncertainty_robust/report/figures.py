@@ -55,11 +55,10 @@ def write_figures(out: Path, groups: list) -> list:
     val = validation_curves(groups)
     if val:
         v = groups[0].trials[0].record.get("validation") or {}
-        color = {g.label: f"C{i % 10}" for i, g in enumerate(groups)}
-        styles = {
-            k: {"color": color[k.rsplit(" ", 1)[0]], "marker": "o" if k.endswith("robust") else "x"}
-            | ({} if k.endswith("robust") else {"linestyle": "--"})
-            for k in val
+        styles = {  # one colour per method, its clean curve dashed
+            _val_label(g, kind): {"color": f"C{i % 10}", **style}
+            for i, g in enumerate(groups)
+            for kind, (_, style) in _VALIDATION.items()
         }
         lines(
             "validation_curves.png",
@@ -102,7 +101,7 @@ def write_figures(out: Path, groups: list) -> list:
 
 
 def caption(groups: list, split: str | None = None) -> str:
-    """One line naming what every figure must: dataset and split, model, points, seeds, checkpoint."""
+    """One line naming what every figure must: dataset and split, model, points, seeds, attacks."""
 
     def uniq(values) -> str:
         return ", ".join(sorted({str(v) for v in values}))
@@ -116,18 +115,28 @@ def caption(groups: list, split: str | None = None) -> str:
     )
 
 
+_VALIDATION = {  # curve kind: (history key, line style)
+    "clean": ("val/clean_acc", {"marker": "x", "linestyle": "--"}),
+    "robust": ("val/robust_acc", {"marker": "o"}),
+}
+
+
+def _val_label(g, kind: str) -> str:
+    return f"{g.label} {kind}"
+
+
 def validation_curves(groups: list) -> dict:
     """{"<method> clean" / "<method> robust": [(epoch, mean over seeds)]} from each trial's history."""
     out = {}
     for g in groups:
-        for key, name in (("val/clean_acc", "clean"), ("val/robust_acc", "robust")):
+        for kind, (key, _) in _VALIDATION.items():
             per_epoch: dict = {}
             for t in g.trials:
                 for h in (t.record.get("train") or {}).get("history", []):
                     if h.get(key) is not None:
                         per_epoch.setdefault(h["epoch"], []).append(h[key])
             if per_epoch:
-                out[f"{g.label} {name}"] = [(e, sum(v) / len(v)) for e, v in sorted(per_epoch.items())]
+                out[_val_label(g, kind)] = [(e, sum(v) / len(v)) for e, v in sorted(per_epoch.items())]
     return out
 
 
