@@ -281,7 +281,8 @@ def _gap(c: dict) -> tuple:
 
 
 def _fgsm_gap(record: dict, standard: Optional[dict], rules: AuditRules) -> Check:
-    if (record.get("config") or {}).get("defense") == undefended():
+    cfg = record.get("config") or {}
+    if cfg.get("defense") == undefended():
         return Check("fgsm_gap", "not tested", "the standard model is the reference of this check")
     if standard is None:
         return Check(
@@ -290,7 +291,6 @@ def _fgsm_gap(record: dict, standard: Optional[dict], rules: AuditRules) -> Chec
     mine = {round(c["eps"], 9): c for c in _probe(record).get("fgsm_pgd", [])}
     ref = {round(c["eps"], 9): c for c in _probe(standard).get("fgsm_pgd", [])}
     common = sorted(set(mine) & set(ref))
-    cfg = record.get("config") or {}
     beyond = ""
     d = DEFENSES.get(cfg.get("defense"))
     if d is not None and d.adversarial and cfg.get("eps"):
