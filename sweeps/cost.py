@@ -9,7 +9,10 @@ import torch
 
 from uncertainty_robust.config import TrialConfig
 from uncertainty_robust.data import dataset_info
+from uncertainty_robust.evaluate import PROBE_RESTARTS_FACTOR, PROBE_SQUARE_QUERIES, PROBE_STEPS_FACTOR
 from uncertainty_robust.train import make_model
+
+QUERIES_PER_PASS = 3  # a gradient-free query (Square) costs a forward pass: about a third of forward+backward
 
 
 def breakdown(c: TrialConfig) -> dict:
@@ -45,9 +48,12 @@ def breakdown(c: TrialConfig) -> dict:
     probe_n = min(c.probe_points or c.n_eval, c.n_eval)
     square_n = min(probe_n, c.autoattack_points or c.n_eval)
     ref = max((a for a in c.attacks if a.name == "pgd"), key=lambda a: a.steps * a.restarts, default=None)
+    strong = PROBE_STEPS_FACTOR * PROBE_RESTARTS_FACTOR
     probe = (
-        probe_n * ref.steps * ref.restarts * 16 + square_n * 1000 / 3 if ref else 0
-    )  # 4x steps x 4x restarts
+        probe_n * ref.steps * ref.restarts * strong + square_n * PROBE_SQUARE_QUERIES / QUERIES_PER_PASS
+        if ref
+        else 0
+    )
     evaluation = c.n_eval * attacks * eps_pos + probe + jacobian
     autoattack = autoattack_passes(c, k) * len(c.aa_eps()) * (c.autoattack_points or c.n_eval)
     evaluation *= len(c.checkpoints)
@@ -71,7 +77,7 @@ def autoattack_passes(c: TrialConfig, k: int) -> float:
             comp = COMPONENTS[name]
             per = steps * restarts
             if comp.gradient_free:
-                per /= 3
+                per /= QUERIES_PER_PASS
             elif name in ("apgd-t", "fab-t"):
                 per *= targets
             total += per
