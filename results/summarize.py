@@ -1,7 +1,9 @@
 """Compact reproduction tables from a sweep's aggregate: the handful of columns the report discusses,
 with the aggregation's own numbers (95 % CIs over seeds and test points, paired differences with
 each method's baseline, Holm over eps), the Jacobian statistics per method and the audit's flags and
-not-tested checks. Everything is read from RUN/aggregate/ (table_*.json, summary.json) and the
+not-tested checks, our attacks against AutoAttack on the same points, and the Jacobian statistics'
+correlation with robust accuracy (all trials, and within the adversarially trained / other trials).
+Everything is read from RUN/aggregate/ (table_*.json, summary.json) and the
 trials' result.json; nothing is recomputed here.
 
     python results/summarize.py runs/repro_fmnist > results/repro_fmnist/summary.md
@@ -16,9 +18,11 @@ from pathlib import Path
 
 from uncertainty_robust.report import group_trials, scan_run
 from uncertainty_robust.report.scan import mean_std
+from uncertainty_robust.report.stats import fmt_p
 from uncertainty_robust.report.tables import fmt_cell, fmt_diff
 
 WORST_EPS = ("0.025", "0.05", "0.1", "0.2", "0.3")  # the worst-case columns shown (where accuracy is not ~0)
+CORRELATION_AT = ("worst@0.1", "worst@0.2")  # the Jacobian correlations shown: the training eps and twice it
 
 
 def _cell(c: dict | None) -> str:
@@ -72,6 +76,55 @@ def _jacobian_rows(run_dir: Path) -> list[str]:
             m, s, _ = mean_std([v for v in (_get(t.record, path) for t in g.trials) if v is not None])
             row.append("—" if m is None else f"{m:{f}}" + (f" ± {s:.2g}" if s is not None else ""))
         out.append("| " + " | ".join(row) + " |")
+    return out
+
+
+def _autoattack_rows(entries: list[dict]) -> list[str]:
+    """Our worst case against AutoAttack on the same (AutoAttack) points: the share of the points our
+    attacks leave robust that AutoAttack breaks is the evaluation's blind spot for that model."""
+    out = [
+        "| Method | eps | ours (worst case) | AA (ours + AutoAttack) | lost to AutoAttack | share of ours |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        ours_by_eps = e.get("worst_case_acc_on_autoattack_points") or {}
+        for eps, aa in sorted((e.get("autoattack_acc") or {}).items()):
+            ours, aa = (ours_by_eps.get(eps) or {}).get("mean"), (aa or {}).get("mean")
+            if ours is None or aa is None:
+                continue
+            share = f"{100 * (ours - aa) / ours:.0f} %" if ours > 0 else "—"
+            out.append(
+                f"| {e['name']} | {eps} | {100 * ours:.1f} | {100 * aa:.1f} | {100 * (ours - aa):.1f} | {share} |"
+            )
+    return out
+
+
+def _correlation_rows(run_dir: Path) -> list[str]:
+    """Spearman's rho of each Jacobian statistic with worst-case accuracy at the AutoAttack eps (the
+    training eps here), across all trials and within the adversarially trained / other trials."""
+    out = []
+    for c in json.loads((run_dir / "aggregate" / "jacobian_correlation.json").read_text()):
+        subsets = {f"all {c['n_trials']} trials": c["correlation"]} | {
+            f"{label} ({sub['n_trials']})": sub["correlation"]
+            for label, sub in (c.get("within") or {}).items()
+        }
+        cols = [k for k in c["robust"] if k in CORRELATION_AT]
+        head = [f"{name}, {k}" for name in subsets for k in cols]
+        out += [
+            f"Spearman's ρ (p) with worst-case accuracy, {c['dataset']} · {c['model']}, each seed a point "
+            f"(adv_ = at PGD points of eps {'/'.join(f'{e:g}' for e in c['jacobian_adv_eps']) or '—'}):",
+            "",
+            "| statistic | " + " | ".join(head) + " |",
+            "|---|" + "---|" * len(head),
+        ]
+        for stat in c["correlation"]:
+            cells = []
+            for corr in subsets.values():
+                for k in cols:
+                    r = (corr.get(stat) or {}).get(k) or {}
+                    cells.append("—" if r.get("rho") is None else f"{r['rho']:+.2f} ({fmt_p(r['p'])})")
+            out.append(f"| {stat} | " + " | ".join(cells) + " |")
+        out.append("")
     return out
 
 
@@ -134,6 +187,13 @@ def summarize(run_dir: Path) -> str:
                     + " | ".join(_diff(c) for _, c in _columns(e))
                     + " |"
                 )
+        out += [
+            "",
+            "Our attacks against AutoAttack on the AutoAttack points (accuracy in %, mean over seeds): how "
+            "much of what our attacks leave robust AutoAttack breaks.",
+            "",
+        ]
+        out += _autoattack_rows(entries)
         out += ["", "Audit (docs/audit.md): flags raised and checks that could not fire, per method.", ""]
         out += _audit_rows(run_dir, entries)
     out += [
@@ -147,6 +207,8 @@ def summarize(run_dir: Path) -> str:
         "",
     ]
     out += _jacobian_rows(run_dir)
+    out += ["", "## Jacobian statistics vs robustness", ""]
+    out += _correlation_rows(run_dir)
     return "\n".join(out) + "\n"
 
 

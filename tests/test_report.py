@@ -266,35 +266,40 @@ def test_table_statistics_match_the_per_point_outcomes(sweep, aggregated):
     assert "Jacobian statistics vs worst-case accuracy" in md
 
 
-def test_table_math_on_hand_written_records():
-    def rec(defense, seed, clean, worst, lam=0.0, width=1.0):
-        cfg = TrialConfig(defense=defense, lam=lam, seed=seed, width=width, test_eps=[0, 0.3]).to_dict()
-        return {
-            "config": cfg,
-            "dataset": cfg["dataset"],
-            "model": cfg["model"],
-            "clean_acc": clean,
-            "n_points": 500,
-            "attacks": [
-                {
-                    "attack": "pgd",
-                    "label": "pgd20",
-                    "norm": "Linf",
-                    "eps": e,
-                    "acc": w,
-                    "n_points": 500,
-                    "steps": 20,
-                    "restarts": 1,
-                    "step_size": 2.5 * e / 20,
-                }
-                for e, w in ((0.0, clean), (0.3, worst))
-            ],
-            "worst_case": [
-                {"eps": 0.0, "acc": clean, "n_points": 500},
-                {"eps": 0.3, "acc": worst, "n_points": 500},
-            ],
-        }
+def rec(defense, seed, clean, worst, lam=0.0, width=1.0, jac_logits=None):
+    """A hand-written result record: clean and PGD-20 accuracy at eps 0.3, optionally a logit Jacobian."""
+    cfg = TrialConfig(defense=defense, lam=lam, seed=seed, width=width, test_eps=[0, 0.3]).to_dict()
+    record = {
+        "config": cfg,
+        "dataset": cfg["dataset"],
+        "model": cfg["model"],
+        "clean_acc": clean,
+        "n_points": 500,
+        "attacks": [
+            {
+                "attack": "pgd",
+                "label": "pgd20",
+                "norm": "Linf",
+                "eps": e,
+                "acc": w,
+                "n_points": 500,
+                "steps": 20,
+                "restarts": 1,
+                "step_size": 2.5 * e / 20,
+            }
+            for e, w in ((0.0, clean), (0.3, worst))
+        ],
+        "worst_case": [
+            {"eps": 0.0, "acc": clean, "n_points": 500},
+            {"eps": 0.3, "acc": worst, "n_points": 500},
+        ],
+    }
+    if jac_logits is not None:
+        record["jacobian"] = {"logits": {"mean": jac_logits}}
+    return record
 
+
+def test_table_math_on_hand_written_records():
     trials = [
         report.Trial(Path(f"t{i}"), r)
         for i, r in enumerate(
@@ -323,6 +328,40 @@ def test_table_math_on_hand_written_records():
         "| EntM (λ=0.5) [width=1.0] | 3 | 80.0 ± 10.0 | 30.0 ± 26.5 | 30.0 ± 26.5 | zero_gradients (1/3) |"
         in md
     )
+
+
+def test_jacobian_correlation_within_the_adversarial_and_natural_subsets():
+    # Simpson's paradox planted: across all 8 trials a smaller logit Jacobian goes with more
+    # robustness (AT vs not), within each subset with less; the report must show both.
+    trials = [
+        report.Trial(Path(f"t{i}"), rec(d, seed, 0.9, acc, lam=lam, jac_logits=jac))
+        for i, (d, lam, seed, acc, jac) in enumerate(
+            [
+                ("entm", 0.5, 0, 0.10, 13.0),
+                ("entm", 0.5, 1, 0.08, 11.0),
+                ("entm", 0.5, 2, 0.05, 8.0),
+                ("entm", 0.5, 3, 0.02, 6.0),
+                ("at_entm", 0.5, 0, 0.62, 4.0),
+                ("at_entm", 0.5, 1, 0.61, 3.0),
+                ("at_entm", 0.5, 2, 0.59, 2.5),
+                ("at_entm", 0.5, 3, 0.55, 2.0),
+            ]
+        )
+    ]
+    (c,) = report.jacobian_correlations(report.group_trials(trials))
+    assert c["correlation"]["logits_mean"]["worst@0.3"]["rho"] < -0.5
+    within = c["within"]
+    assert {k: v["n_trials"] for k, v in within.items()} == {
+        "adversarially trained": 4,
+        "not adversarially trained": 4,
+    }
+    for sub in within.values():
+        assert sub["correlation"]["logits_mean"]["worst@0.3"]["rho"] == pytest.approx(1.0)
+    md = report.correlation_markdown(c)
+    assert "Within the 4 adversarially trained trials:" in md and md.count("| logits_mean | +1.00") == 2
+    # one subset only: nothing "within" to report
+    (c,) = report.jacobian_correlations(report.group_trials(trials[:4]))
+    assert c["within"] == {} and "Within" not in report.correlation_markdown(c)
 
 
 def test_rerun_replaces_aggregate_and_reuses_transfers(sweep, aggregated, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 
+from ..defenses import DEFENSES
 from . import stats as st
 from .columns import cell
 from .scan import jacobian_values
@@ -102,23 +103,48 @@ def matrix_markdown(title: str, m: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ Jacobian vs robustness
+# Trials with and without adversarial training form two clusters tens of points apart in robust accuracy,
+# so a correlation across all trials mostly says "AT vs not AT"; the same correlation within each
+# subset says whether a smaller Jacobian goes with more robustness among comparable models.
+SUBSETS = (("adversarially trained", True), ("not adversarially trained", False))
+MIN_SUBSET_TRIALS = 4  # below this a Spearman rho is not worth printing
+
+
+def _spearman_block(trials: list, eps: list) -> dict:
+    jv = [jacobian_values(t.record) for t in trials]
+    names = list(dict.fromkeys(k for v in jv for k in v))
+    acc = {e: [cell(t.record, (f"worst@{e:g}", "worst", None, e)) for t in trials] for e in eps}
+    return {n: {f"worst@{e:g}": st.spearman([v.get(n) for v in jv], acc[e]) for e in eps} for n in names}
+
+
 def jacobian_correlations(groups: list) -> list:
     """Per (dataset, model): Spearman's rho across trials (every seed a point) between each Jacobian
     statistic (:func:`~.scan.jacobian_values`: logit, softmax and margin-gradient norms and the
-    boundary distance, at clean and at PGD points) and the worst-case accuracy at each eps > 0."""
+    boundary distance, at clean and at PGD points) and the worst-case accuracy at each eps > 0; the
+    same within the adversarially trained trials and within the others (``within``, for subsets of
+    at least :data:`MIN_SUBSET_TRIALS` trials when both subsets are present)."""
     by: dict = {}
     for g in groups:
-        by.setdefault((g.cfg.dataset, g.cfg.model), []).extend(g.trials)
+        adv = DEFENSES[g.cfg.defense].adversarial
+        by.setdefault((g.cfg.dataset, g.cfg.model), []).extend((t, adv) for t in g.trials)
     out = []
-    for (dataset, model), trials in by.items():
+    for (dataset, model), pairs in by.items():
+        trials = [t for t, _ in pairs]
         eps = sorted({w["eps"] for t in trials for w in t.record["worst_case"] if w["eps"] > 0})
-        jv = [jacobian_values(t.record) for t in trials]
-        names = [k for k in dict.fromkeys(k for v in jv for k in v)]
-        if not names or not eps:
+        if not eps or not any(jacobian_values(t.record) for t in trials):
             continue
-        acc = {e: [cell(t.record, (f"worst@{e:g}", "worst", None, e)) for t in trials] for e in eps}
         adv_eps = sorted(
             {(t.record.get("jacobian") or {}).get("adversarial", {}).get("eps") for t in trials} - {None}
+        )
+        subsets = {label: [t for t, a in pairs if a == flag] for label, flag in SUBSETS}
+        within = (
+            {
+                label: {"n_trials": len(ts), "correlation": _spearman_block(ts, eps)}
+                for label, ts in subsets.items()
+                if len(ts) >= MIN_SUBSET_TRIALS
+            }
+            if all(subsets.values())
+            else {}
         )
         out.append(
             {
@@ -127,10 +153,8 @@ def jacobian_correlations(groups: list) -> list:
                 "n_trials": len(trials),
                 "robust": [f"worst@{e:g}" for e in eps],
                 "jacobian_adv_eps": adv_eps,
-                "correlation": {
-                    n: {f"worst@{e:g}": st.spearman([v.get(n) for v in jv], acc[e]) for e in eps}
-                    for n in names
-                },
+                "correlation": _spearman_block(trials, eps),
+                "within": within,
             }
         )
     return out
@@ -151,12 +175,19 @@ def correlation_markdown(c: dict) -> str:
             else "."
         ),
         "",
-        "| statistic | " + " | ".join(cols) + " |",
-        "|" + "---|" * (len(cols) + 1),
     ]
-    for name, row in c["correlation"].items():
+    lines += _rho_table(c["correlation"], cols)
+    for label, sub in (c.get("within") or {}).items():
+        lines += ["", f"Within the {sub['n_trials']} {label} trials:", ""]
+        lines += _rho_table(sub["correlation"], cols)
+    return "\n".join(lines) + "\n"
+
+
+def _rho_table(correlation: dict, cols: list) -> list:
+    lines = ["| statistic | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, row in correlation.items():
         cells = [
             "" if row[k]["rho"] is None else f"{row[k]['rho']:+.2f} ({st.fmt_p(row[k]['p'])})" for k in cols
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
