@@ -170,23 +170,31 @@ def summarize(run_dir: Path) -> str:
             out.append(
                 f"| {e['name']} | {e['n_seeds']} | " + " | ".join(_cell(c) for _, c in _columns(e)) + " |"
             )
+        paired = [e for e in entries if e.get("baseline")]
         out += [
             "",
             "Paired differences, method − baseline (percentage points) [95 % CI], p-value (bootstrap, "
             "Holm over the eps values of that column family); **\\*** = significant at 5 % after the "
             "correction. Same seeds, same test points.",
             "",
-            "| Method − baseline | paired seeds | " + " | ".join(cols) + " |",
-            "|---|---|" + "---|" * len(cols),
         ]
-        for e in entries:
-            if e.get("baseline"):
-                seeds = ",".join(str(s) for s in e.get("paired_seeds", []))
-                out.append(
-                    f"| {e['name']} − {e['baseline']} | {seeds} | "
-                    + " | ".join(_diff(c) for _, c in _columns(e))
-                    + " |"
-                )
+        if not paired:
+            out.append(
+                "None here: no method of this run has its baseline's trials in the run. Aggregate it "
+                "together with the run that has them (as results/combined does)."
+            )
+        else:
+            out += [
+                "| Method − baseline | paired seeds | " + " | ".join(cols) + " |",
+                "|---|---|" + "---|" * len(cols),
+            ]
+        for e in paired:
+            seeds = ",".join(str(s) for s in e.get("paired_seeds", []))
+            out.append(
+                f"| {e['name']} − {e['baseline']} | {seeds} | "
+                + " | ".join(_diff(c) for _, c in _columns(e))
+                + " |"
+            )
         out += [
             "",
             "Our attacks against AutoAttack on the AutoAttack points (accuracy in %, mean over seeds): how "
