@@ -18,7 +18,7 @@ from pathlib import Path
 
 from uncertainty_robust.report import group_trials, scan_run
 from uncertainty_robust.report.scan import mean_std
-from uncertainty_robust.report.stats import fmt_p
+from uncertainty_robust.report.series import fmt_rho
 from uncertainty_robust.report.tables import fmt_cell, fmt_diff
 
 WORST_EPS = ("0.025", "0.05", "0.1", "0.2", "0.3")  # the worst-case columns shown (where accuracy is not ~0)
@@ -121,8 +121,7 @@ def _correlation_rows(run_dir: Path) -> list[str]:
             cells = []
             for corr in subsets.values():
                 for k in cols:
-                    r = (corr.get(stat) or {}).get(k) or {}
-                    cells.append("—" if r.get("rho") is None else f"{r['rho']:+.2f} ({fmt_p(r['p'])})")
+                    cells.append(fmt_rho((corr.get(stat) or {}).get(k), empty="—"))
             out.append(f"| {stat} | " + " | ".join(cells) + " |")
         out.append("")
     return out

@@ -131,7 +131,8 @@ def jacobian_correlations(groups: list) -> list:
     for (dataset, model), pairs in by.items():
         trials = [t for t, _ in pairs]
         eps = sorted({w["eps"] for t in trials for w in t.record["worst_case"] if w["eps"] > 0})
-        if not eps or not any(jacobian_values(t.record) for t in trials):
+        correlation = _spearman_block(trials, eps)
+        if not correlation:  # no eps > 0, or no trial recorded Jacobian statistics
             continue
         adv_eps = sorted(
             {(t.record.get("jacobian") or {}).get("adversarial", {}).get("eps") for t in trials} - {None}
@@ -153,7 +154,7 @@ def jacobian_correlations(groups: list) -> list:
                 "n_trials": len(trials),
                 "robust": [f"worst@{e:g}" for e in eps],
                 "jacobian_adv_eps": adv_eps,
-                "correlation": _spearman_block(trials, eps),
+                "correlation": correlation,
                 "within": within,
             }
         )
@@ -183,11 +184,13 @@ def correlation_markdown(c: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fmt_rho(r: dict | None, empty: str = "") -> str:
+    """One correlation cell, ``+0.42 (p)``; ``empty`` where rho is undefined or missing."""
+    return empty if not r or r.get("rho") is None else f"{r['rho']:+.2f} ({st.fmt_p(r['p'])})"
+
+
 def _rho_table(correlation: dict, cols: list) -> list:
     lines = ["| statistic | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for name, row in correlation.items():
-        cells = [
-            "" if row[k]["rho"] is None else f"{row[k]['rho']:+.2f} ({st.fmt_p(row[k]['p'])})" for k in cols
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt_rho(row[k]) for k in cols) + " |")
     return lines
