@@ -11,7 +11,7 @@ PY=${1:-python}
 shift || true
 parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(repro_fmnist repro_fmnist_lambdas repro_fmnist_at_lambdas repro_fmnist_entropy_on repro_fmnist_inner_loss
-  repro_fmnist_adv_fraction repro_mnist)
+  repro_fmnist_adv_fraction repro_fmnist_adv_fraction_at repro_mnist)
 for g in "${parts[@]}"; do
   "$PY" sweeps/launch.py --grid "$g" --partition debug --cpus-per-node 2 --storage runs --no-aggregate --wait -q
   "$PY" sweeps/aggregate.py "runs/$g"
@@ -21,9 +21,14 @@ for g in "${parts[@]}"; do
   [ -d "runs/$g/aggregate/examples" ] && cp -r "runs/$g/aggregate/examples" "results/$g/"
   "$PY" results/summarize.py "runs/$g" > "results/$g/summary.md"
 done
-# every part together (the open choices are paired with part 1's trials on the same points and seeds)
-"$PY" sweeps/aggregate.py runs --out runs/aggregate
+# every Fashion-MNIST part together (the open choices and strengths are paired with the same AT /
+# standard trials on the same points and seeds); hard links, so nothing is copied or retrained
+rm -rf runs/_combined && mkdir -p runs/_combined
+for d in runs/repro_fmnist*/; do cp -al "$d" "runs/_combined/$(basename "$d")"; done
+rm -rf runs/_combined/*/aggregate
+"$PY" sweeps/aggregate.py runs/_combined --out runs/_combined/aggregate
 rm -rf results/combined && mkdir -p results/combined
-cp -r runs/aggregate/figures runs/aggregate/tables.md runs/aggregate/summary.json runs/aggregate/table_*.csv \
-  runs/aggregate/table_*.json runs/aggregate/jacobian_correlation.json results/combined/
-"$PY" results/summarize.py runs > results/combined/summary.md
+cp -r runs/_combined/aggregate/figures runs/_combined/aggregate/tables.md runs/_combined/aggregate/summary.json \
+  runs/_combined/aggregate/table_*.csv runs/_combined/aggregate/table_*.json \
+  runs/_combined/aggregate/jacobian_correlation.json results/combined/
+"$PY" results/summarize.py runs/_combined > results/combined/summary.md
