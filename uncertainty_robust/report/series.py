@@ -131,8 +131,10 @@ def jacobian_correlations(groups: list) -> list:
     for (dataset, model), pairs in by.items():
         trials = [t for t, _ in pairs]
         eps = sorted({w["eps"] for t in trials for w in t.record["worst_case"] if w["eps"] > 0})
+        if not eps:
+            continue
         correlation = _spearman_block(trials, eps)
-        if not correlation:  # no eps > 0, or no trial recorded Jacobian statistics
+        if not correlation:  # no trial recorded Jacobian statistics
             continue
         adv_eps = sorted(
             {(t.record.get("jacobian") or {}).get("adversarial", {}).get("eps") for t in trials} - {None}
