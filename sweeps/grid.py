@@ -6,6 +6,12 @@ A grid is validated completely before anything starts; the first problem raises
 Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` for a full example)::
 
     name: quickstart                  # default experiment name (--name overrides)
+    extends: repro_fmnist             # start from another grid (a file beside this one, or a name in
+                                      # sweeps/): its sections (evaluation, adversarial, optimizer,
+                                      # validation, precision, resources, search, slurm) are merged key
+                                      # by key with this grid's, every other key this grid states
+                                      # replaces the parent's; name and description are not inherited
+                                      # (the name defaults to this file's stem)
     dataset: mnist_embedded           # a name from uncertainty_robust.data.DATASETS
     data_root: null                   # local root for torchvision datasets
     model: small_cnn
@@ -92,8 +98,14 @@ SLURM = {
     "max_requeues": 100,  # time-outs after which the job stops requeuing itself (submitit's default: 3)
 }
 TOP_KEYS = (
-    set(TOP_FIELDS) | set(SECTIONS) | set(AXES) | {"name", "description", "resources", "search", "slurm"}
+    set(TOP_FIELDS)
+    | set(SECTIONS)
+    | set(AXES)
+    | {"name", "description", "extends", "resources", "search", "slurm"}
 )
+MERGED = set(SECTIONS) | {"resources", "search", "slurm"}  # mappings a derived grid merges key by key
+NOT_INHERITED = ("name", "description", "extends")
+SWEEPS_DIR = Path(__file__).resolve().parent
 
 
 class GridError(ConfigError):
@@ -102,7 +114,7 @@ class GridError(ConfigError):
 
 @dataclass
 class Grid:
-    source: str  # the YAML text as given
+    source: str  # the YAML text as given; for a grid with ``extends``, the resolved grid (self-contained)
     data: dict
     trials: list  # [TrialConfig]
     resources: dict = field(default_factory=dict)
@@ -162,18 +174,63 @@ def _attack(key: str, a: Any) -> dict:
         raise GridError(e.key, e.msg) from None
 
 
-def parse_grid(text: str) -> Grid:
+def _load_yaml(text: str, where: str = "") -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise GridError("yaml", f"not valid YAML ({where}): {getattr(e, 'problem', e)}") from None
+        line = f"line {mark.line + 1}" if mark else "?"
+        raise GridError("yaml", f"{where}not valid YAML ({line}): {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
-        raise GridError("yaml", "the grid must be a mapping of keys (dataset, defenses, ...)")
+        raise GridError("yaml", f"{where}the grid must be a mapping of keys (dataset, defenses, ...)")
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
-        raise GridError(unknown[0], f"unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
+        raise GridError(unknown[0], f"{where}unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
+    return data
+
+
+def _resolve_extends(data: dict, base_dir: Path | None, chain: tuple = ()) -> dict:
+    """``data`` with its ``extends`` chain applied: the parent's sections merged key by key under this
+    grid's, every other key of this grid replacing the parent's; the parent's name, description and
+    extends are dropped. The parent is a file relative to ``base_dir`` (the extending grid's folder),
+    else a grid of sweeps/, by path or bare name."""
+    ref = data.get("extends")
+    if ref is None:
+        return data
+    if not isinstance(ref, str) or not ref:
+        raise GridError("extends", f"expected the name or path of another grid, got {ref!r}")
+    dirs = [d for d in (base_dir, SWEEPS_DIR) if d is not None]
+    cands = [d / r for d in dirs for r in (ref, f"{ref}.yaml")]
+    path = next((c.resolve() for c in cands if c.is_file()), None)
+    if path is None:
+        raise GridError("extends", f"no grid {ref!r} beside this grid or in sweeps/")
+    if path in chain:
+        loop = " -> ".join(p.stem for p in (*chain, path))
+        raise GridError("extends", f"grids extend each other in a loop: {loop}")
+    parent = _resolve_extends(_load_yaml(path.read_text(), f"{path.name}: "), path.parent, (*chain, path))
+    merged = {k: v for k, v in parent.items() if k not in NOT_INHERITED}
+    for k, v in data.items():
+        if k == "extends":
+            continue
+        if k in MERGED and isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = v
+    return merged
+
+
+def parse_grid(text: str, path: Path | None = None) -> Grid:
+    """Validate and expand a grid. ``path``, the file the text came from, is where ``extends`` looks
+    first (then sweeps/), and its stem names a derived grid that states no name of its own."""
+    data = _load_yaml(text)
+    if "extends" in data:
+        path = Path(path).resolve() if path is not None else None
+        chain = (path,) if path is not None else ()
+        merged = _resolve_extends(data, path.parent if path is not None else None, chain)
+        name = merged.pop("name", path.stem if path is not None else None)
+        merged = {**({"name": name} if name is not None else {}), **merged}
+        header = f"# resolved from a grid that extends {data['extends']!r}; this text is the whole grid\n"
+        text, data = header + yaml.safe_dump(merged, sort_keys=False, default_flow_style=None), merged
     if "defenses" not in data:
         raise GridError("defenses", f"missing; choose from {', '.join(DEFENSES)}")
     defenses = _list("defenses", data["defenses"], str)
@@ -348,7 +405,7 @@ def load_grid(path: Path) -> Grid:
         text = Path(path).read_text()
     except OSError as e:
         raise GridError("--grid", f"cannot read {path}: {e.strerror}") from None
-    return parse_grid(text)
+    return parse_grid(text, Path(path))
 
 
 def trial_resources(grid: Grid) -> dict:

@@ -98,7 +98,7 @@ def verbosity(args) -> int:
 
 # ------------------------------------------------------------------------------ plan & dry run
 def write_run_dir(run_dir: Path, grid: Grid, grid_path: Path, args) -> None:
-    """RUN/grid.yaml (as given), RUN/plan.json (resolved trials, resources), RUN/git_commit."""
+    """RUN/grid.yaml (as given, extends resolved), RUN/plan.json (resolved trials, resources), RUN/git_commit."""
     from cluster.trainables import trial_dirname
     from uncertainty_robust.evaluate import git_commit
 

@@ -4,6 +4,7 @@ checkpoint, two drivers of one run are refused."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import torch
 import yaml
 
 from sweeps import launch
-from sweeps.grid import GridError, parse_grid
+from sweeps.grid import GridError, load_grid, parse_grid
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "grids" / "tiny.yaml"
@@ -102,6 +103,76 @@ def test_malformed_grid_exits_2_with_one_line(case, tmp_path, capsys):
     assert not any(tmp_path.glob("*/plan.json")), "nothing may be written for a bad grid"
 
 
+PARENT = """name: parent
+description: the parent's own words
+defenses: [at]
+train_eps: [0.1]
+seeds: [0]
+epochs: 2
+adversarial: {pgd_steps: 3, eps_step: 0.03}
+evaluation: {test_eps: [0, 0.1], n_eval: 50, attacks: [fgsm]}
+slurm: {nodes: 1, time_min: 30}
+"""
+
+
+def test_grid_extends_merges_sections_and_resolves_to_a_whole_grid(tmp_path):
+    (tmp_path / "parent.yaml").write_text(PARENT)
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        "extends: parent\ndefenses: [at, at_entm]\nlambdas: {at_entm: [0.3]}\nseeds: [1, 2]\n"
+        "adversarial: {adv_fraction: 0.5}\nevaluation: {n_eval: 20}\n"
+    )
+    g = load_grid(child)
+    assert g.name == "child" and "description" not in g.data  # neither is inherited
+    assert sorted((c.defense, c.seed) for c in g.trials) == [
+        ("at", 1),
+        ("at", 2),
+        ("at_entm", 1),
+        ("at_entm", 2),
+    ]
+    for c in g.trials:
+        # sections merge key by key: the child's key wins, the parent's others stay
+        assert (c.n_eval, c.test_eps, c.pgd_steps, c.eps_step, c.adv_fraction) == (20, [0, 0.1], 3, 0.03, 0.5)
+        assert (c.epochs, c.eps) == (2, 0.1)
+    assert g.slurm["time_min"] == 30
+    # the source a run directory keeps (RUN/grid.yaml) is the whole grid: it parses alone, anywhere
+    alone = parse_grid(g.source)
+    assert "extends" not in alone.data and alone.name == "child"
+    assert [c.to_dict() for c in alone.trials] == [c.to_dict() for c in g.trials]
+    launch.write_run_dir(tmp_path / "run", g, child, argparse.Namespace(max_concurrent=None))
+    kept = load_grid(tmp_path / "run" / "grid.yaml")
+    assert [c.to_dict() for c in kept.trials] == [c.to_dict() for c in g.trials]
+    # a chain: a grid extending the child gets the parent's settings through it
+    (tmp_path / "grandchild.yaml").write_text("extends: child.yaml\nname: gc\nseeds: [7]\n")
+    gc = load_grid(tmp_path / "grandchild.yaml")
+    assert gc.name == "gc" and {(c.seed, c.n_eval, c.pgd_steps) for c in gc.trials} == {(7, 20, 3)}
+
+
+@pytest.mark.parametrize(
+    "files, key, words",
+    [
+        ({"c.yaml": "extends: nowhere\n"}, "extends", "no grid 'nowhere'"),
+        ({"c.yaml": "extends: [a, b]\n"}, "extends", "expected the name"),
+        ({"c.yaml": "extends: d\n", "d.yaml": "extends: c\ndefenses: [at]\n"}, "extends", "c -> d -> c"),
+        ({"c.yaml": "extends: d\n", "d.yaml": "defenses: [at]\nepochz: 2\n"}, "epochz", "d.yaml"),
+        ({"c.yaml": "extends: d\n", "d.yaml": "defenses: [at\n"}, "yaml", "d.yaml"),
+    ],
+    ids=["missing parent", "not a name", "loop", "bad key in parent", "parent not YAML"],
+)
+def test_bad_extends_exits_2_with_one_line(files, key, words, tmp_path, capsys):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(GridError) as e:
+        load_grid(tmp_path / "c.yaml")
+    assert e.value.key == key and words in str(e.value), str(e.value)
+    rc = launch.main(
+        ["--grid", str(tmp_path / "c.yaml"), "--cluster", "local", "--dry-run", "--storage", str(tmp_path)]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+
+
 def test_cluster_cannot_give_resources(tmp_path, capsys):
     g = tmp_path / "big.yaml"
     g.write_text("defenses: [at]\nresources: {workers: 64, cpus_per_worker: 2}\n")
@@ -114,7 +185,7 @@ def test_cluster_cannot_give_resources(tmp_path, capsys):
 
 def test_shipped_grids_parse_and_dry_run_lists_the_paper_grid():
     for g in sorted((REPO / "sweeps").glob("*.yaml")):
-        assert parse_grid(g.read_text()).trials, g
+        assert load_grid(g).trials, g
     r = subprocess.run(
         launch_cmd("--grid", "lambda_eps.yaml", "--cluster", "local", "--dry-run"),
         capture_output=True,

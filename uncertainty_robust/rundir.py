@@ -3,7 +3,7 @@
 ``launch.py``, ``cluster/`` and the aggregation all reach files through these maps, so a file name
 is written once (after submitit's ``JobPaths``). A run directory on shared storage::
 
-    RUN/grid.yaml            the grid as given                    (launch)
+    RUN/grid.yaml            the grid as given (extends resolved)  (launch)
     RUN/plan.json            resolved trial configs, resources     (launch; the driver reads it)
     RUN/git_commit           commit the run was launched from      (launch)
     RUN/slurm_job.json       SLURM job id, options, log paths      (launch, SLURM only)
