@@ -189,11 +189,14 @@ def _load_yaml(text: str, where: str = "") -> dict:
     return data
 
 
-def _resolve_extends(data: dict, base_dir: Path | None, chain: tuple = ()) -> dict:
+def _resolve_extends(
+    data: dict, base_dir: Path | None, chain: tuple = (), origin: dict | None = None
+) -> dict:
     """``data`` with its ``extends`` chain applied: the parent's sections merged key by key under this
     grid's, every other key of this grid replacing the parent's; the parent's name, description and
     extends are dropped. The parent is a file relative to ``base_dir`` (the extending grid's folder),
-    else a grid of sweeps/, by path or bare name."""
+    else a grid of sweeps/, by path or bare name. ``origin`` (if given) receives, for each key that a
+    parent set (``seeds``, ``evaluation.n_eval``), the parent's file name."""
     ref = data.get("extends")
     if ref is None:
         return data
@@ -207,7 +210,8 @@ def _resolve_extends(data: dict, base_dir: Path | None, chain: tuple = ()) -> di
     if path in chain:
         loop = " -> ".join(p.stem for p in (*chain, path))
         raise GridError("extends", f"grids extend each other in a loop: {loop}")
-    parent = _resolve_extends(_load_yaml(path.read_text(), f"{path.name}: "), path.parent, (*chain, path))
+    raw = _load_yaml(path.read_text(), f"{path.name}: ")
+    parent = _resolve_extends(raw, path.parent, (*chain, path), origin)
     merged = {k: v for k, v in parent.items() if k not in NOT_INHERITED}
     for k, v in data.items():
         if k == "extends":
@@ -216,21 +220,56 @@ def _resolve_extends(data: dict, base_dir: Path | None, chain: tuple = ()) -> di
             merged[k] = {**merged[k], **v}
         else:
             merged[k] = v
+    if origin is not None:
+        _set_origin(origin, raw, path.name)  # what the parent itself states
+        _set_origin(origin, data, None)  # minus what this grid states
     return merged
+
+
+def _set_origin(origin: dict, grid: dict, name: str | None) -> None:
+    """Record ``name`` (None: forget) as where each key ``grid`` states comes from: ``k`` for a plain
+    key (which also replaces a whole section), ``k.sub`` for a key inside a merged section."""
+    for k, v in grid.items():
+        if k in NOT_INHERITED:
+            continue
+        keys = [f"{k}.{sub}" for sub in v] if k in MERGED and isinstance(v, dict) else [k]
+        if keys == [k]:
+            for x in [x for x in origin if x.startswith(f"{k}.")]:
+                del origin[x]
+        elif name is None:
+            origin.pop(k, None)  # a section this grid states key by key replaced a parent's plain value
+        for key in keys:
+            if name is None:
+                origin.pop(key, None)
+            else:
+                origin[key] = name
 
 
 def parse_grid(text: str, path: Path | None = None) -> Grid:
     """Validate and expand a grid. ``path``, the file the text came from, is where ``extends`` looks
     first (then sweeps/), and its stem names a derived grid that states no name of its own."""
     data = _load_yaml(text)
-    if "extends" in data:
-        path = Path(path).resolve() if path is not None else None
-        chain = (path,) if path is not None else ()
-        merged = _resolve_extends(data, path.parent if path is not None else None, chain)
-        name = merged.pop("name", path.stem if path is not None else None)
-        merged = {**({"name": name} if name is not None else {}), **merged}
-        header = f"# resolved from a grid that extends {data['extends']!r}; this text is the whole grid\n"
-        text, data = header + yaml.safe_dump(merged, sort_keys=False, default_flow_style=None), merged
+    if "extends" not in data:
+        return _expand(text, data)
+    path = Path(path).resolve() if path is not None else None
+    chain = (path,) if path is not None else ()
+    origin: dict = {}
+    merged = _resolve_extends(data, path.parent if path is not None else None, chain, origin)
+    name = merged.pop("name", path.stem if path is not None else None)
+    merged = {**({"name": name} if name is not None else {}), **merged}
+    header = f"# resolved from a grid that extends {data['extends']!r}; this text is the whole grid\n"
+    try:
+        return _expand(header + yaml.safe_dump(merged, sort_keys=False, default_flow_style=None), merged)
+    except GridError as e:  # a bad value a parent set: say which file set it
+        top = e.key.split("[")[0]
+        where = origin.get(top) or origin.get(".".join(top.split(".")[:2])) or origin.get(top.split(".")[0])
+        if where is None:
+            raise
+        raise GridError(e.key, f"{e.msg} (set in {where})") from None
+
+
+def _expand(text: str, data: dict) -> Grid:
+    """Validate a whole grid (``extends`` resolved) and expand it into trials."""
     if "defenses" not in data:
         raise GridError("defenses", f"missing; choose from {', '.join(DEFENSES)}")
     defenses = _list("defenses", data["defenses"], str)

@@ -148,6 +148,25 @@ def test_grid_extends_merges_sections_and_resolves_to_a_whole_grid(tmp_path):
     assert gc.name == "gc" and {(c.seed, c.n_eval, c.pgd_steps) for c in gc.trials} == {(7, 20, 3)}
 
 
+def test_bad_value_from_a_parent_names_the_file_that_set_it(tmp_path):
+    (tmp_path / "gp.yaml").write_text(PARENT.replace("attacks: [fgsm]", "attacks: [fgsm, deepfool]"))
+    (tmp_path / "p.yaml").write_text("extends: gp\nseeds: [1]\n")
+    (tmp_path / "c.yaml").write_text("extends: p\n")
+    with pytest.raises(GridError) as e:
+        load_grid(tmp_path / "c.yaml")
+    assert e.value.key == "evaluation.attacks[1].name" and "(set in gp.yaml)" in str(e.value), e.value
+    (tmp_path / "gp.yaml").write_text(PARENT)
+    (tmp_path / "p.yaml").write_text("extends: gp\nadversarial: {pgd_steps: 0}\n")
+    with pytest.raises(GridError) as e:
+        load_grid(tmp_path / "c.yaml")
+    assert e.value.key == "adversarial.pgd_steps" and "(set in p.yaml)" in str(e.value), e.value
+    # a value the grid itself states (here overriding the parent's) is its own error: no file named
+    (tmp_path / "c.yaml").write_text("extends: p\nadversarial: {pgd_steps: -3}\n")
+    with pytest.raises(GridError) as e:
+        load_grid(tmp_path / "c.yaml")
+    assert e.value.key == "adversarial.pgd_steps" and "set in" not in str(e.value), e.value
+
+
 @pytest.mark.parametrize(
     "files, key, words",
     [
