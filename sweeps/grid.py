@@ -232,8 +232,9 @@ def _set_origin(origin: dict, grid: dict, name: str | None) -> None:
     for k, v in grid.items():
         if k in NOT_INHERITED:
             continue
-        keys = [f"{k}.{sub}" for sub in v] if k in MERGED and isinstance(v, dict) else [k]
-        if keys == [k]:
+        section = k in MERGED and isinstance(v, dict)
+        keys = [f"{k}.{sub}" for sub in v] if section else [k]
+        if not section:  # replaces the whole key: what a parent set inside it is gone
             for x in [x for x in origin if x.startswith(f"{k}.")]:
                 del origin[x]
         elif name is None:
@@ -261,8 +262,9 @@ def parse_grid(text: str, path: Path | None = None) -> Grid:
     try:
         return _expand(header + yaml.safe_dump(merged, sort_keys=False, default_flow_style=None), merged)
     except GridError as e:  # a bad value a parent set: say which file set it
-        top = e.key.split("[")[0]
-        where = origin.get(top) or origin.get(".".join(top.split(".")[:2])) or origin.get(top.split(".")[0])
+        parts = e.key.split("[")[0].split(".")  # evaluation.attacks[1].name -> evaluation, attacks
+        prefixes = (".".join(parts[:i]) for i in range(len(parts), 0, -1))  # longest first
+        where = next((origin[k] for k in prefixes if k in origin), None)
         if where is None:
             raise
         raise GridError(e.key, f"{e.msg} (set in {where})") from None
