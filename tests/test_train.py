@@ -1,9 +1,11 @@
-"""The trainer and one trial end to end: bit-identical resume (in process and after SIGKILL),
-adversarial training works, ``run_trial`` writes a complete record and never reruns a finished trial."""
+"""The trainer and one trial end to end: bit-identical resume (in process, after SIGKILL, and from
+the previous checkpoint when the last one is damaged), adversarial training works, ``run_trial``
+writes a complete record and never reruns a finished trial."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -87,6 +89,94 @@ def test_resume_in_process_gives_identical_weights(resume_reference, tmp_path, m
     monkeypatch.setattr(checkpoint, "set_rng_state", lambda state: None)
     model_c, _ = fit_quiet(cfg, tmp_path / "c")
     assert any(not torch.equal(v, ref[k]) for k, v in model_c.state_dict().items())
+
+
+DAMAGE = {"truncated": lambda b: b[: len(b) // 2], "zero bytes": lambda b: b""}
+
+
+def _events(d) -> list:
+    f = d / "starts.log"
+    return [json.loads(ln) for ln in f.read_text().splitlines()] if f.exists() else []
+
+
+def _warnings(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_checkpoint_resumes_from_the_previous_one(damage, resume_reference, tmp_path, caplog):
+    """checkpoint.pt of epoch 2 damaged from outside: one warning line naming it, moved aside (not
+    deleted), recorded in starts.log, and the run resumes from checkpoint.prev.pt (epoch 1) and ends
+    with the uninterrupted run's weights; a rerun never reads the damaged file again."""
+    cfg, ref = resume_reference
+    d = tmp_path / "t"
+    fit_quiet(cfg, d, stop_after_epochs=2)
+    ck, prev = d / "checkpoint.pt", d / "checkpoint.prev.pt"
+    assert (checkpoint.load(ck)["epoch"], checkpoint.load(prev)["epoch"]) == (2, 1)
+    bad = DAMAGE[damage](ck.read_bytes())
+    ck.write_bytes(bad)
+    with caplog.at_level(logging.WARNING, logger="uncertainty_robust"):
+        model, summary = fit_quiet(cfg, d)
+    _assert_same_weights(model.state_dict(), ref)
+    assert summary["completed"] and [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    (line,) = _warnings(caplog)
+    assert str(ck) in line and "resuming from checkpoint.prev.pt (epoch 1)" in line, line
+    (moved,) = d.glob("checkpoint.pt.unreadable-*")
+    assert moved.read_bytes() == bad and f"moved to {moved.name}" in line
+    (ev,) = _events(d)
+    assert (ev["event"], ev["file"], ev["moved_to"], ev["resumed_from"], ev["epoch"]) == (
+        "checkpoint_unreadable",
+        "checkpoint.pt",
+        moved.name,
+        "checkpoint.prev.pt",
+        1,
+    )
+    assert checkpoint.load(ck)["epoch"] == 3 and checkpoint.load(prev)["epoch"] == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="uncertainty_robust"):
+        model, _ = fit_quiet(cfg, d)  # finished: nothing to redo, nothing damaged read again
+    assert _warnings(caplog) == [] and len(_events(d)) == 1
+    _assert_same_weights(model.state_dict(), ref)
+
+
+def test_both_checkpoints_damaged_start_from_scratch_recorded(resume_reference, tmp_path, caplog):
+    cfg, ref = resume_reference
+    d = tmp_path / "t"
+    fit_quiet(cfg, d, stop_after_epochs=2)
+    ck, prev = d / "checkpoint.pt", d / "checkpoint.prev.pt"
+    ck.write_bytes(ck.read_bytes()[:100])
+    prev.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="uncertainty_robust"):
+        model, summary = fit_quiet(cfg, d)
+    _assert_same_weights(model.state_dict(), ref)  # from scratch, with the same seed
+    lines = _warnings(caplog)
+    assert len(lines) == 2 and all("starting from scratch" in ln for ln in lines), lines
+    assert str(ck) in lines[0] and str(prev) in lines[1]
+    events = _events(d)
+    assert [(e["file"], e["resumed_from"], e["epoch"]) for e in events] == [
+        ("checkpoint.pt", None, 0),
+        ("checkpoint.prev.pt", None, 0),
+    ]
+    assert len(list(d.glob("*.unreadable-*"))) == 2
+
+
+def test_checkpoint_damaged_during_training_is_not_kept_as_the_previous_one(resume_reference, tmp_path):
+    """Damage between two epochs of one run: the damaged file is moved aside when the next epoch's
+    checkpoint replaces it, never kept as checkpoint.prev.pt."""
+    cfg, ref = resume_reference
+    d = tmp_path / "t"
+
+    def damage_after_epoch_1(epoch, metrics, path):
+        if epoch == 1:
+            path.write_bytes(path.read_bytes()[:-50])
+
+    fit_quiet(cfg, d, on_epoch_end=damage_after_epoch_1, stop_after_epochs=2)
+    assert not (d / "checkpoint.prev.pt").exists()  # epoch 1's checkpoint, damaged, was not kept
+    (moved,) = d.glob("checkpoint.pt.unreadable-*")
+    assert [(e["event"], e["moved_to"]) for e in _events(d)] == [("checkpoint_unreadable", moved.name)]
+    model, _ = fit_quiet(cfg, d)
+    _assert_same_weights(model.state_dict(), ref)
+    assert checkpoint.load(d / "checkpoint.prev.pt")["epoch"] == 2
 
 
 @pytest.mark.slow

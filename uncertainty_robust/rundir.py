@@ -68,6 +68,9 @@ class TrialDir(_Dir):
     """One trial's directory. ``result.json`` is written last: its presence means "finished"."""
 
     checkpoint = property(lambda self: self.root / "checkpoint.pt")  # latest epoch (model, optimizer, RNG)
+    checkpoint_prev = property(
+        lambda self: self.root / "checkpoint.prev.pt"
+    )  # the checkpoint before the current one (kept when it is replaced), read when checkpoint.pt is damaged
     best = property(lambda self: self.root / "best.pt")  # best epoch by validation robust accuracy
     points = property(
         lambda self: self.root / "points.npz"
@@ -80,9 +83,10 @@ class TrialDir(_Dir):
     eval_state = property(lambda self: self.root / "eval_state")  # resumable evaluation (per eps, per attack)
     starts = property(lambda self: self.root / "starts.log")  # one line per (re)start of training
     log = property(lambda self: self.root / "trial.log")  # every rank's log lines
+    progress = property(lambda self: self.root / "progress.json")  # the evaluation's latest progress line
 
     def eval_piece(self, name: str) -> Path:
-        """One resumable piece of the evaluation (e.g. AutoAttack at one eps, one attack): a JSON file."""
+        """One resumable piece of the evaluation state: a JSON file."""
         return self.eval_state / f"{name}.json"
 
     def finished(self) -> bool:

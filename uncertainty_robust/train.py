@@ -4,6 +4,11 @@
   epoch so far), written atomically to ``workdir/checkpoint.pt``; a restarted run continues from it and, on the
   CPU with the same seed, ends with bit-identical weights (the data order is a function of
   (seed, epoch) alone, and the global RNG that PGD's random start draws from is restored).
+- The checkpoint it replaces stays beside it as ``checkpoint.prev.pt``. A checkpoint that exists but
+  cannot be read (truncated, empty, overwritten: damage from outside, since writes are atomic) is
+  moved aside to ``<name>.unreadable-<time>`` (never deleted) with one warning line and a
+  ``checkpoint_unreadable`` event in ``starts.log``, and the run resumes from ``checkpoint.prev.pt``
+  (one epoch redone, bit-identical), else from scratch: never twice from the same damaged file.
 - When ``torch.distributed`` is initialized (Ray Train, torchrun) the model is wrapped in DDP,
   each rank sees its shard (DistributedSampler), metrics are all-reduced, rank 0 writes files.
   Training adversaries are generated on the unwrapped module so no DDP reducer is armed by the
@@ -117,9 +122,25 @@ class TrainState:
 BEST_METRIC = "val/robust_acc"  # what the best checkpoint (and ASHA by default) selects on
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "history", "cost", "train_seconds")
+
+
+def record_event(trial_root: os.PathLike, event: str, **fields) -> None:
+    """Append one JSON line to the trial's ``starts.log`` (``train_start`` per start, written by
+    the ranks' supervisor; ``checkpoint_unreadable`` here)."""
+    import socket
+
+    root = Path(trial_root)
+    root.mkdir(parents=True, exist_ok=True)
+    line = {"event": event, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), **fields}
+    with open(TrialDir(root).starts, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def restore(path: Path, model, opt, sched, device) -> Optional[TrainState]:
-    """Load a checkpoint into model/optimizer/scheduler and the global RNGs; None when there is none."""
-    state = ckpt.load(path, map_location=device)
+    """Load a checkpoint into model/optimizer/scheduler and the global RNGs; None when there is none.
+    Raises :class:`~uncertainty_robust.checkpoint.Unreadable` (nothing loaded) for a damaged file."""
+    state = ckpt.load(path, map_location=device, required=CHECKPOINT_KEYS)
     if state is None:
         return None
     model.load_state_dict(state["model"])
@@ -134,6 +155,63 @@ def restore(path: Path, model, opt, sched, device) -> Optional[TrainState]:
         float(state["train_seconds"]),
         int(best.get("epoch", 0)),
         float(best.get("value", float("-inf"))),
+    )
+
+
+def restore_trial(
+    trial: TrialDir, model, opt, sched, device, resume_from: Optional[os.PathLike] = None
+) -> Optional[TrainState]:
+    """Restore from ``resume_from`` if given, else from ``checkpoint.pt``, else from the one before
+    it (``checkpoint.prev.pt``); None: start from scratch. Every rank reads; rank 0 moves a damaged
+    file of the trial aside (so no restart reads it again), warns in one line and records a
+    ``checkpoint_unreadable`` event; ranks that restored different epochs raise."""
+    rank, world = rank_world()
+    own = [trial.checkpoint, trial.checkpoint_prev]
+    candidates = list(dict.fromkeys(([Path(resume_from)] if resume_from else []) + own))
+    st, used, damaged = None, None, []
+    for path in candidates:
+        try:
+            st = restore(path, model, opt, sched, device)
+        except ckpt.Unreadable as e:
+            damaged.append(e)
+            continue
+        if st is not None or (resume_from and path == Path(resume_from)):
+            used = path if st is not None else None
+            break
+    if rank == 0:
+        for e in damaged:
+            _report_unreadable(trial, e, used, st)
+    if world > 1:  # every rank must continue from the same epoch
+        e = st.epoch if st is not None else 0
+        t = torch.tensor([e, -e], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        if int(t[0]) != -int(t[1]):
+            raise RuntimeError(
+                f"ranks restored different epochs ({-int(t[1])} to {int(t[0])}) of {trial.root}"
+            )
+    return st
+
+
+def _report_unreadable(trial: TrialDir, e: ckpt.Unreadable, used: Optional[Path], st) -> None:
+    """One warning line and one ``starts.log`` event for a damaged checkpoint; the trial's own file
+    is moved aside (a file given from elsewhere is left where it is, unused)."""
+    moved = None
+    if e.path.parent.resolve() == trial.root.resolve():
+        try:
+            moved = ckpt.move_aside(e.path)
+        except FileNotFoundError:  # another process (a peer's restart) moved it first
+            pass
+    then = f"resuming from {used.name} (epoch {st.epoch})" if st is not None else "starting from scratch"
+    where = f"moved to {moved.name}" if moved is not None else "left unused"
+    log.warning("%s cannot be read (%s): %s; %s", e.path, e.why, where, then)
+    record_event(
+        trial.root,
+        "checkpoint_unreadable",
+        file=e.path.name,
+        error=e.why,
+        moved_to=moved.name if moved is not None else None,
+        resumed_from=used.name if st is not None else None,
+        epoch=st.epoch if st is not None else 0,
     )
 
 
@@ -182,6 +260,12 @@ def end_epoch(
             },
             trial.best,
         )
+    damaged = ckpt.keep_previous(trial.checkpoint, trial.checkpoint_prev)  # the epoch before stays
+    if damaged is not None:  # checkpoint.pt was damaged since it was written: not kept as the previous one
+        log.warning(
+            "%s cannot be read: moved to %s; writing epoch %d", trial.checkpoint, damaged.name, st.epoch
+        )
+        record_event(trial.root, "checkpoint_unreadable", file=trial.checkpoint.name, moved_to=damaged.name)
     ckpt.save_atomic(
         {
             "model": model.state_dict(),
@@ -221,7 +305,8 @@ def fit(
     """Train one trial. Returns the (unwrapped) model and the training summary.
 
     ``resume_from``: a checkpoint file to start from (e.g. one Ray Train restored); otherwise
-    ``workdir/checkpoint.pt`` if it exists. ``stop_after_epochs`` ends the call early (used to
+    ``workdir/checkpoint.pt`` if it exists, or ``checkpoint.prev.pt`` when it cannot be read
+    (:func:`restore_trial`). ``stop_after_epochs`` ends the call early (used to
     simulate an interruption in tests) exactly as a kill between two epochs would.
     """
     trial = TrialDir(workdir)
@@ -236,7 +321,7 @@ def fit(
     model = make_model(cfg, device)
     opt = make_optimizer(cfg, model.parameters())
     sched = make_scheduler(cfg, opt)
-    st = restore(Path(resume_from or trial.checkpoint), model, opt, sched, device) or TrainState()
+    st = restore_trial(trial, model, opt, sched, device, resume_from) or TrainState()
     if st.epoch and rank == 0:
         log.info("resumed %s from epoch %d", trial.root, st.epoch)
 

@@ -97,13 +97,61 @@ def _evaluate_best(cfg: TrialConfig, trial: TrialDir, summary: dict, last_ev: di
         return None
     if best["epoch"] == summary["epochs"]:
         return last_ev
-    state = ckpt.load(trial.best)
-    if state is None or int(state["epoch"]) != best["epoch"]:
-        found = None if state is None else state["epoch"]
-        raise RuntimeError(f"{trial.best}: expected epoch {best['epoch']}, found {found}")
+    state = _best_state(trial, best["epoch"])
+    if state is None:
+        return None
     best_model = make_model(cfg).to(next(model.parameters()).device)
     best_model.load_state_dict(state["model"])
     return evaluate(best_model.eval(), cfg, state=trial)  # AutoAttack pieces are keyed by the weights
+
+
+def _best_state(trial: TrialDir, epoch: int) -> Optional[dict]:
+    """``best.pt`` (of ``epoch``). When it cannot be read (damage from outside): rank 0 moves it
+    aside, warns in one line and records a ``checkpoint_unreadable`` event; the weights are taken
+    from ``checkpoint.prev.pt`` when that holds the same epoch, else None (the best checkpoint is
+    reported not evaluated). Every rank that reads decides the same way."""
+    from .train import record_event
+
+    rank, _ = rank_world()
+    try:
+        state = ckpt.load(trial.best)
+    except ckpt.Unreadable as e:
+        why, moved = e.why, None
+        if rank == 0:
+            moved = ckpt.move_aside(trial.best)
+    else:
+        moved = None
+        if state is None and any(trial.root.glob(f"{trial.best.name}.unreadable-*")):
+            why = "moved aside before"  # rank 0 of this start, or of an earlier one, moved it
+        elif state is None or int(state["epoch"]) != epoch:
+            found = None if state is None else state["epoch"]
+            raise RuntimeError(f"{trial.best}: expected epoch {epoch}, found {found}")
+        else:
+            return state
+    try:
+        prev = ckpt.load(trial.checkpoint_prev)
+    except ckpt.Unreadable:
+        prev = None
+    same = prev is not None and int(prev["epoch"]) == epoch
+    if rank == 0:
+        then = (
+            f"the best epoch's weights taken from {trial.checkpoint_prev.name}"
+            if same
+            else "best epoch not evaluated"
+        )
+        log.warning(
+            "%s cannot be read (%s)%s; %s", trial.best, why, f": moved to {moved.name}" if moved else "", then
+        )
+        record_event(
+            trial.root,
+            "checkpoint_unreadable",
+            file=trial.best.name,
+            error=why,
+            moved_to=moved.name if moved else None,
+            resumed_from=trial.checkpoint_prev.name if same else None,
+            epoch=epoch,
+        )
+    return {"model": prev["model"], "epoch": epoch} if same else None
 
 
 def save_points(path, indices, labels, masks: dict) -> None:
