@@ -25,12 +25,18 @@ class SweepLocked(UserError, RuntimeError):
     """Another live driver holds the run's lock."""
 
 
-class DriverLock:
-    """An flock on RUN/.driver.lock held for the driver's lifetime: a second driver of the same
-    run refuses to start. The kernel drops the lock when the process dies, even on SIGKILL."""
+class AggregateLocked(UserError, RuntimeError):
+    """Another process is writing the same aggregate directory."""
 
-    def __init__(self, run_dir: Path, wait_s: float = 0.0):
-        self.path = RunDir(run_dir).lock
+
+class FileLock:
+    """An exclusive flock on ``path`` held while the ``with`` block runs; ``busy(holder)`` is the
+    error raised when another process holds it (``holder``: "pid N on HOST", what that process
+    wrote into the file). The kernel drops the lock when the process dies, even on SIGKILL."""
+
+    def __init__(self, path: Path, busy, wait_s: float = 0.0):
+        self.path = Path(path)
+        self.busy = busy
         self.wait_s = wait_s  # a requeued job may start while the old one's processes are still exiting
         self.fd: Optional[int] = None
 
@@ -50,10 +56,7 @@ class DriverLock:
                     continue
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
-                raise SweepLocked(
-                    f"run {self.path.parent} is already being driven by {holder}; "
-                    "wait for it or stop it first"
-                ) from None
+                raise self.busy(holder) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
         self.fd = fd
@@ -63,6 +66,33 @@ class DriverLock:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+            self.fd = None
+
+
+class DriverLock(FileLock):
+    """RUN/.driver.lock, held for the driver's lifetime: a second driver of the same run refuses to start."""
+
+    def __init__(self, run_dir: Path, wait_s: float = 0.0):
+        path = RunDir(run_dir).lock
+        super().__init__(
+            path,
+            lambda holder: SweepLocked(
+                f"run {path.parent} is already being driven by {holder}; wait for it or stop it first"
+            ),
+            wait_s,
+        )
+
+
+def aggregate_lock(out: Path) -> FileLock:
+    """The lock of one aggregate directory (``.<name>.lock`` beside it, e.g. RUN/.aggregate.lock):
+    one writer at a time, ``ur-aggregate``, the end of a local sweep or of a SLURM job."""
+    out = Path(out)
+    return FileLock(
+        out.parent / f".{out.name}.lock",
+        lambda holder: AggregateLocked(
+            f"{out} is being written by {holder} (another aggregation of this run); wait for it to finish"
+        ),
+    )
 
 
 def init_ray(

@@ -21,12 +21,10 @@ driver or a lost node leaves no orphan writing into the trial directory.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
 import os
-import socket
 import sys
 import threading
 import time
@@ -71,13 +69,11 @@ def tune_metrics(metrics: dict) -> dict:
 
 
 def log_start(trial_dir: Path, what: str) -> None:
-    """Append one line per start: tests and humans count (re)starts from it."""
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    with open(TrialDir(trial_dir).starts, "a") as f:
-        f.write(
-            json.dumps({"event": what, "time": time.time(), "host": socket.gethostname(), "pid": os.getpid()})
-            + "\n"
-        )
+    """Append one line per start to ``starts.log``: tests and humans count (re)starts from it (the
+    trainer adds ``checkpoint_unreadable`` lines there, :func:`uncertainty_robust.train.record_event`)."""
+    from uncertainty_robust.train import record_event
+
+    record_event(trial_dir, what)
 
 
 # ------------------------------------------------------------------------------------ forkserver
@@ -185,6 +181,7 @@ def rank_main(spec: dict, conn) -> None:
     import torch
     import torch.distributed as dist
 
+    from uncertainty_robust.checkpoint import is_disk_full
     from uncertainty_robust.config import TrialConfig
     from uncertainty_robust.errors import UserError
     from uncertainty_robust.trial import run_trial
@@ -217,10 +214,11 @@ def rank_main(spec: dict, conn) -> None:
         traceback.print_exc()
         sys.stderr.flush()
         msg = (str(e).strip().splitlines() or [""])[0]
+        # the user's to fix, so a restart cannot succeed: a UserError, and a full disk wherever it
+        # hit (a checkpoint raises DiskFull; a log line or TensorBoard's event file, OSError ENOSPC)
+        user = isinstance(e, UserError) or is_disk_full(e)
         try:
-            conn.send(
-                ("error", f"{type(e).__name__}: {msg}" if msg else type(e).__name__, isinstance(e, UserError))
-            )
+            conn.send(("error", f"{type(e).__name__}: {msg}" if msg else type(e).__name__, user))
         except OSError:
             pass
         os._exit(1)

@@ -482,11 +482,18 @@ def _wait_for_nodes(run_dir: RunDir, tag: str, n: int, timeout: float) -> None:
 def _aggregate(run_dir: RunDir) -> None:
     """The aggregation step at the end of the job, in-process; a failure is logged, not fatal (the
     trials are done; ``ur-aggregate RUN`` reruns it)."""
+    from uncertainty_robust.checkpoint import is_disk_full
     from uncertainty_robust.report import aggregate
 
+    from .driver import aggregate_lock
+
     try:
-        s = aggregate(run_dir.root)
+        with aggregate_lock(run_dir.aggregate):  # not while an ur-aggregate writes it
+            s = aggregate(run_dir.root)
         print(f"aggregated {s.n_trials} trial(s) into {s.out}", flush=True)
-    except Exception:
-        traceback.print_exc()
+    except Exception as e:
+        if isinstance(e, UserError) or is_disk_full(e):  # a busy aggregate, a full disk: one line
+            print(f"aggregation failed: {type(e).__name__}: {e}", flush=True)
+        else:
+            traceback.print_exc()
         print(f"aggregation failed; rerun: ur-aggregate {run_dir.root}", flush=True)

@@ -8,16 +8,19 @@ audit, written to RUN/aggregate/ (or --out). Rerun it any time, also while trial
 Prints the Markdown tables (mean [95% CI] per cell, paired differences with each method's baseline),
 how many unfinished trials were skipped and the audit flags. ``--checkpoint best`` tables the
 best-by-validation checkpoints instead of the last ones (into RUN_DIR/aggregate_best by default).
-Exit 2 with one line when RUN_DIR is missing or holds no trials at all.
+Exit 2 with one line when RUN_DIR is missing or holds no trials at all, when another process is
+writing the same output directory (an flock on ``.<out>.lock`` beside it), or when the output
+cannot be written (a full disk: the file and the free space).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
-from uncertainty_robust.errors import UserError, exit_on_user_error
+from uncertainty_robust.errors import DiskFull, UserError, exit_on_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,22 +65,38 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from cluster.driver import aggregate_lock
     from uncertainty_robust.audit import AuditRules
+    from uncertainty_robust.checkpoint import free_bytes, is_disk_full
     from uncertainty_robust.report import BootstrapSpec, aggregate
+    from uncertainty_robust.rundir import RunDir
 
     if args.bootstrap is not None and not 100 <= args.bootstrap <= 10**6:
         raise UserError(f"--bootstrap: {args.bootstrap} replicates; give 100 to 1000000")
     if not args.run_dir.is_dir():
         raise UserError(f"{args.run_dir} is not a directory")
-    s = aggregate(
-        args.run_dir,
-        out=args.out,
-        transfer=not args.no_transfer,
-        rules=AuditRules(large_eps=args.large_eps),
-        device=args.device,
-        checkpoint=args.checkpoint,
-        bootstrap=BootstrapSpec(n_boot=args.bootstrap) if args.bootstrap else BootstrapSpec(),
-    )
+    out = args.out if args.out is not None else RunDir(args.run_dir).aggregate_for(args.checkpoint)
+    try:
+        with aggregate_lock(out):  # one writer per aggregate directory: a second one is refused
+            s = aggregate(
+                args.run_dir,
+                out=out,
+                transfer=not args.no_transfer,
+                rules=AuditRules(large_eps=args.large_eps),
+                device=args.device,
+                checkpoint=args.checkpoint,
+                bootstrap=BootstrapSpec(n_boot=args.bootstrap) if args.bootstrap else BootstrapSpec(),
+            )
+    except UserError:
+        raise
+    except (OSError, RuntimeError) as e:
+        if is_disk_full(e):  # ENOSPC, or PyTorch's write failure under it
+            raise DiskFull(getattr(e, "filename", None) or out, free_bytes(out)) from None
+        if isinstance(e, (PermissionError, FileExistsError, NotADirectoryError)) or (
+            isinstance(e, OSError) and e.errno == errno.EROFS
+        ):
+            raise UserError(f"cannot write {e.filename or out}: {e.strerror}") from None
+        raise
     print(s.markdown)
     print(f"{s.n_trials} finished trial(s) aggregated; {len(s.unfinished)} unfinished trial(s) skipped")
     for d, why in s.excluded or []:

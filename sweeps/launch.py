@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from sweeps import disk
 from sweeps.grid import Grid, find_grid, load_grid, trial_resources
 from uncertainty_robust.errors import UserError, exit_on_user_error
 from uncertainty_robust.rundir import RunDir, read_json, write_json
@@ -30,6 +31,13 @@ class LaunchError(UserError, ValueError):
     """The grid cannot run on the chosen cluster as it is, or the run directory is not this grid's (one line)."""
 
 
+# A run name is one directory name under --storage (and the SLURM job's name, ur-<name>); 100 fits
+# every filesystem's 255-byte limit on a name with room to spare, and a run directory's deepest
+# path (Ray's logs, Tune's checkpoints, a trial's eval_state/) adds at most RUN_PATH_MAX bytes to it.
+NAME_MAX = 100
+RUN_PATH_MAX = 400
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sweeps/launch.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -39,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="quickstart",
         help="YAML grid: a path, or a bare name found in sweeps/ (default: quickstart)",
     )
-    p.add_argument("--name", help="experiment name (default: the grid's name); the same name resumes")
+    p.add_argument(
+        "--name",
+        help=f"experiment name (default: the grid's name): ASCII letters, digits, '-', '_', '.', at most "
+        f"{NAME_MAX} characters; the same name resumes",
+    )
     p.add_argument(
         "--cluster", choices=["local", "slurm"], help="default: slurm when sbatch is on PATH, else local"
     )
@@ -72,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-cpus", type=int, help="local: CPUs Ray may use (default: all)")
     p.add_argument("--no-aggregate", action="store_true", help="skip the aggregation step at the end")
+    p.add_argument(
+        "--no-disk-check",
+        action="store_true",
+        help="start even when --storage has less free space than the run's estimate (see --dry-run)",
+    )
     p.add_argument("--status", metavar="NAME", help="print the state of run NAME and exit")
     p.add_argument(
         "--max-requeues",
@@ -162,6 +179,7 @@ def print_dry_run(grid: Grid, cluster: str) -> None:
         f"~{est['cpu_hours']:.2f} CPU-hours at the measured {est['sec_per_grad_eval'] * 1e3:.3f} ms per example "
         f"on this machine's CPU ({est['threads']} thread); GPUs are typically 20-100x faster per example"
     )
+    print(disk.summary_line(grid.trials, disk.concurrency(grid, cluster)))
     print("dry run: nothing submitted")
 
 
@@ -201,7 +219,7 @@ def main(argv=None) -> int:
     verbosity(args)  # -q with -v: one line, exit 2
     storage = Path(args.storage)
     if args.status:
-        return print_status(storage / args.status)
+        return print_status(storage / _check_name(args.status, "--status"))
     if not args.grid:
         raise LaunchError("--grid is required (a YAML file or a bare name in sweeps/)")
     grid_path = find_grid(args.grid, SWEEPS_DIR)
@@ -211,12 +229,7 @@ def main(argv=None) -> int:
         cluster = "slurm" if shutil.which("sbatch") else "local"
         if cluster == "local":
             print("no sbatch on PATH: running on a local Ray cluster (--cluster local)", file=sys.stderr)
-    name = args.name or grid.name
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise LaunchError(
-            f"--name: {name!r} may contain only ASCII letters, digits, '-', '_' and '.' "
-            "(and starts with a letter or digit)"
-        )
+    name = _check_name(args.name or grid.name, "--name")
     run_dir = (storage / name).resolve()
     from cluster.slurm import SlurmError, check_slurm, slurm_options
 
@@ -233,6 +246,8 @@ def main(argv=None) -> int:
     if args.dry_run:
         print_dry_run(grid, cluster)
         return 0
+    _check_storage(storage, run_dir, grid, cluster, args)
+    _check_no_live_job(run_dir)
     _check_data(grid)
     write_run_dir(run_dir, grid, grid_path, args)
     if cluster == "slurm":
@@ -240,6 +255,61 @@ def main(argv=None) -> int:
 
         return submit(run_dir, opts, wait=args.wait)
     return run_local(run_dir, args)
+
+
+def _check_name(name: str, flag: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise LaunchError(
+            f"{flag}: {name!r} may contain only ASCII letters, digits, '-', '_' and '.' "
+            "(and starts with a letter or digit)"
+        )
+    if len(name) > NAME_MAX:
+        raise LaunchError(f"{flag}: a run name of {len(name)} characters; at most {NAME_MAX}")
+    return name
+
+
+def _check_storage(storage: Path, run_dir: Path, grid: Grid, cluster: str, args) -> None:
+    """--storage is a directory that can be created and written, the run directory's paths fit the
+    filesystem, and (unless --no-disk-check) it has the free space the run still needs."""
+    why = disk.storage_problem(storage)
+    if why is not None:
+        raise LaunchError(f"--storage: {why}; give a directory that can be created and written")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LaunchError(f"--name: {run_dir} is a file, not a run directory; use another --name")
+    try:
+        path_max = os.pathconf(storage, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        path_max = 4096
+    if len(os.fsencode(run_dir)) + RUN_PATH_MAX > path_max:
+        raise LaunchError(
+            f"--storage: the run directory {run_dir} leaves under {RUN_PATH_MAX} bytes for the paths in "
+            f"it (the filesystem allows {path_max}); use a shorter --storage or --name"
+        )
+    if not args.no_disk_check:
+        cpus = args.num_cpus if cluster == "local" else None
+        disk.check_free(storage, run_dir, grid.trials, disk.concurrency(grid, cluster, cpus))
+
+
+def _check_no_live_job(run_dir: Path) -> None:
+    """A relaunch while a SLURM job of the same run is still queued or running is refused (its
+    driver would restore the same experiment behind this one's back)."""
+    if not RunDir(run_dir).slurm_job.exists():
+        return
+    if shutil.which("squeue") is None:
+        print(
+            f"note: run {run_dir.name} was submitted to SLURM (see --status); no squeue here to check "
+            "that its job has ended",
+            file=sys.stderr,
+        )
+        return
+    from cluster.slurm import active_job
+
+    job_id = active_job(run_dir)  # SlurmError when squeue cannot tell: one line, exit 2
+    if job_id:
+        raise LaunchError(
+            f"run {run_dir.name} has SLURM job {job_id} still queued or running; wait for it "
+            f"(--status {run_dir.name}), or scancel {job_id} and relaunch"
+        )
 
 
 def _check_data(grid: Grid) -> None:
@@ -299,19 +369,28 @@ def run_local(run_dir: Path, args) -> int:
     for line in summary["lines"]:
         console.out(line)
     console.out(f"total {time.time() - t0:.1f} s with Ray's start and stop; logs in {rd.logs}")
+    if any("disk full" in m for m in summary.get("error_messages", [])):
+        grid = load_grid(rd.grid)
+        console.out(
+            f"disk full: the run needs ~{disk.human(disk.estimate(grid.trials, 1)['total'])} on "
+            f"{run_dir.parent}; free space there and relaunch with --name {run_dir.name}: finished trials "
+            "and checkpoints are kept"
+        )
+    failed = bool(summary["errors"])
     if not args.no_aggregate:
-        aggregate(run_dir)
-    return 1 if summary["errors"] else 0
+        failed |= aggregate(run_dir) != 0
+    return 1 if failed else 0
 
 
-def aggregate(run_dir: Path) -> None:
+def aggregate(run_dir: Path) -> int:
     """The aggregation step (tables, TensorBoard HParams, audit), in-process; rerunnable any time
-    with ``ur-aggregate RUN`` (``sweeps/aggregate.py``)."""
+    with ``ur-aggregate RUN`` (``sweeps/aggregate.py``). Returns its exit status."""
     from sweeps.aggregate import main as aggregate_main
 
     rc = aggregate_main([str(run_dir)])
     if rc != 0:
         print(f"aggregation failed (exit {rc}); rerun: ur-aggregate {run_dir}", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":

@@ -196,3 +196,59 @@ def test_a_write_onto_a_full_disk_is_a_disk_full_error_naming_the_file(tmp_path,
             tmp_path / "x", lambda f: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))
         )
     assert not isinstance(e.value, DiskFull)
+
+
+def test_disk_full_in_a_rank_is_not_retried(tmpfs):
+    """A trial directory on a filesystem too small for its checkpoint: the rank's error names the
+    file and the free space, and its ranks are not restarted (a restart cannot succeed)."""
+    from cluster.ranks import RankFailure, run_ranks
+
+    d = tmpfs(192) / "trial"
+    cfg = validate(TrialConfig(**SMALL, val_points=0)).to_dict()
+    with pytest.raises(RankFailure) as e:
+        run_ranks(cfg, d, workers=1, threads=1, use_gpu=False, retries=2, on_epoch=lambda *a: a[-1]())
+    msg = str(e.value)
+    assert "DiskFull: disk full: could not write" in msg and str(d / "checkpoint.pt") in msg, msg
+    assert "free there" in msg and "\n" not in msg
+    assert [ev["event"] for ev in _events(d)] == ["train_start"]  # started once, never restarted
+    assert "giving up after 0 restart(s)" in (d / "trial.log").read_text()
+
+
+def test_aggregation_on_a_full_disk_ends_with_one_line(tmp_path, monkeypatch, capsys):
+    """ENOSPC (plain, or under PyTorch's write failure) while the aggregate is written: exit 2 and
+    one line naming the file, not a traceback."""
+    import uncertainty_robust.report as report
+    from sweeps.aggregate import main as aggregate_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    failures = {
+        "os": OSError(errno.ENOSPC, "No space left on device", str(run / "aggregate.tmp" / "tables.md")),
+        "torch": RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+    }
+    failures["torch"].__context__ = OSError(errno.ENOSPC, "No space left on device")
+    for how, exc in failures.items():
+
+        def fail(*a, exc=exc, **k):
+            raise exc
+
+        monkeypatch.setattr(report, "aggregate", fail)
+        assert aggregate_main([str(run)]) == 2, how
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: disk full: could not write"), err
+        assert ("tables.md" if how == "os" else str(run / "aggregate")) in err
+
+
+def test_disk_estimate_matches_a_real_checkpoint(tmp_path):
+    """sweeps/disk.py's checkpoint size (weights, Adam's two moments, RNG states, history) against a
+    checkpoint.pt written by the trainer; checkpoint.prev.pt and model.pt likewise."""
+    from sweeps import disk
+
+    cfg = validate(TrialConfig(**{**SMALL, "epochs": 2, "n_train": 100}, optimizer="adam", val_points=0))
+    train.fit(cfg, tmp_path, tensorboard=False)
+    est = disk.trial_bytes(cfg)
+    real = (tmp_path / "checkpoint.pt").stat().st_size
+    assert 0.95 * real <= est["checkpoint"] <= 1.1 * real, (est["checkpoint"], real)
+    weights = sum(t.numel() * t.element_size() for t in train.make_model(cfg).state_dict().values())
+    assert est["best_and_model"] >= weights  # no validation split: model.pt only
+    assert disk.estimate([cfg], 1)["total"] > 3 * real + weights  # checkpoint, previous, Tune's copy, model

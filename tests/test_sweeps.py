@@ -80,6 +80,10 @@ BAD_GRIDS = {
         "evaluation.attacks[1].name",
     ),
     "zero workers": ("defenses: [at]\nresources: {workers: 0}\n", "resources.workers"),
+    "zero CPUs per worker": (
+        "defenses: [at]\nresources: {cpus_per_worker: 0}\n",
+        "resources.cpus_per_worker",
+    ),
     "unknown resources key": ("defenses: [at]\nresources: {gpus: 1}\n", "resources.gpus"),
     "not YAML": ("defenses: [at\n", "yaml"),
     "not a mapping": ("- at\n- ls\n", "yaml"),
@@ -221,6 +225,141 @@ def test_shipped_grids_parse_and_dry_run_lists_the_paper_grid():
         and "CPU-hours" in r.stdout
         and "nothing submitted" in r.stdout
     )
+
+
+# ----------------------------------------------------------------------------- storage, names, live jobs
+def _one_line_exit_2(argv, capsys, *words) -> str:
+    assert launch.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert all(w in err for w in words), err
+    return err
+
+
+def _read_only_dir(tmp_path) -> Path:
+    """A directory nobody may write into (a read-only tmpfs as root, else mode 0555)."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    if os.geteuid() == 0:
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)], capture_output=True
+        )
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a read-only tmpfs: {r.stderr.decode().strip()[:100]}")
+    else:
+        d.chmod(0o555)
+    return d
+
+
+@pytest.mark.parametrize("case", ["a file", "parent is a file", "not writable", "path too long"])
+def test_bad_storage_exits_2_with_one_line_before_anything_starts(case, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    storage, words = {
+        "a file": (a_file, ["--storage", "is a file"]),
+        "parent is a file": (a_file / "runs", ["--storage", "cannot be created"]),
+        "not writable": (None, ["--storage", "not writable"]),
+        "path too long": (tmp_path.joinpath(*["d" * 200] * 19), ["shorter --storage or --name"]),
+    }[case]
+    if case == "not writable":
+        storage = _read_only_dir(tmp_path)
+    elif case == "path too long":
+        storage.mkdir(parents=True)
+    try:
+        _one_line_exit_2(
+            ["--grid", str(TINY), "--cluster", "local", "--storage", str(storage)], capsys, *words
+        )
+        assert not list(tmp_path.rglob("plan.json"))  # nothing started, nothing written
+    finally:
+        if case == "not writable" and os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(storage)], capture_output=True)
+
+
+def test_run_name_over_the_limit_exits_2_with_one_line(tmp_path, capsys):
+    assert launch.NAME_MAX == 100 and "at most 100 characters" in " ".join(
+        launch.build_parser().format_help().split()
+    )
+    base = ["--grid", str(TINY), "--cluster", "local", "--storage", str(tmp_path)]
+    _one_line_exit_2(base + ["--name", "n" * 101], capsys, "--name", "101 characters", "at most 100")
+    _one_line_exit_2(["--status", "n" * 300, "--storage", str(tmp_path)], capsys, "--status", "at most 100")
+    _one_line_exit_2(base + ["--name", "n" * 300, "--dry-run"], capsys, "at most 100")
+    (tmp_path / "taken").write_text("a file where the run directory would be")
+    _one_line_exit_2(base + ["--name", "taken"], capsys, "is a file, not a run directory")
+    assert not list(tmp_path.rglob("plan.json"))
+
+
+def test_launcher_refuses_a_storage_with_less_free_space_than_the_run_needs(tmp_path, capsys, monkeypatch):
+    """The dry run states what the run needs; a storage with less free space is refused before
+    anything is written (a relaunch only needs what its run directory does not hold yet)."""
+    import shutil
+
+    from sweeps import disk
+
+    grid = load_grid(TINY)
+    need = disk.estimate(grid.trials, 1)["total"]
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=need // 2))
+    err = _one_line_exit_2(
+        ["--grid", str(TINY), "--cluster", "local", "--num-cpus", "2", "--storage", str(tmp_path)],
+        capsys,
+        "--storage",
+        f"{disk.human(need // 2)} free",
+        f"needs ~{disk.human(need)} more",
+        "--no-disk-check",
+    )
+    assert not list(tmp_path.rglob("plan.json")), err
+    run = tmp_path / "tiny"  # a relaunch whose directory already holds most of the run
+    run.mkdir()
+    (run / "old").write_bytes(b"x" * (need - need // 4))
+    disk.check_free(tmp_path, run, grid.trials, 1)  # needs a quarter, has half: no error
+    assert launch.main(["--grid", str(TINY), "--cluster", "local", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"disk: ~{disk.human(disk.estimate(grid.trials, disk.concurrency(grid, 'local'))['total'])} on --storage"
+        in out
+    )
+
+
+def test_relaunch_while_the_runs_slurm_job_is_queued_is_refused(tmp_path, capsys, monkeypatch):
+    """RUN/slurm_job.json names a job that squeue still lists: any relaunch (local or SLURM) is
+    refused with one line, and the run directory is left as it was. (A fake squeue on PATH.)"""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    squeue = bindir / "squeue"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    (run / "slurm_job.json").write_text(json.dumps({"job_id": "4242"}))
+    argv = ["--grid", str(TINY), "--cluster", "local", "--num-cpus", "2", "--storage", str(tmp_path / "runs")]
+    for state in ("PENDING", "RUNNING", "REQUEUED"):
+        squeue.write_text(f"#!/bin/sh\necho {state}\n")
+        squeue.chmod(0o755)
+        _one_line_exit_2(argv, capsys, "SLURM job 4242 still queued or running", "scancel 4242")
+        assert sorted(p.name for p in run.iterdir()) == ["slurm_job.json"]
+    squeue.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    launch._check_no_live_job(run)  # the job has ended (purged): a relaunch may go on
+    squeue.write_text("#!/bin/sh\necho COMPLETED\n")
+    launch._check_no_live_job(run)
+    squeue.write_text("#!/bin/sh\necho 'Unable to contact slurm controller' >&2\nexit 1\n")
+    _one_line_exit_2(argv, capsys, "cannot tell whether job 4242")  # unknown: refused, not guessed
+
+
+def test_a_second_writer_of_one_aggregate_is_refused(tmp_path, capsys):
+    from cluster.driver import aggregate_lock
+    from sweeps.aggregate import main as aggregate_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with aggregate_lock(run / "aggregate"):  # another ur-aggregate, the end of a sweep, a SLURM job
+        assert aggregate_main([str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            len(err.splitlines()) == 1 and f"{run / 'aggregate'} is being written by pid {os.getpid()}" in err
+        )
+        assert aggregate_main([str(run), "--checkpoint", "best"]) == 2  # another output: not locked,
+        assert "no trials" in capsys.readouterr().err  # it goes on (and finds nothing here)
+    assert aggregate_main([str(run)]) == 2
+    assert "no trials" in capsys.readouterr().err  # released
 
 
 # ----------------------------------------------------------------------------- real Ray sweeps
