@@ -1,19 +1,24 @@
-"""Checks of the local Slurm cluster started by ``slurm/local-cluster/slurm-local.sh up``.
+"""Checks of the local Slurm cluster started by ``slurm/local-cluster/slurm-local.sh up``, and of
+the script's lock (an ``up``/``down`` while another run uses the cluster is refused).
 
-These tests talk to a real Slurm controller. They skip (with the reason) when the Slurm
-client tools are not installed or no controller answers, so the suite passes on machines
-without the cluster; in CI the cluster is started before pytest runs.
+These tests talk to a real Slurm controller (while they do, they hold the cluster's lock shared,
+as ``.ci/run`` does around the whole suite). They skip (with the reason) when the Slurm client
+tools are not installed or no controller answers, so the suite passes on machines without the
+cluster; in CI the cluster is started before pytest runs. The lock test needs no cluster.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slurm
+SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "local-cluster" / "slurm-local.sh"
 
 EXPECTED_PARTITIONS = {"debug", "gpu", "urgent"}
 EXPECTED_NODES = {"n1", "n2"}
@@ -41,10 +46,49 @@ def _cluster_skip_reason() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster() -> None:
+def slurm_cluster():
     reason = _cluster_skip_reason()
     if reason:
         pytest.skip(reason)
+    lock = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/tmp/slurm-local")) / "cluster.lock"
+    if not lock.parent.is_dir():  # a cluster this script did not start: nothing to hold
+        yield
+        return
+    with open(lock, "a") as f:  # shared: an up/down elsewhere is refused while these tests run
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{lock}: an up/down of the cluster held it for 2 minutes")
+                time.sleep(1)
+        yield
+
+
+def test_up_down_reset_are_refused_while_another_run_uses_the_cluster(tmp_path):
+    """A run holding the cluster's lock shared (as .ci/run does around the tests): 'up', 'down' and
+    'reset' from elsewhere exit 2 with one line naming the holder, and touch nothing; once it is
+    released, 'down' goes on. The state dir is a fresh one (nothing of a real cluster in it), and
+    SLURM_LOCAL_NODES is invalid so that an 'up' that got past the lock would stop at once."""
+    env = {**os.environ, "SLURM_LOCAL_DIR": str(tmp_path), "SLURM_LOCAL_NODES": "not-a-number"}
+    lock = tmp_path / "cluster.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        for cmd in ("up", "down", "reset"):
+            r = subprocess.run(
+                ["bash", str(SCRIPT), cmd], env=env, capture_output=True, text=True, timeout=60
+            )
+            err = r.stderr.strip()
+            assert r.returncode == 2 and len(err.splitlines()) == 1, (cmd, r.returncode, err)
+            assert err.startswith(
+                f"error: the local SLURM cluster ({tmp_path}) is in use by pid {os.getpid()}"
+            )
+            assert f"'{cmd}' refused" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.lock"]
+    r = subprocess.run(["bash", str(SCRIPT), "down"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr.strip().endswith("[slurm-local] down"), r.stderr
 
 
 def _node_states() -> dict[str, str]:
@@ -57,6 +101,7 @@ def _node_states() -> dict[str, str]:
     return states
 
 
+@pytest.mark.slurm
 def test_partitions_exist(slurm_cluster):
     out = _run("sinfo", "-h", "-o", "%P")
     assert out.returncode == 0, out.stderr
@@ -66,6 +111,7 @@ def test_partitions_exist(slurm_cluster):
     assert {p.rstrip("*") for p in partitions} >= EXPECTED_PARTITIONS, partitions
 
 
+@pytest.mark.slurm
 def test_urgent_partition_preempts(slurm_cluster):
     out = _run("scontrol", "show", "partition", "urgent", "-o")
     assert out.returncode == 0, out.stderr
@@ -81,6 +127,7 @@ def test_urgent_partition_preempts(slurm_cluster):
     assert "preempt_send_user_signal" in config
 
 
+@pytest.mark.slurm
 def test_two_nodes_usable(slurm_cluster):
     deadline = time.monotonic() + 10
     while True:  # a job that just ended can leave a node 'completing' for a moment
@@ -92,6 +139,7 @@ def test_two_nodes_usable(slurm_cluster):
         time.sleep(0.5)
 
 
+@pytest.mark.slurm
 def test_srun_one_task_per_node(slurm_cluster):
     out = _run("srun", "-N2", "-n2", "-t", "1", "-l", "printenv", "SLURMD_NODENAME", timeout=60)
     assert out.returncode == 0, out.stderr
@@ -100,6 +148,7 @@ def test_srun_one_task_per_node(slurm_cluster):
     assert sorted(v.strip() for v in by_rank.values()) == sorted(EXPECTED_NODES), out.stdout
 
 
+@pytest.mark.slurm
 def test_sacct_sees_jobs(slurm_cluster):
     """submitit polls sacct for job states; without accounting it can hang on dead jobs."""
     sub = _run("sbatch", "--parsable", "-p", "debug", "-t", "1", "-o", "/dev/null", "--wrap", "true")

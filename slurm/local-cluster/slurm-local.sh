@@ -10,6 +10,12 @@
 #   slurm-local.sh status  daemons + sinfo; exit 0 when the controller answers, 1 otherwise
 #   slurm-local.sh reset   down + delete the state dir (next 'up' also recreates the accounting DB)
 #
+# One cluster, many users: 'up', 'down' and 'reset' hold $SLURM_LOCAL_DIR/cluster.lock (flock)
+# exclusively while they run, and whoever uses the cluster holds it shared (.ci/run around the
+# tests: flock -s -o "$SLURM_LOCAL_DIR/cluster.lock" CMD); so an 'up', 'down' or 'reset' while
+# another run uses the cluster is refused with one line and exit 2, instead of stopping it under
+# that run. 'status' takes no lock.
+#
 # Knobs (environment):
 #   SLURM_LOCAL_DIR         state, logs, pid files          (default /var/tmp/slurm-local)
 #   SLURM_LOCAL_NODES       virtual nodes, 1..N             (default 2: n1, n2; 1 = one node named $(hostname -s))
@@ -33,6 +39,7 @@ DBPASS=slurm-local-test          # MariaDB runs with --skip-networking (unix soc
 CONF=/etc/slurm/slurm.conf
 DBDCONF=/etc/slurm/slurmdbd.conf
 RUN_START=$(date +%FT%T)
+LOCK=$D/cluster.lock
 
 log() { echo "[slurm-local] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -374,6 +381,29 @@ status() {
   fi
   return $rc
 }
+
+lock_holders() {  # "pid N (command)" of each process holding $LOCK, from /proc/locks
+  local ino p out=""
+  ino=$(stat -c %i "$LOCK" 2>/dev/null) || { echo "another process"; return 0; }
+  for p in $(awk -v i="$ino" '$2 == "FLOCK" && $6 ~ (":" i "$") {print $5}' /proc/locks 2>/dev/null | sort -un); do
+    out="$out${out:+, }pid $p ($(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-100 | sed 's/ *$//'))"
+  done
+  echo "${out:-another process}"
+}
+
+# up/down/reset run again under flock(1), which holds the lock exclusively and closes it before
+# running the script (-o): the daemons that 'up' starts must not inherit it
+if [[ "$cmd" =~ ^(up|down|reset)$ ]] && [ -z "${_SLURM_LOCAL_LOCKED:-}" ]; then
+  trap - ERR
+  mkdir -p "$D"
+  rc=0
+  _SLURM_LOCAL_LOCKED=1 flock -x -n -o -E 75 "$LOCK" "$BASH" "$0" "$cmd" || rc=$?
+  if [ "$rc" -eq 75 ]; then
+    echo "error: the local SLURM cluster ($D) is in use by $(lock_holders); '$cmd' refused: wait for that run to end" >&2
+    exit 2
+  fi
+  exit "$rc"
+fi
 
 case "$cmd" in
   up) up ;;
