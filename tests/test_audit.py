@@ -260,6 +260,31 @@ def test_monotone_within_binomial_noise_is_not_flagged():
     assert "non_monotone" not in names(audit(record([0.9, 0.5, 0.3, 0.45], n=30)))  # noise on 30 points
 
 
+def test_non_monotone_compares_with_the_running_minimum():
+    """A slow climb with eps, each step within the tolerance, is flagged against the lowest accuracy
+    so far (0.30 at eps 0.1): +0.06 at eps 0.3 > 0.01 + 2 SE (0.039 at p 0.3, n 1000)."""
+    flags = audit(record([0.9, 0.30, 0.33, 0.36, 0.39], eps=(0.0, 0.1, 0.2, 0.3, 0.4)))
+    f = next(f for f in flags if f.name == "non_monotone")
+    assert "0.360 at eps 0.3 > 0.300 at eps 0.1" in f.detail, f.detail
+    # the same climb within the tolerance of the minimum: not flagged
+    assert "non_monotone" not in names(
+        audit(record([0.9, 0.30, 0.31, 0.32, 0.33], eps=(0.0, 0.1, 0.2, 0.3, 0.4)))
+    )
+
+
+def test_large_eps_is_tested_when_one_curve_reaches_it():
+    """pgd20 reaches the large eps 0.5, cw20 stops at 0.3: the rule is tested on pgd20 (passed, with
+    cw20 named as not reached), not reported "not tested"; a curve at the large eps above the limit
+    is flagged whatever the others do."""
+    eps = (0.0, 0.1, 0.2, 0.3, 0.5)
+    c = status(record([0.9, 0.6, 0.3, 0.1, 0.0], cw=[0.9, 0.6, 0.3, 0.1], eps=eps), "large_eps_not_zero")
+    assert c.status == "passed" and "not reached: cw20: largest eps 0.3 < large eps 0.5" in c.detail, c
+    c = status(record([0.9, 0.6, 0.5, 0.4, 0.3], cw=[0.9, 0.6, 0.3, 0.1], eps=eps), "large_eps_not_zero")
+    assert c.status == "flagged" and "pgd20: accuracy 0.300 at eps 0.5" in c.detail, c
+    c = status(record([0.9, 0.6, 0.3, 0.1], cw=[0.9, 0.6, 0.3, 0.1]), "large_eps_not_zero")
+    assert c.status == "not tested", c  # no curve reaches it
+
+
 def test_large_eps_rule_and_not_tested():
     skipped = []
     flags = audit(record([0.9, 0.6, 0.5, 0.4]), skipped=skipped)  # max eps 0.3 < 0.5: not "large"
@@ -362,6 +387,30 @@ def test_fgsm_gap_is_relative_to_the_standard_model():
     assert c.status == "not tested" and "above the training eps 0.05" in c.detail, c
     assert status(ls, "fgsm_gap").status == "not tested"  # no standard model
     assert status(std, "fgsm_gap", standard=std).status == "not tested"
+
+
+def test_fgsm_gap_is_bonferroni_corrected_over_eps():
+    """An excess FGSM - PGD gap over the standard model's that is 1.9 standard errors above the
+    tolerance at each of 3 eps: significant one-sided (z 1.645) but not after Bonferroni over the 3
+    eps (z 2.128), so "passed"; at one eps alone (z 1.645) or 2.5 SE above, "flagged"."""
+
+    def probe(gap, eps=(0.1, 0.2, 0.3), n=500):  # PGD 0.30 at every eps, FGSM 0.30 + gap
+        b = round(gap * n)  # points broken by PGD only
+        return dict(eps=0.1, fgsm_pgd=[pair(0.3, 0.3 + b / n, 0, b, n=n, eps=e, label="fgsm") for e in eps])
+
+    def fgsm_gap(gap, **kw):
+        std = record(
+            [0.95, 0.3, 0.3, 0.3], probe=probe(0.10, **kw), config={"seed": 0, "defense": "standard"}
+        )
+        return status(record([0.95, 0.3, 0.3, 0.3], probe=probe(gap, **kw)), "fgsm_gap", standard=std)
+
+    # gap 0.244 vs 0.100: excess 0.144 - 0.10 = 0.044 over an SE of 0.0234: z = 1.88
+    c = fgsm_gap(0.244)
+    assert c.status == "passed", c
+    c = fgsm_gap(0.244, eps=(0.2,))
+    assert c.status == "flagged" and "1.64 SE, Bonferroni over 1 eps" in c.detail, c
+    c = fgsm_gap(0.26)  # z = 2.5
+    assert c.status == "flagged" and "2.13 SE, Bonferroni over 3 eps" in c.detail, c
 
 
 def test_transfer_check_is_paired_with_the_whitebox_points():

@@ -143,3 +143,61 @@ def test_align_takes_common_points_in_order():
     common, (pa, pb) = stats.align([(a, None), (b, None)])
     assert common.tolist() == [3, 5, 9]
     assert a[pa].tolist() == [3, 5, 9] and b[pb].tolist() == [3, 5, 9]
+
+
+# ----------------------------------------------------------------------------- report.paired
+def _trial(seed: int, outcomes: list, idx=None):
+    """A finished trial as report.paired reads it: its seed, clean accuracy and per-point outcomes."""
+    from types import SimpleNamespace
+
+    m = np.array(outcomes, dtype=bool)
+    idx = np.arange(len(m)) if idx is None else np.asarray(idx)
+    return SimpleNamespace(
+        cfg=SimpleNamespace(seed=seed), record={"clean_acc": float(m.mean())}, points=(idx, {"clean": m})
+    )
+
+
+def test_method_and_baseline_are_paired_by_seed_not_by_position():
+    """Method seeds 0, 1, 2 (seed 1 weak), baseline seeds 0 and 2 (its seed 1 unfinished): the
+    pairs are (0, 0) and (2, 2), in either trial order, and the difference is the method's gain; a
+    pairing by position would pair (1, 2) and flip its sign."""
+    from types import SimpleNamespace
+
+    from uncertainty_robust.report import paired
+
+    n = 40
+    strong = [True] * 30 + [False] * 10  # 0.75
+    weak = [True] * 10 + [False] * 30  # 0.25
+    base = [True] * 28 + [False] * 12  # 0.70
+    g = SimpleNamespace(trials=[_trial(0, strong), _trial(1, weak), _trial(2, strong)])
+    b = SimpleNamespace(trials=[_trial(0, base), _trial(2, base)])
+    col = ("clean", "clean", None, 0.0)
+    for order in (lambda t: t, lambda t: t[::-1]):
+        pr = paired._paired(
+            SimpleNamespace(trials=order(g.trials)), SimpleNamespace(trials=order(b.trials)), col
+        )
+        assert pr.shape == (2, 2, n)
+        assert pr[0].mean() == pytest.approx(0.75) and pr[1].mean() == pytest.approx(0.70)
+        assert (pr[0].astype(int) - pr[1].astype(int)).mean() == pytest.approx(0.05)  # the method is better
+    # points are aligned by index too: the baseline's seed 2 lists its points in another order
+    perm = np.random.default_rng(0).permutation(n)
+    b2 = SimpleNamespace(trials=[_trial(0, base), _trial(2, np.array(base)[perm].tolist(), idx=perm)])
+    pr = paired._paired(g, b2, col)
+    assert (pr[1][1] == np.array(base, dtype=bool)).all()
+
+
+def test_holm_families_are_per_attack_over_eps():
+    """The documented families: the clean column alone, then each attack's columns over eps, the
+    worst case's, AutoAttack's and ours-on-the-AutoAttack-points', each over its eps."""
+    from uncertainty_robust.report import paired
+
+    eps = (0.1, 0.2, 0.3)
+    cols = [("clean", "clean", None, 0.0)]
+    cols += [(f"{a}@{e:g}", "attack", a, e) for a in ("fgsm", "pgd20", "cw20") for e in eps]
+    cols += [(f"worst@{e:g}", "worst", None, e) for e in eps]
+    cols += [(f"AA@{e:g}", "autoattack", None, e) for e in eps[1:]]
+    cols += [(f"ours_on_AA_points@{e:g}", "aa_ours", None, e) for e in eps[1:]]
+    fams = paired.families(cols)
+    assert [len(f) for f in fams] == [1, 3, 3, 3, 3, 2, 2]
+    assert fams[0] == ["clean"] and fams[2] == ["pgd20@0.1", "pgd20@0.2", "pgd20@0.3"]
+    assert sorted(k for f in fams for k in f) == sorted(c[0] for c in cols)  # each column in one family

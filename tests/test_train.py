@@ -220,6 +220,53 @@ def test_resume_after_sigkill_gives_identical_weights(resume_reference, train_cl
     assert len(hist) == cfg.epochs and hist[0] == json.loads(killed_at["history"])[0]
 
 
+def test_step_schedule_follows_its_milestones_formula():
+    """``schedule: step``: the learning rate is lr x gamma^k after the k-th milestone, a milestone at
+    round(fraction x epochs); 10 epochs, [0.5, 0.75]: 0.1 for 5 epochs, 0.01 for 3, 0.001 for 2."""
+    from uncertainty_robust import train
+
+    for epochs, milestones in ((10, [0.5, 0.75]), (4, [0.5, 0.75]), (20, [0.3]), (3, [0.1, 0.9])):
+        cfg = TrialConfig(epochs=epochs, schedule="step", milestones=milestones, gamma=0.1, lr=0.1)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        sched = train.make_scheduler(cfg, opt)
+        got = []
+        for _ in range(epochs):
+            got.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        at = sorted({max(1, round(m * epochs)) for m in milestones})
+        want = [0.1 * 0.1 ** sum(e >= m for m in at) for e in range(epochs)]
+        assert got == pytest.approx(want), (epochs, milestones, got)
+    cfg = TrialConfig(epochs=10, schedule="step", milestones=[0.5, 0.75], gamma=0.1, lr=0.1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched, lrs = train.make_scheduler(cfg, opt), []
+    for _ in range(10):
+        lrs.append(round(opt.param_groups[0]["lr"], 6))
+        opt.step()
+        sched.step()
+    assert lrs == [0.1] * 5 + [0.01] * 3 + [0.001] * 2
+
+
+def test_best_epoch_is_the_earliest_of_equal_validation_values(monkeypatch):
+    """The best checkpoint is the epoch with the highest val/robust_acc, the earliest on ties; a
+    NaN (no validation split) never wins."""
+    from uncertainty_robust import train
+
+    cfg = TrialConfig()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    nan = float("nan")
+    for values, best in (([0.2, 0.6, 0.6], 2), ([0.0, 0.0, 0.0], 1), ([0.5, 0.4, 0.6], 3), ([nan, nan], 0)):
+        monkeypatch.setattr(
+            train, "_epoch_probe", lambda m, x, y, c, epoch, v=values: {"val/robust_acc": v[epoch - 1]}
+        )
+        st = train.TrainState()
+        for e in range(len(values)):
+            st.epoch = e + 1
+            train._epoch_metrics(None, opt, cfg, {"loss": [1.0, 1]}, None, None, "cpu", st, 0.0)
+        assert st.best_epoch == best, (values, st.best_epoch)
+        assert st.best_value == (max(values) if best else float("-inf"))
+
+
 @pytest.mark.slow
 def test_adversarial_training_raises_pgd_accuracy(std_model, std_suite, at_model, mnist_test):
     x, y = mnist_test
