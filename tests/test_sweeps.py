@@ -36,8 +36,14 @@ def trial_dirs(run: Path) -> list:
 
 
 def starts(d: Path) -> int:
+    """(Re)starts of a trial's ranks: the ``train_start`` lines of its ``starts.log`` (which also
+    records events such as ``checkpoint_unreadable``)."""
     f = d / "starts.log"
-    return len(f.read_text().splitlines()) if f.exists() else 0
+    return (
+        sum(json.loads(ln)["event"] == "train_start" for ln in f.read_text().splitlines())
+        if f.exists()
+        else 0
+    )
 
 
 def ckpt_epoch(d: Path) -> int:
