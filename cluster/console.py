@@ -93,7 +93,8 @@ def link_ray_logs(run_dir: RunDir, tag: str) -> Optional[Path]:
         import ray
 
         src = Path(ray._private.worker._global_node.get_logs_dir_path())  # no public API for it
-    except Exception:
+    except Exception as e:  # a private API: a newer Ray may lack it; the logs are then only Ray's own
+        logging.getLogger("uncertainty_robust.cluster").debug("no Ray log directory to link: %r", e)
         return None
     dst = run_dir.ray_logs(tag)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -154,9 +155,29 @@ def _callback_base():
     return Callback
 
 
+PROGRESS_EVERY_S = 10  # at most one evaluation progress line per trial in this many seconds
+
+
 class EpochLines(_callback_base()):
     """Tune callback in the driver: one line per reported epoch (rank 0 reports; other ranks never
-    do), one per finished or failed trial."""
+    do), one per finished or failed trial, and while a trial evaluates, its progress line (what rank
+    0 writes to ``TrialDir.progress``) at most every :data:`PROGRESS_EVERY_S` seconds."""
+
+    def on_step_begin(self, iteration, trials, **info):
+        if VERBOSITY != 1:
+            return
+        now = time.time()
+        seen = self.__dict__.setdefault("_progress", {})  # trial id -> (time printed, line)
+        for trial in trials:
+            if trial.status != "RUNNING":
+                continue
+            last_t, last_line = seen.get(trial.trial_id, (0.0, None))
+            if now - last_t < PROGRESS_EVERY_S:
+                continue
+            p = progress_of(trial.config)
+            if p is not None and p.get("line") != last_line and p.get("time", 0) > last_t:
+                out(f"{time.strftime('%H:%M:%S')} {trial}  {p['line']}")
+                seen[trial.trial_id] = (now, p.get("line"))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if VERBOSITY != 1:
@@ -181,9 +202,23 @@ class EpochLines(_callback_base()):
         try:
             err = trial.get_error()
             err = (str(err).strip().splitlines() or [""])[-1] if err else ""
-        except Exception:
-            pass
+        except Exception as e:  # the error file is Tune's; the FAILED line stands without its text
+            logging.getLogger("uncertainty_robust.cluster").debug("cannot read %s's error: %r", trial, e)
         out(f"{time.strftime('%H:%M:%S')} {trial}  FAILED{': ' + err[:300] if err else ''}")
+
+
+def progress_of(config: dict) -> Optional[dict]:
+    """The latest evaluation progress of a sweep trial (its ``TrialDir.progress``), None if none."""
+    from uncertainty_robust.config import TrialConfig
+    from uncertainty_robust.rundir import read_json
+
+    if not config.get("run_dir") or not config.get("trial"):
+        return None
+    try:
+        name = TrialConfig.from_dict(config["trial"], check=False).dirname()
+    except (TypeError, ValueError):
+        return None
+    return read_json(RunDir(config["run_dir"]).trial(name).progress)
 
 
 def table_reporter(parameter_columns: dict, metric_columns: dict):
@@ -219,7 +254,7 @@ def summary_lines(results, seconds: float) -> list[str]:
             from uncertainty_robust.config import TrialConfig
 
             name = f"{TrialConfig(**cfg).short_name()}_{name[-5:]}"
-        except Exception:
+        except TypeError:  # a config of another schema (a user's own Tune script): Tune's name stays
             pass
         if r.error:
             state = "ERROR"

@@ -48,7 +48,7 @@ PRELOAD = [
     "torchvision",
     "numpy.ma",
     "uncertainty_robust.trial",
-    "uncertainty_robust.evaluate",
+    "uncertainty_robust.evaluation",
     "cluster.ranks",
 ]
 PROCESS_NAME = "ur-rank{rank}"  # comm name (15 chars max): `pgrep ur-rank` lists every rank
@@ -109,8 +109,8 @@ def _set_process_name(name: str) -> None:
             import ctypes
 
             ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-        except Exception:
-            pass
+        except (OSError, AttributeError):  # a libc without prctl: the rank keeps python's name
+            log.debug("could not name the rank process %s", name)
 
 
 def _alive(pid: int) -> bool:
@@ -196,8 +196,10 @@ def rank_main(spec: dict, conn) -> None:
             store = dist.TCPStore(
                 "127.0.0.1", spec["store_port"], world, is_master=False, timeout=timedelta(seconds=120)
             )
+            # a rank may wait at the evaluation's per-eps collective while its peers attack harder
+            # chunks; a dead peer is noticed by the actor, which stops every rank, not by this timeout
             dist.init_process_group(
-                spec["backend"], store=store, rank=rank, world_size=world, timeout=timedelta(minutes=30)
+                spec["backend"], store=store, rank=rank, world_size=world, timeout=timedelta(hours=12)
             )
         if rank == 0:
             log_start(trial.root, "train_start")

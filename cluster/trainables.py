@@ -37,19 +37,16 @@ from pathlib import Path
 
 from uncertainty_robust.config import TrialConfig
 from uncertainty_robust.defenses import DEFENSES
-from uncertainty_robust.evaluate import read_result
+from uncertainty_robust.evaluation import read_result
 from uncertainty_robust.rundir import RunDir, TrialDir
 
+from . import settings
 from .ranks import log_start, tune_metrics  # noqa: F401  (re-exported: tests and tools use them)
 
 TRAINABLE_PREFIX = "ur_"
 GENERIC = "ur_trial"  # dispatches on config["trial"]["defense"]; what mixed-defense sweeps use
-RESOURCES = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
+RESOURCES = settings.defaults("resources")
 VERBOSE_ENV = "UR_VERBOSE"  # set (through Ray's runtime env) by `launch.py -v`: ranks echo their log
-
-
-def trial_dirname(cfg: TrialConfig) -> str:
-    return f"{cfg.short_name()}_{cfg.trial_id()}"
 
 
 def final_metrics(record: dict) -> dict:
@@ -80,7 +77,7 @@ def trial_resources(config: dict):
 
 def _trial_dir(config: dict, cfg: TrialConfig) -> TrialDir:
     if config.get("run_dir"):
-        return RunDir(config["run_dir"]).trial(trial_dirname(cfg))
+        return RunDir(config["run_dir"]).trial(cfg.dirname())
     import ray.tune as tune
 
     return TrialDir(Path(tune.get_context().get_trial_dir()) / "trial")  # a user's own Tune script

@@ -1,103 +1,100 @@
-"""Cost of a sweep before it runs: gradient evaluations counted from the configs, and CPU-hours
-from a step time measured here (a few forward+backward passes of the trial's model)."""
+"""Cost of a sweep before it runs: forward+backward passes counted from each trial's evaluation plan
+(:class:`uncertainty_robust.evaluation.EvalPlan`: the same object the evaluation runs) and from the
+training config, and CPU-hours from a step time measured here (a few forward+backward passes of the
+trial's model). This module names no attack: the plan and the attack records know their costs.
+
+The evaluation's cost depends on how many points each attack leaves standing, which only the
+models can say. The dry run uses a prior (:func:`prior`): a clean accuracy and a logistic fall of
+robust accuracy with eps, whose midpoint is a multiple of the training eps (adversarial defenses)
+or of the dataset's conventional eps (the others), fitted by eye to the reproduction's measured
+curves (results/, MNIST and Fashion-MNIST, small CNN); AutoAttack's curve is the same, a little to
+the left. :func:`measured` gives the shares a finished trial measured instead (the benchmark uses it
+to separate the prior's error from the pass model's).
+"""
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Callable, Optional
 
 import torch
 
 from uncertainty_robust.config import TrialConfig
 from uncertainty_robust.data import dataset_info
-from uncertainty_robust.evaluate import PROBE_RESTARTS_FACTOR, PROBE_SQUARE_QUERIES, PROBE_STEPS_FACTOR
+from uncertainty_robust.evaluation import AUTOATTACK, OURS, EvalPlan
 from uncertainty_robust.train import make_model
 
-QUERIES_PER_PASS = 3  # a gradient-free query (Square) costs a forward pass: about a third of forward+backward
+CLEAN_ACC = 0.95  # the prior's clean accuracy
+MIDPOINT_ADV = 1.25  # an adversarially trained model's robust accuracy halves at 1.25 x its training eps
+MIDPOINT_STD = 0.43  # any other model's at 0.43 x the dataset's conventional eps
+WIDTH = 1 / 6  # the logistic's scale, a share of its midpoint (the fall from 90 % to 10 %: 0.73 x midpoint)
+AA_SHIFT = 0.9  # AutoAttack's midpoint, a share of ours
 
 
-def breakdown(c: TrialConfig) -> dict:
-    """Forward+backward passes, counted per example, of each part of one trial (upper bounds: the
-    attacks' early exit for broken points only lowers them):
+def prior(c: TrialConfig) -> Callable[[float, str], float]:
+    """The dry run's guess at the share of the n_eval points robust at ``eps`` after our attacks
+    (``stage`` "ours") or after AutoAttack too ("autoattack")."""
+    mid = (
+        MIDPOINT_ADV * c.eps if c.is_adversarial else MIDPOINT_STD * dataset_info(c.dataset).conventional_eps
+    )
+    mid = max(mid, 1e-6)
+
+    def robust(eps: float, stage: str) -> float:
+        m = mid * (AA_SHIFT if stage == AUTOATTACK else 1.0)
+        if eps <= 0:
+            return CLEAN_ACC
+        z = (eps - m) / (WIDTH * m)
+        return CLEAN_ACC / (1 + math.exp(min(50.0, z)))
+
+    return robust
+
+
+def measured(record: dict) -> Callable[[float, str], float]:
+    """The shares a finished trial measured (its ``worst_case`` rows: ours, and ours + AutoAttack)."""
+    shares = {}
+    for w in record.get("worst_case", []):
+        shares[(round(w["eps"], 9), OURS)] = (w.get("ours") or w)["acc"]
+        shares[(round(w["eps"], 9), AUTOATTACK)] = w["acc"]
+
+    def robust(eps: float, stage: str) -> float:
+        return shares.get((round(eps, 9), stage), 0.0)
+
+    return robust
+
+
+def breakdown(c: TrialConfig, robust: Optional[Callable[[float, str], float]] = None) -> dict:
+    """Forward+backward passes, counted per example, of each part of one trial:
 
     - ``train``: epochs x training points x (1 + PGD steps x adv_fraction for AT defenses); the
       training points are what is left of the training split after the validation split;
-    - ``validation``: per epoch, the probe on ``val_points``: a clean pass, PGD-``val_pgd_steps`` and
-      the projection Jacobian estimate (2 x projections passes on 128 points);
-    - ``evaluation``: every attack at every positive test eps on ``n_eval`` points, the masking probe
-      (the strongest CE-PGD with 4x the steps and 4x the restarts on ``probe_points``, Square-1000 at
-      a third of a pass per query on the AutoAttack points among them), the exact Jacobians at clean points (K passes) and at PGD
-      points (the first PGD's steps + K passes) on ``jacobian_points``; twice when the best
-      checkpoint is evaluated too (less when the best epoch is the last one);
-    - ``autoattack``: every AutoAttack component at every AutoAttack eps on ``autoattack_points``
-      points, as if every point survived our attacks (it runs only on the survivors, so this is an
-      upper bound; for undefended models the real cost is a small fraction): APGD steps x restarts,
-      APGD-T and FAB-T steps x target classes (min(9, K-1)), Square's queries at a third of a pass
-      (forward only)."""
-    size = _train_size(c.dataset)
+    - ``validation``: per epoch, a clean pass, PGD-``val_pgd_steps`` and the projection Jacobian
+      estimate (2 x projections passes on 128 points) on ``val_points``;
+    - ``evaluation``: the plan's clean pass, our attacks, the masking probe and the Jacobians;
+    - ``autoattack``: the plan's AutoAttack steps;
+
+    the last two from :meth:`EvalPlan.expected_passes` with ``robust`` (default: :func:`prior`),
+    once per evaluated checkpoint (an upper bound: the best checkpoint is often the last)."""
+    size = dataset_info(c.dataset).train_size or 50000
     n_train = min(c.n_train or size, max(0, size - c.val_points))
     per_example = 1 + (c.pgd_steps * c.adv_fraction if c.is_adversarial else 0)
     train = c.epochs * n_train * per_example
     validation = c.epochs * (
         c.val_points * (1 + c.val_pgd_steps) + min(c.val_points, 128) * 2 * c.jacobian_projections
     )
-    attacks = sum(a.steps * a.restarts for a in c.attacks)  # single-step attacks: 1 x 1
-    probe_steps = next((a.steps for a in c.attacks if a.name == "pgd"), 20)
-    k = dataset_info(c.dataset).num_classes
-    jacobian = c.jacobian_points * (2 * k + probe_steps)
-    eps_pos = sum(1 for e in c.eval_eps() if e > 0)
-    probe_n = min(c.probe_points or c.n_eval, c.n_eval)
-    square_n = min(probe_n, c.autoattack_points or c.n_eval)
-    ref = max((a for a in c.attacks if a.name == "pgd"), key=lambda a: a.steps * a.restarts, default=None)
-    strong = PROBE_STEPS_FACTOR * PROBE_RESTARTS_FACTOR
-    probe = (
-        probe_n * ref.steps * ref.restarts * strong + square_n * PROBE_SQUARE_QUERIES / QUERIES_PER_PASS
-        if ref
-        else 0
-    )
-    evaluation = c.n_eval * attacks * eps_pos + probe + jacobian
-    autoattack = autoattack_passes(c, k) * len(c.aa_eps()) * (c.autoattack_points or c.n_eval)
-    evaluation *= len(c.checkpoints)
-    autoattack *= len(c.checkpoints)
+    ev = EvalPlan.of(c).expected_passes(robust or prior(c))
+    k = len(c.checkpoints)
     return {
         "train": float(train),
         "validation": float(validation),
-        "evaluation": float(evaluation),
-        "autoattack": float(autoattack),
+        "evaluation": float(k * sum(v for s, v in ev.items() if s != AUTOATTACK)),
+        "autoattack": float(k * ev[AUTOATTACK]),
     }
-
-
-def autoattack_passes(c: TrialConfig, k: int) -> float:
-    """Forward+backward passes per point and eps of the config's AutoAttack list (see ``breakdown``)."""
-    from uncertainty_robust.autoattack import COMPONENTS, plan_of
-
-    targets = max(1, min(9, k - 1))
-    total = 0.0
-    for spec in c.autoattack:
-        for name, steps, restarts in plan_of(spec)[1]:
-            comp = COMPONENTS[name]
-            per = steps * restarts
-            if comp.gradient_free:
-                per /= QUERIES_PER_PASS
-            elif name in ("apgd-t", "fab-t"):
-                per *= targets
-            total += per
-    return total
 
 
 def grad_evals(c: TrialConfig) -> float:
     """Forward+backward passes, counted per example, of training, validation and evaluation."""
     return float(sum(breakdown(c).values()))
-
-
-def _train_size(name: str) -> int:
-    return {
-        "mnist_embedded": 8000,
-        "mnist": 60000,
-        "fashion_mnist": 60000,
-        "cifar10": 50000,
-        "cifar100": 50000,
-        "svhn": 73257,
-    }.get(name, 50000)
 
 
 def seconds_per_example(c: TrialConfig, batch: int = 64, reps: int = 7) -> float:
@@ -126,14 +123,14 @@ def seconds_per_example(c: TrialConfig, batch: int = 64, reps: int = 7) -> float
         torch.set_num_threads(threads)
 
 
-def estimate(trials: list) -> dict:
+def estimate(trials: list, robust: Optional[Callable] = None) -> dict:
     cache: dict = {}
     per = []
     for c in trials:
         key = (c.dataset, c.model, c.width)
         if key not in cache:
             cache[key] = seconds_per_example(c)
-        parts = breakdown(c)
+        parts = breakdown(c, robust)
         g = sum(parts.values())
         per.append(
             {
@@ -146,7 +143,10 @@ def estimate(trials: list) -> dict:
     return {
         "per_trial": per,
         "grad_evals": sum(p["grad_evals"] for p in per),
-        "parts": {k: sum(p[f"{k}_grad_evals"] for p in per) for k in ("train", "validation", "evaluation")},
+        "parts": {
+            k: sum(p[f"{k}_grad_evals"] for p in per)
+            for k in ("train", "validation", "evaluation", "autoattack")
+        },
         "cpu_hours": sum(p["cpu_hours"] for p in per),
         "sec_per_grad_eval": sec,
         "threads": 1,

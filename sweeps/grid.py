@@ -1,7 +1,9 @@
 """YAML sweep grids: schema, complete validation, expansion into TrialConfigs.
 
 A grid is validated completely before anything starts; the first problem raises
-:class:`GridError`, one line naming the key and the allowed values (``launch.py`` exits 2).
+:class:`GridError`, one line naming the key and the allowed values (``launch.py`` exits 2). A value
+listed twice (a seed, a lambda, a training or test eps) is refused, not merged; a grid that expands
+to more than :data:`MAX_TRIALS` (10,000) trials is refused.
 
 Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` for a full example)::
 
@@ -28,15 +30,18 @@ Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` f
                   inner_loss: ce, adv_fraction: 1.0, ls_form: uniform, attack_bn_mode: eval}
     evaluation: {test_eps: [0, 0.1, 0.2, 0.3], attacks: [fgsm, "pgd:20", "cw:30"], n_eval: 1000,
                  jacobian_points: 500, jacobian_eps: null, eval_batch_size: 500, checkpoints: [last],
-                 autoattack: [autoattack],   # run at autoattack_eps on the points our attacks leave robust
-                 autoattack_eps: null,       # null: every train_eps (adversarial grids) + the dataset's conventional eps
-                 autoattack_points: null}    # null: all n_eval points; else a stratified subset
+                 autoattack: [autoattack],   # after our attacks, on the points they leave robust
+                 autoattack_eps: null,       # null: every eps where our attacks leave 1-99 % robust
+                 autoattack_informative: [0.01, 0.99],
+                 autoattack_points: null,    # null: all n_eval points; else a stratified subset
+                 reuse_eps: true,            # a point broken at a smaller eps is not attacked again
+                 chunk_points: null}         # points per chunk: the unit of sharding, seeds, resume
                                       # checkpoints: [last] or [last, best] (best: the epoch with the
                                       # highest val/robust_acc; both evaluated on the test split).
                                       # jacobian_eps: the Jacobians are measured at clean points and at
                                       # PGD points of this eps (null: the validation eps)
     precision: {train: fp32, train_attack: null, eval: fp32}   # bf16 autocast; see docs/gpu.md
-    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}
+    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # defaults and rules: cluster/settings.py
     validation: {points: 1000, seed: 0, eps: null, pgd_steps: 10}
                                       # carved from the training split (stratified, seeded), never
                                       # trained on; read by the per-epoch probe (val/clean_acc,
@@ -63,6 +68,7 @@ from typing import Any
 
 import yaml
 
+from cluster import settings
 from uncertainty_robust.attacks import AttackSpec
 from uncertainty_robust.config import AXES, ConfigError, TrialConfig, grid_fields, validate
 from uncertainty_robust.defenses import DEFENSES
@@ -74,29 +80,6 @@ for _key, _name in _FIELDS.items():
         _sec, _k = _key.split(".", 1)
         SECTIONS.setdefault(_sec, {})[_k] = _name
 TOP_FIELDS = tuple(k for k in _FIELDS if "." not in k and k not in AXES)
-RESOURCES = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}
-SEARCH = {
-    "mode": "grid",
-    "num_samples": 1,
-    "scheduler": "none",
-    "metric": "val/robust_acc",
-    "max_concurrent": None,
-    "trial_retries": 2,
-    "worker_retries": 2,
-    "seed": 0,
-}
-SLURM = {
-    "nodes": 1,
-    "time_min": 240,
-    "cpus_per_node": None,
-    "gpus_per_node": 0,
-    "mem_gb": None,
-    "account": None,
-    "qos": None,
-    "constraint": None,
-    "extra": [],
-    "max_requeues": 100,  # time-outs after which the job stops requeuing itself (submitit's default: 3)
-}
 TOP_KEYS = (
     set(TOP_FIELDS)
     | set(SECTIONS)
@@ -106,6 +89,7 @@ TOP_KEYS = (
 MERGED = set(SECTIONS) | {"resources", "search", "slurm"}  # mappings a derived grid merges key by key
 NOT_INHERITED = ("name", "description", "extends")
 SWEEPS_DIR = Path(__file__).resolve().parent
+MAX_TRIALS = 10_000  # the most trials one grid may expand to (one Tune experiment, one plan.json)
 
 
 class GridError(ConfigError):
@@ -138,7 +122,7 @@ def find_grid(arg: str, sweeps_dir: Path) -> Path:
     raise GridError("--grid", f"no grid file {arg!r} (here or in sweeps/); shipped grids: {known}")
 
 
-def _list(key: str, v: Any, kind=None) -> list:
+def _list(key: str, v: Any, kind=None, unique: bool = False) -> list:
     if not isinstance(v, list):
         v = [v]
     if not v:
@@ -146,17 +130,24 @@ def _list(key: str, v: Any, kind=None) -> list:
     for i, x in enumerate(v):
         if kind is not None and (isinstance(x, bool) or not isinstance(x, kind)):
             raise GridError(f"{key}[{i}]", f"expected {getattr(kind, '__name__', 'number')}, got {x!r}")
+        if unique and x in v[:i]:
+            raise GridError(key, f"{v!r} lists {x!r} twice; give each value once")
     return v
 
 
-def _section(data: dict, name: str, defaults: dict) -> dict:
+def _section(data: dict, name: str) -> dict:
+    """A typed sweep section (``cluster.settings``): known keys only, each checked by its rule."""
+    allowed = settings.defaults(name)
     sec = data.get(name) or {}
     if not isinstance(sec, dict):
-        raise GridError(name, f"expected a mapping with keys {', '.join(defaults)}")
-    unknown = sorted(set(sec) - set(defaults))
+        raise GridError(name, f"expected a mapping with keys {', '.join(allowed)}")
+    unknown = sorted(set(sec) - set(allowed))
     if unknown:
-        raise GridError(f"{name}.{unknown[0]}", f"unknown key; allowed: {', '.join(defaults)}")
-    return {**defaults, **sec}
+        raise GridError(f"{name}.{unknown[0]}", f"unknown key; allowed: {', '.join(allowed)}")
+    try:
+        return settings.resolve(name, sec)
+    except ConfigError as e:
+        raise GridError(e.key, e.msg) from None
 
 
 def _attack(key: str, a: Any) -> dict:
@@ -274,12 +265,12 @@ def _expand(text: str, data: dict) -> Grid:
     """Validate a whole grid (``extends`` resolved) and expand it into trials."""
     if "defenses" not in data:
         raise GridError("defenses", f"missing; choose from {', '.join(DEFENSES)}")
-    defenses = _list("defenses", data["defenses"], str)
+    defenses = _list("defenses", data["defenses"], str, unique=True)
     for i, d in enumerate(defenses):
         if d not in DEFENSES:
             raise GridError(f"defenses[{i}]", f"{d!r} is not one of {', '.join(DEFENSES)}")
-    seeds = _list("seeds", data.get("seeds", [0]), int)
-    eps_list = _list("train_eps", data.get("train_eps", [TrialConfig().eps]), (int, float))
+    seeds = _list("seeds", data.get("seeds", [0]), int, unique=True)
+    eps_list = _list("train_eps", data.get("train_eps", [TrialConfig().eps]), (int, float), unique=True)
     lambdas = data.get("lambdas", [0.0])
     with_lam = [d for d, spec in DEFENSES.items() if spec.takes_lam]
     if isinstance(lambdas, dict):
@@ -288,9 +279,9 @@ def _expand(text: str, data: dict) -> Grid:
             raise GridError(
                 f"lambdas.{bad[0]}", f"not a defense with a lambda; allowed: {', '.join(with_lam)}"
             )
-        lam_of = {d: _list(f"lambdas.{d}", v, (int, float)) for d, v in lambdas.items()}
+        lam_of = {d: _list(f"lambdas.{d}", v, (int, float), unique=True) for d, v in lambdas.items()}
     else:
-        lam_list = _list("lambdas", lambdas, (int, float))
+        lam_list = _list("lambdas", lambdas, (int, float), unique=True)
         lam_of = {d: lam_list for d in with_lam}
 
     base: dict = {k: data[k] for k in TOP_FIELDS if k in data}
@@ -310,21 +301,22 @@ def _expand(text: str, data: dict) -> Grid:
     if "autoattack" in base:
         aa = base["autoattack"] if isinstance(base["autoattack"], list) else [base["autoattack"]]
         base["autoattack"] = [_attack(f"evaluation.autoattack[{i}]", a) for i, a in enumerate(aa)]
-    if "autoattack_eps" not in base:
-        # AutoAttack's default epsilons for the whole grid: every training eps (when the grid trains an
-        # adversarial defense) plus the dataset's conventional eps, the same for every trial
-        base["autoattack_eps"] = _default_autoattack_eps(
-            defenses, eps_list, base.get("dataset", TrialConfig().dataset)
-        )
-    elif base["autoattack_eps"] is not None and base["autoattack_eps"] != []:
+    if base.get("autoattack_eps") not in (None, []):
         base["autoattack_eps"] = _list("evaluation.autoattack_eps", base["autoattack_eps"], (int, float))
     if "test_eps" in base:
         _list("evaluation.test_eps", base["test_eps"], (int, float))
-    resources = _section(data, "resources", RESOURCES)
-    search = _section(data, "search", SEARCH)
-    slurm = _section(data, "slurm", SLURM)
-    _check_resources(resources, search, slurm)
+    resources, search, slurm = (_section(data, k) for k in ("resources", "search", "slurm"))
 
+    n = sum(
+        len(lam_of.get(d, [0.0]) if DEFENSES[d].takes_lam else [0.0])
+        * (len(eps_list) if DEFENSES[d].adversarial else 1)
+        * len(seeds)
+        for d in defenses
+    )
+    if n > MAX_TRIALS:
+        raise GridError(
+            "grid", f"expands to {n:,} trials, more than the {MAX_TRIALS:,} one sweep may hold; split it"
+        )
     trials, seen = [], set()
     for d in defenses:
         spec = DEFENSES[d]
@@ -352,19 +344,6 @@ def _expand(text: str, data: dict) -> Grid:
     return Grid(text, data, trials, resources, search, slurm)
 
 
-def _default_autoattack_eps(defenses: list, train_eps: list, dataset: str):
-    """Every training eps of the grid's adversarial defenses plus the dataset's conventional eps
-    (``DatasetInfo.conventional_eps``); None (each trial's own default) for an unknown dataset,
-    which validation then reports."""
-    from uncertainty_robust.data import DATASETS
-
-    if not isinstance(dataset, str) or dataset not in DATASETS:
-        return None
-    eps = [float(e) for e in train_eps] if any(DEFENSES[d].adversarial for d in defenses) else []
-    out = sorted({round(e, 12) for e in eps + [DATASETS[dataset].conventional_eps] if e > 0})
-    return out
-
-
 def _grid_key(key: str) -> str:
     """Map a TrialConfig field (``attacks[1].steps``) back to where it lives in the grid."""
     name = key.split("[")[0].split(".")[0]
@@ -372,37 +351,6 @@ def _grid_key(key: str) -> str:
         if field_name == name:
             return gk + key[len(name) :]
     return key
-
-
-def _pos(key: str, v: Any, integer: bool = False, allow_zero: bool = False, hi: float = 1e6) -> None:
-    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok or v < 0 or (v == 0 and not allow_zero) or v > hi:
-        what = "an integer" if integer else "a number"
-        raise GridError(key, f"expected {what} in {'[0' if allow_zero else '(0'}, {hi:g}], got {v!r}")
-
-
-def _check_resources(res: dict, search: dict, slurm: dict) -> None:
-    _pos("resources.workers", res["workers"], integer=True, hi=1024)
-    _pos("resources.cpus_per_worker", res["cpus_per_worker"], hi=512)
-    _pos("resources.gpus_per_worker", res["gpus_per_worker"], allow_zero=True, hi=16)
-    if search["mode"] not in ("grid", "random"):
-        raise GridError("search.mode", f"{search['mode']!r} is not one of grid, random")
-    if search["scheduler"] not in ("none", "asha"):
-        raise GridError("search.scheduler", f"{search['scheduler']!r} is not one of none, asha")
-    _pos("search.num_samples", search["num_samples"], integer=True, hi=10**6)
-    if search["max_concurrent"] is not None:
-        _pos("search.max_concurrent", search["max_concurrent"], integer=True, hi=10**5)
-    _pos("search.trial_retries", search["trial_retries"], integer=True, allow_zero=True, hi=100)
-    _pos("search.worker_retries", search["worker_retries"], integer=True, allow_zero=True, hi=100)
-    _pos("slurm.nodes", slurm["nodes"], integer=True, hi=4096)
-    _pos("slurm.time_min", slurm["time_min"], integer=True, hi=60 * 24 * 30)
-    _pos("slurm.gpus_per_node", slurm["gpus_per_node"], integer=True, allow_zero=True, hi=64)
-    for k in ("cpus_per_node", "mem_gb"):
-        if slurm[k] is not None:
-            _pos(f"slurm.{k}", slurm[k], integer=True, hi=100000)
-    _pos("slurm.max_requeues", slurm["max_requeues"], integer=True, allow_zero=True, hi=100000)
-    if not isinstance(slurm["extra"], list):
-        raise GridError("slurm.extra", "expected a list of sbatch options, e.g. ['--exclusive']")
 
 
 # What ASHA may select on: validation accuracies only (maximised). Tune sees "/" as "_".
@@ -432,8 +380,8 @@ def _check_metric(search: dict, trials: list) -> None:
         return
     if any(c.val_points == 0 for c in trials):
         raise GridError("validation.points", "ASHA selects on the validation split: set it above 0")
-    if search["metric"] == "val/robust_acc" and len({c.probe_eps for c in trials}) > 1:
-        found = ", ".join(f"{e:g}" for e in sorted({c.probe_eps for c in trials}))
+    if search["metric"] == "val/robust_acc" and len({c.val_attack_eps for c in trials}) > 1:
+        found = ", ".join(f"{e:g}" for e in sorted({c.val_attack_eps for c in trials}))
         raise GridError(
             "validation.eps",
             f"ASHA compares val/robust_acc across trials, but their validation eps differ ({found}); "

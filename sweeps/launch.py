@@ -116,8 +116,7 @@ def verbosity(args) -> int:
 # ------------------------------------------------------------------------------ plan & dry run
 def write_run_dir(run_dir: Path, grid: Grid, grid_path: Path, args) -> None:
     """RUN/grid.yaml (as given, extends resolved), RUN/plan.json (resolved trials, resources), RUN/git_commit."""
-    from cluster.trainables import trial_dirname
-    from uncertainty_robust.evaluate import git_commit
+    from uncertainty_robust.provenance import git_commit
 
     rd = RunDir(run_dir)
     trials = [c.to_dict() for c in grid.trials]
@@ -137,7 +136,7 @@ def write_run_dir(run_dir: Path, grid: Grid, grid_path: Path, args) -> None:
         "grid_file": grid_path.name,
         "trials": trials,
         "trial_ids": ids,
-        "trial_dirs": [trial_dirname(c) for c in grid.trials],
+        "trial_dirs": [c.dirname() for c in grid.trials],
         "resources": trial_resources(grid),
         "search": search,
         "slurm": grid.slurm,
@@ -163,7 +162,7 @@ def print_dry_run(grid: Grid, cluster: str) -> None:
     )
     est = estimate(grid.trials)
     for i, (c, e) in enumerate(zip(grid.trials, est["per_trial"])):
-        lam = f"{c.lam:g}" if c.spec.takes_lam else "-"
+        lam = f"{c.lam:g}" if c.defense_record.takes_lam else "-"
         eps = f"{c.eps:g}" if c.is_adversarial else "-"
         print(
             f"{i:>3} {c.defense:<9} {lam:>7} {eps:>7} {c.seed:>4} {c.epochs:>6} {res['workers']:>7} "

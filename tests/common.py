@@ -25,3 +25,29 @@ def fit_quiet(cfg, workdir, **kw):
     """``fit`` without TensorBoard; the model in eval mode and the summary."""
     model, summary = fit(cfg, workdir, tensorboard=False, **kw)
     return model.eval(), summary
+
+
+def assert_autoattack_at_every_informative_eps(rec: dict, masks: dict | None = None, band=None) -> None:
+    """Every eps > 0 where our attacks (and everything at the smaller eps) leave a share of the
+    n_eval points robust inside the informative band has AutoAttack, on all its points; no other eps
+    has it (the default rule). ``masks``: the per-point outcomes (default ``rec["_masks"]``)."""
+    masks = masks if masks is not None else rec["_masks"]
+    cfg = rec.get("config") or {}
+    lo, hi = band or cfg.get("autoattack_informative", [0.01, 0.99])
+    ran = {e["eps"]: e["ran"] for e in (rec.get("autoattack") or {}).get("eps", [])}
+    prev = masks["clean"]
+    n = len(prev)
+    for w in (w for w in rec["worst_case"] if w["eps"] > 0):
+        eps = w["eps"]
+        base = masks[f"worst/{eps:g}"] & prev
+        share = float(base.float().mean())
+        informative = lo <= share <= hi
+        assert ran.get(eps, False) == informative, (
+            f"eps {eps:g}: our attacks leave {share:.3f} of the points robust ({'inside' if informative else 'outside'} "
+            f"the informative band [{lo:g}, {hi:g}]) but AutoAttack {'did not run' if informative else 'ran'}"
+        )
+        if informative:
+            assert w["n_points"] == n and w["autoattack"]["ran"], (
+                f"eps {eps:g}: AutoAttack on {w['n_points']} of {n} points"
+            )
+        prev = masks[f"autoattack/{eps:g}"]

@@ -105,7 +105,7 @@ def test_bf16_reaches_training_and_its_adversary_not_the_evaluation(monkeypatch,
     assert summary["completed"] and torch.isfinite(torch.tensor(summary["history"][-1]["train/loss"]))
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 master weights
     spy.calls.clear()
-    from uncertainty_robust.evaluate import evaluate
+    from uncertainty_robust.evaluation import evaluate
 
     rec = evaluate(model, cfg)
     assert spy.calls and {d for _, d in spy.calls} == {torch.float32}  # attacks and Jacobians in fp32

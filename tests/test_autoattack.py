@@ -1,8 +1,8 @@
-"""AutoAttack through the project (``uncertainty_robust.autoattack``, pyautoattack underneath) on a
-small CNN trained here on real MNIST digits: it runs only on the points our attacks left robust,
-counts its passes, leaves the model and the global RNG as they were, resumes an interrupted
-evaluation without redoing finished (eps, attack) pieces and gives the same numbers, and turns
-pyautoattack's own sanity checks into audit flags."""
+"""AutoAttack through the project (``uncertainty_robust.attacks.autoattack``, pyautoattack underneath)
+on a small CNN trained here on real MNIST digits: a component runs only on the points still robust,
+counts its passes, leaves the model and the global RNG as they were; pyautoattack's own sanity
+checks become audit flags; the evaluation records AutoAttack on the points our attacks left robust,
+within an explicit budget of points and eps."""
 
 from __future__ import annotations
 
@@ -11,39 +11,22 @@ import json
 import pytest
 import torch
 
-from uncertainty_robust import autoattack as aa
-from uncertainty_robust.attacks import AttackSpec, run_suite
+from uncertainty_robust.attacks import AttackSpec, Cost
+from uncertainty_robust.attacks.autoattack import run_plan
 from uncertainty_robust.audit import audit
 from uncertainty_robust.config import TrialConfig, validate
 from uncertainty_robust.data import load_tensors
-from uncertainty_robust.evaluate import evaluate, result_record
-from uncertainty_robust.rundir import TrialDir
-
-SPECS = [AttackSpec("apgd-ce", 10), AttackSpec("square", 200)]
-EPS = [0.1, 0.15]
+from uncertainty_robust.evaluation import evaluate, model_checks, result_record
 
 
-@pytest.fixture(scope="module")
-def setting(std_model, mnist_test):
-    """40 points, our cheap PGD-5 at both eps, the points it leaves robust."""
+def test_run_plan_attacks_robust_points_only_and_leaves_model_and_rng_alone(std_model, mnist_test):
     x, y = mnist_test[0][:40], mnist_test[1][:40]
-    torch.manual_seed(0)
-    suite = run_suite(std_model, x, y, [AttackSpec("pgd", 5)], EPS)
-    return x, y, suite.worst
-
-
-def _strip(res):
-    """The per-piece records without wall-clock seconds (which differ between runs)."""
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in res["results"]]
-
-
-def test_runs_on_survivors_only_and_leaves_model_and_rng_alone(std_model, setting):
-    x, y, worst = setting
-    pts = torch.arange(len(y))
     std_model.train()  # handed over in train mode: attacked in eval mode, mode restored
     rng = torch.get_rng_state()
     grads = [None if p.grad is None else p.grad.clone() for p in std_model.parameters()]
-    res = aa.reference(std_model, x, y, SPECS, EPS, worst, pts, seed=0, batch_size=16)
+    cost = Cost()
+    plan = [("apgd-ce", 10, 1), ("square", 200, 1)]
+    _, after = run_plan(std_model, x, y, 0.1, "standard", plan, seed=0, cost=cost)
     assert std_model.training and torch.equal(torch.get_rng_state(), rng)
     assert all(p.requires_grad for p in std_model.parameters())
     assert all(  # no parameter gradient was computed or accumulated
@@ -51,86 +34,13 @@ def test_runs_on_survivors_only_and_leaves_model_and_rng_alone(std_model, settin
         for g, p in zip(grads, std_model.parameters())
     )
     std_model.eval()
-    for eps in EPS:
-        first = next(r for r in res["results"] if r["eps"] == eps)
-        assert first["n_attacked"] == int(worst[eps].sum())  # only the points our attack left robust
-        assert res["_robust"][eps].le(worst[eps]).all()  # the worst case only goes down
-        summary = next(e for e in res["eps"] if e["eps"] == eps)
-        assert summary["acc"] <= summary["ours_acc"]
-        assert summary["acc"] == pytest.approx(float(res["_robust"][eps].float().mean()))
-    apgd = [r for r in res["results"] if r["attack"] == "apgd-ce" and r["n_attacked"]]
-    sq = [r for r in res["results"] if r["attack"] == "square" and r["n_attacked"]]
-    assert apgd and all(r["backward"] > 0 and r["forward"] >= r["backward"] for r in apgd)
-    assert sq and all(r["backward"] == 0 and r["forward"] > 0 for r in sq)  # gradient-free
-    assert res["cost"].forward >= sum(r["forward"] for r in res["results"])
-    print(f"\n{json.dumps(_strip(res), indent=0)}")
-
-
-class _Stop(Exception):
-    pass
-
-
-def test_an_interrupted_evaluation_resumes_without_redoing_finished_pieces(
-    std_model, setting, tmp_path, monkeypatch
-):
-    x, y, worst = setting
-    pts = torch.arange(len(y))
-    full = aa.reference(std_model, x, y, SPECS, EPS, worst, pts, seed=3, batch_size=4)
-    trial = TrialDir(tmp_path / "trial")
-    pieces = [(e, p[4]) for e in EPS for p in aa.pieces_of(SPECS)]
-    kill_at = pieces[-1]  # the last piece (square at the second eps), after its first chunk
-
-    def interrupt(eps, label):
-        if (eps, label) == kill_at:
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        aa.reference(
-            std_model,
-            x,
-            y,
-            SPECS,
-            EPS,
-            worst,
-            pts,
-            seed=3,
-            batch_size=4,
-            state=trial.eval_piece,
-            interrupt=interrupt,
-        )
-    saved = sorted(p.name for p in trial.eval_state.iterdir())
-    assert len(saved) == len(pieces), saved  # every piece has a state file, the last one partial
-    calls = []
-    real = aa._perturb
-
-    def counting(aa_obj, name, xs, ys, seed):
-        calls.append((name, len(xs)))
-        return real(aa_obj, name, xs, ys, seed)
-
-    monkeypatch.setattr(aa, "_perturb", counting)
-    resumed = aa.reference(
-        std_model, x, y, SPECS, EPS, worst, pts, seed=3, batch_size=4, state=trial.eval_piece
-    )
-    last_input = next(r for r in full["results"] if (r["eps"], r["label"]) == kill_at)["n_attacked"]
-    assert {c[0] for c in calls} <= {"square"}  # nothing but the unfinished piece ran again
-    assert sum(n for _, n in calls) == last_input - 4  # minus the chunk saved before the kill
-    assert _strip(resumed) == _strip(full)  # same points broken, same passes: as if never interrupted
-    assert all(torch.equal(resumed["_robust"][e], full["_robust"][e]) for e in EPS)
-    calls.clear()
-    again = aa.reference(
-        std_model, x, y, SPECS, EPS, worst, pts, seed=3, batch_size=4, state=trial.eval_piece
-    )
-    assert calls == [] and _strip(again) == _strip(full)  # a finished evaluation is not rerun at all
-    # a different model (other weights) never reuses the state
     with torch.no_grad():
-        p = next(std_model.parameters())
-        p.add_(1e-3)
-    try:
-        aa.reference(std_model, x, y, SPECS, EPS, worst, pts, seed=3, batch_size=4, state=trial.eval_piece)
-        assert calls, "the state of another model was reused"
-    finally:
-        with torch.no_grad():
-            p.sub_(1e-3)
+        clean = std_model(x).argmax(1) == y
+    assert after[0].le(clean).all() and after[1].le(after[0]).all()  # robust only goes down
+    assert 0 < int(after[1].sum()) < int(clean.sum())  # informative: something broken, something left
+    assert cost.backward > 0 and cost.forward >= cost.backward
+    again = run_plan(std_model, x, y, 0.1, "standard", plan, seed=0)[1]
+    assert all(torch.equal(a, b) for a, b in zip(after, again))  # seeded: the same points broken
 
 
 class _Softmax(torch.nn.Module):
@@ -154,22 +64,22 @@ class _Noisy(torch.nn.Module):
 @pytest.mark.parametrize(
     "wrap, flag", [(_Softmax, "autoattack_softmax_output"), (_Noisy, "autoattack_randomized")]
 )
-def test_pyautoattack_checks_become_audit_flags(std_model, setting, wrap, flag):
-    x, y, worst = setting
-    model = wrap(std_model).eval()
-    res = aa.reference(model, x, y, [AttackSpec("apgd-ce", 5)], [0.1], worst, torch.arange(20), seed=0)
-    assert flag in {c["flag"] for c in res["checks"]}, res["checks"]
-    rec = {
-        "autoattack": {k: v for k, v in res.items() if not k.startswith("_")},
-        "attacks": [],
-        "worst_case": [],
-    }
+def test_pyautoattack_checks_become_audit_flags(std_model, mnist_test, wrap, flag):
+    x, y = mnist_test[0][:20], mnist_test[1][:20]
+    cfg = validate(TrialConfig(autoattack=[AttackSpec("apgd-ce", 5)]))
+    pts = torch.ones(20, dtype=torch.bool)
+    checks = model_checks(wrap(std_model).eval(), x, y, pts, cfg)
+    assert flag in {c["flag"] for c in checks}, checks
+    rec = {"autoattack": {"checks": checks, "n_points": 20}, "attacks": [], "worst_case": []}
     assert flag in {f.name for f in audit(rec)}
-    clean = aa.reference(std_model, x, y, [AttackSpec("apgd-ce", 5)], [0.1], worst, torch.arange(20), seed=0)
-    assert clean["checks"] == []
+    assert model_checks(std_model, x, y, pts, cfg) == []
 
 
-def test_evaluate_records_autoattack_and_its_worst_case(std_model, tmp_path):
+def test_evaluate_records_autoattack_within_a_budget_of_points_and_eps(std_model, tmp_path):
+    """``autoattack_eps`` and ``autoattack_points`` are budgets: AutoAttack runs only at the listed
+    eps, on a class-balanced subset, and only on the points every attack so far left robust there
+    (ours at that eps and everything at the smaller eps); the worst case is per point the minimum
+    over both; an eps it did not run at says why."""
     cfg = validate(
         TrialConfig(
             width=0.5,
@@ -186,29 +96,30 @@ def test_evaluate_records_autoattack_and_its_worst_case(std_model, tmp_path):
     masks = rec["_masks"]
     pts = masks["autoattack/points"]
     _, y = load_tensors(cfg.dataset, "test", n=60, seed=0)
-    assert (
-        int(pts.sum()) == 30 and torch.bincount(y[pts], minlength=10).tolist() == [3] * 10
-    )  # class-balanced
+    assert int(pts.sum()) == 30 and torch.bincount(y[pts], minlength=10).tolist() == [3] * 10  # balanced
     by_eps = {w["eps"]: w for w in rec["worst_case"]}
     assert sorted(by_eps) == [0.0, 0.1, 0.2, 0.3]  # our attacks also ran at the AutoAttack eps 0.2
+    results = rec["autoattack"]["results"]
+    prev = masks["clean"]
     for eps in (0.1, 0.2):
         w = by_eps[eps]
         assert w["n_points"] == 30 and w["ours"]["n_points"] == 60 and "apgd-ce10" in w["attacks"]
+        assert w["autoattack"]["ran"] and "listed" in w["autoattack"]["why"]
         ours = masks[f"attack/fgsm/{eps:g}"] & masks[f"attack/pgd5/{eps:g}"] & masks[f"attack/cw5/{eps:g}"]
         assert w["ours_on_points"] == pytest.approx(float(ours[pts].float().mean()))
-        assert w["ours"]["acc"] == pytest.approx(float(ours.float().mean()))
-        assert w["acc"] <= w["ours_on_points"] + 1e-9
-        assert w["acc"] == pytest.approx(float(masks[f"autoattack/{eps:g}"][pts].float().mean()))
-        assert torch.equal(masks[f"autoattack/apgd-t3/{eps:g}"] & pts, masks[f"autoattack/{eps:g}"] & pts)
         assert w["ours"]["acc"] == pytest.approx(float(masks[f"worst/{eps:g}"].float().mean()))
-    assert "ours" not in by_eps[0.3]
-    assert [r["label"] for r in rec["autoattack"]["results"]] == ["apgd-ce10", "apgd-t3"] * 2
+        assert w["ours"]["acc"] == pytest.approx(float(ours.float().mean()))
+        final = masks[f"autoattack/{eps:g}"]
+        assert w["acc"] == pytest.approx(float(final[pts].float().mean()))
+        assert final.le(ours & prev).all()  # never above ours, nor above the smaller eps' worst case
+        first = next(r for r in results if r["eps"] == eps)
+        assert first["n_attacked"] == int((ours & prev & pts).sum())  # AutoAttack's points only
+        assert torch.equal(masks[f"autoattack/apgd-t3/{eps:g}"] & pts, final & pts)
+        prev = final
+    assert not by_eps[0.3]["autoattack"]["ran"] and "not listed" in by_eps[0.3]["autoattack"]["why"]
+    assert by_eps[0.3]["acc"] <= by_eps[0.3]["ours_on_points"]  # AutoAttack's breaks at 0.2 carry over
+    assert [r["label"] for r in results] == ["apgd-ce10", "apgd-t3"] * 2
     assert rec["eval_cost"]["backward"] > sum(a["backward"] for a in rec["attacks"])
-    assert sorted(p.name for p in TrialDir(tmp_path / "trial").eval_state.iterdir()) == sorted(
-        f"{aa.piece_name(e, i, lab)}.json"
-        for e in (0.1, 0.2)
-        for i, lab in enumerate(["apgd-ce10", "apgd-t3"])
-    )
     out = result_record(
         cfg, {"epochs": 1, "train_seconds": 0, "world_size": 1, "history": [], "cost": {}}, rec, tmp_path
     )

@@ -145,25 +145,32 @@ def test_autoattack_flags_on_the_command_line(capsys, tmp_path):
 
 
 def test_autoattack_eps_defaults():
-    """A single trial: its own training eps (adversarial defenses) plus the dataset's conventional
-    eps; a grid: every training eps of the grid plus the conventional eps, for every trial."""
+    """By default AutoAttack's eps are decided at run time (every evaluated eps where our attacks
+    leave an informative share robust: ``aa_eps()`` is None) and our attacks run at the test eps
+    plus the trial's headline eps (its training eps, the dataset's conventional eps); a listed
+    ``autoattack_eps`` is a budget: only those; [] or no AutoAttack: none."""
     from sweeps.grid import parse_grid
     from uncertainty_robust.data import DATASETS
 
-    assert TrialConfig(defense="at", eps=0.2).aa_eps() == [0.2, 0.3]
-    assert TrialConfig(defense="entm", lam=0.5).aa_eps() == [0.3]
-    assert TrialConfig(dataset="fashion_mnist").aa_eps() == [0.1]
+    assert TrialConfig(defense="at", eps=0.2).aa_eps() is None
+    assert TrialConfig(defense="at", eps=0.2, autoattack_eps=[0.3]).aa_eps() == [0.3]
     assert TrialConfig(defense="at", autoattack=[]).aa_eps() == []
+    assert TrialConfig(defense="at", autoattack_eps=[]).aa_eps() == []
     assert TrialConfig(defense="at", eps=0.2, test_eps=[0, 0.1]).eval_eps() == [0.0, 0.1, 0.2, 0.3]
+    assert TrialConfig(defense="entm", lam=0.5, test_eps=[0, 0.1]).eval_eps() == [0.0, 0.1, 0.3]
+    assert TrialConfig(dataset="fashion_mnist", test_eps=[0, 0.2]).eval_eps() == [0.0, 0.1, 0.2]
+    assert TrialConfig(test_eps=[0, 0.1], autoattack=[]).eval_eps() == [0.0, 0.1]
     assert DATASETS["cifar10"].conventional_eps == pytest.approx(8 / 255) and DATASETS["svhn"].eps_source
     g = parse_grid("defenses: [standard, at]\ntrain_eps: [0.1, 0.2]\n")
-    assert [c.aa_eps() for c in g.trials] == [[0.1, 0.2, 0.3]] * 3
+    assert [c.aa_eps() for c in g.trials] == [None] * 3
     g = parse_grid("defenses: [standard, entm]\nlambdas: [0.5]\nevaluation: {autoattack_eps: []}\n")
     assert [c.aa_eps() for c in g.trials] == [[], []]
     g = parse_grid(
-        "dataset: cifar10\ndefenses: [at]\ntrain_eps: [0.0313725]\nevaluation: {test_eps: [0, 0.0313725]}\n"
+        "dataset: cifar10\ndefenses: [at]\ntrain_eps: [0.0313725]\n"
+        "evaluation: {test_eps: [0, 0.0313725], autoattack_eps: [0.0313725]}\n"
     )
     assert g.trials[0].aa_eps() == [0.0313725]  # 8/255 as written and as computed are one eps
+    assert g.trials[0].eval_eps() == [0.0, 0.0313725]
 
 
 @pytest.mark.parametrize(
@@ -177,6 +184,13 @@ def test_autoattack_eps_defaults():
         ("{autoattack_eps: [0]}", "evaluation.autoattack_eps[0]"),
         ("{n_eval: 50, autoattack_points: 100}", "evaluation.autoattack_points"),
         ("{autoattack_points: 0}", "evaluation.autoattack_points"),
+        ("{test_eps: [0, 0.1, 0.1]}", "evaluation.test_eps"),
+        ("{autoattack_eps: [0.1, 0.3, 0.1]}", "evaluation.autoattack_eps"),
+        ("{autoattack_informative: [0.5, 0.2]}", "evaluation.autoattack_informative"),
+        ("{autoattack_informative: [0.01, 1.5]}", "evaluation.autoattack_informative[1]"),
+        ("{chunk_points: 0}", "evaluation.chunk_points"),
+        ("{reuse_eps: maybe}", "evaluation.reuse_eps"),
+        ('{attacks: [fgsm, "pgd:10", "pgd:10"]}', "evaluation.attacks"),
         ("{attacks: [{name: pgd_l2, steps: 5}]}", "evaluation.attacks[0].eps"),
         ("{attacks: [{name: pgd_l2, eps: [1, -1]}]}", "evaluation.attacks[0].eps[1]"),
     ],

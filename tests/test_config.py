@@ -36,7 +36,6 @@ def test_trial_id_of_a_fixed_config_is_pinned():
 def test_reproduction_grids_name_the_committed_trial_directories():
     """Every trial of the committed reproduction grids expands to a directory name that the committed
     results name: the grid -> config -> hash chain is unchanged for all 142 trials."""
-    from cluster.trainables import trial_dirname
     from sweeps.grid import load_grid
 
     names: set = set()
@@ -46,7 +45,7 @@ def test_reproduction_grids_name_the_committed_trial_directories():
     assert len(grids) >= 11
     total = 0
     for g in grids:
-        dirs = [trial_dirname(c) for c in load_grid(g).trials]
+        dirs = [c.dirname() for c in load_grid(g).trials]
         missing = [d for d in dirs if d not in names]
         assert not missing, f"{g.name}: {missing[:3]} not among the committed trial directories"
         total += len(dirs)

@@ -109,21 +109,23 @@ def test_boundary_distance_is_scale_free_and_report_has_adversarial_points(std_m
     assert rep["adversarial"]["boundary_linf"]["median"] < rep["boundary_linf"]["median"]
 
 
-def test_probe_points_restrict_the_strong_probe(std_model):
+def test_probe_points_restrict_the_strong_probe_and_square_to_the_autoattack_points(std_model):
     """``evaluation.probe_points``: the probe's strong CE-PGD runs on a stratified subset, and its
-    paired counts are over exactly those points (the default runs it on every evaluation point)."""
+    paired counts are over exactly those points (the default runs it on every evaluation point);
+    Square runs on the AutoAttack points within them (nested stratified subsets); the probe eps is
+    never 0 (its test_eps include 0)."""
     from common import STD
 
-    from uncertainty_robust.evaluate import evaluate
+    from uncertainty_robust.evaluation import evaluate
 
-    base = dict(STD, n_eval=60, test_eps=[0.0, 0.05, 0.1], jacobian_points=0, autoattack=[])
-    base["attacks"] = [AttackSpec("fgsm"), AttackSpec("pgd", 5)]
+    base = dict(STD, n_eval=60, test_eps=[0.0, 0.05, 0.1], jacobian_points=0)
+    base.update(attacks=[AttackSpec("fgsm"), AttackSpec("pgd", 5)], autoattack=[AttackSpec("apgd-ce", 3)])
     sizes = {}
     for k in (None, 20):
-        torch.manual_seed(0)
-        rec = evaluate(std_model, validate(TrialConfig(**base, probe_points=k)))
-        strong = rec["masking_probe"]["strong"]
-        sizes[k] = strong["n_points"]
+        rec = evaluate(std_model, validate(TrialConfig(**base, probe_points=k, autoattack_points=15)))
+        probe = rec["masking_probe"]
+        assert probe["eps"] > 0
+        strong, square = probe["strong"], probe["square"]
+        sizes[k] = (strong["n_points"], square["n_points"])
         assert strong["only_other"] + strong["only_ref"] <= strong["n_points"]
-        assert rec["masking_probe"]["square"]["n_points"] <= strong["n_points"]
-    assert sizes == {None: 60, 20: 20}
+    assert sizes == {None: (60, 15), 20: (20, 15)}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, bootstrap, spearmanr
 
-from uncertainty_robust.report import stats
+from uncertainty_robust import stats
 
 
 def _enumerate(m: np.ndarray, shared_points: bool = True) -> tuple:

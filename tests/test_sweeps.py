@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from common import assert_autoattack_at_every_informative_eps
 
 from sweeps import launch
 from sweeps.grid import GridError, load_grid, parse_grid
+from uncertainty_robust.trial import read_points
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "grids" / "tiny.yaml"
@@ -430,6 +432,9 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
     for d in trial_dirs(run):
         rec = json.loads((d / "result.json").read_text())
         assert rec["train"]["epochs"] == epochs and len(rec["train"]["history"]) == epochs
+        assert rec["evaluation"]["world_size"] == 2  # both ranks evaluated
+        masks = {k: torch.from_numpy(v) for k, v in read_points(d)[1].items()}
+        assert_autoattack_at_every_informative_eps(rec, masks)
         if d.name in finished_before:
             assert starts(d) == starts_before[d.name] == 1, (
                 f"{d.name} finished before the kill but trained again"

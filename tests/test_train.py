@@ -347,12 +347,12 @@ def test_run_trial_result_record_and_no_rerun(tmp_path, monkeypatch):
 
 
 def test_git_commit_is_none_without_a_commit(monkeypatch):
-    from uncertainty_robust import evaluate
+    from uncertainty_robust import provenance
 
     def fake_git(returncode, stdout):
         return lambda *a, **k: subprocess.CompletedProcess(a, returncode, stdout=stdout, stderr="")
 
-    monkeypatch.setattr(evaluate.subprocess, "run", fake_git(128, "HEAD\n"))  # `git init`, no commit yet
-    assert evaluate.git_commit() is None
-    monkeypatch.setattr(evaluate.subprocess, "run", fake_git(0, "a" * 40 + "\n"))
-    assert evaluate.git_commit() == "a" * 40
+    monkeypatch.setattr(provenance.subprocess, "run", fake_git(128, "HEAD\n"))  # `git init`, no commit yet
+    assert provenance.git_commit() is None
+    monkeypatch.setattr(provenance.subprocess, "run", fake_git(0, "a" * 40 + "\n"))
+    assert provenance.git_commit() == "a" * 40

@@ -53,10 +53,10 @@ def test_validation_split_is_stratified_disjoint_seeded():
 
 def test_config_of_the_validation_fields():
     at = TrialConfig(defense="at", eps=0.25)
-    assert at.probe_eps == 0.25 and at.jac_eps == 0.25  # adversarial: its training eps
+    assert at.val_attack_eps == 0.25 and at.jac_eps == 0.25  # adversarial: its training eps
     std = TrialConfig(defense="standard", test_eps=[0.0, 0.3, 0.1])
-    assert std.probe_eps == 0.1  # the smallest positive test eps
-    assert TrialConfig(val_eps=0.2, jacobian_eps=0.05).probe_eps == 0.2
+    assert std.val_attack_eps == 0.1  # the smallest positive test eps
+    assert TrialConfig(val_eps=0.2, jacobian_eps=0.05).val_attack_eps == 0.2
     assert TrialConfig(val_eps=0.2, jacobian_eps=0.05).jac_eps == 0.05
     for kw, key in (
         (dict(checkpoints=["best"]), "checkpoints"),
@@ -160,7 +160,9 @@ def test_best_checkpoint_is_kept_and_evaluated(tmp_path, monkeypatch):
         assert b["clean_acc"] == pytest.approx(float((model.eval()(xt).argmax(1) == yt).float().mean()))
     idx, masks = trial.read_points(d, "best")
     assert masks["clean"].mean() == pytest.approx(b["clean_acc"])
-    assert masks["worst/0.2"].mean() == pytest.approx(b["worst_case"][1]["acc"])
+    w = b["worst_case"][1]
+    assert masks["worst/0.2"].mean() == pytest.approx(w["ours"]["acc"])  # ours; with AutoAttack:
+    assert masks["autoattack/0.2"][masks["autoattack/points"]].mean() == pytest.approx(w["acc"])
     assert trial.read_points(d)[1]["clean"].mean() == pytest.approx(rec["clean_acc"])
     # ur-aggregate --checkpoint best tables it, the default tables the last one
     from uncertainty_robust import report
@@ -268,7 +270,7 @@ def test_grid_accepts_validation_metrics_and_tune_sees_them():
     g = parse_grid(
         "defenses: [standard, at]\nsearch: {scheduler: asha, metric: val_robust_acc}\nvalidation: {eps: 0.3}\n"
     )
-    assert g.search["metric"] == "val/robust_acc" and {c.probe_eps for c in g.trials} == {0.3}
+    assert g.search["metric"] == "val/robust_acc" and {c.val_attack_eps for c in g.trials} == {0.3}
     assert parse_grid("defenses: [at]\n").search["metric"] == "val/robust_acc"  # the default
     from cluster.trainables import final_metrics
 

@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", default=None, help="trial directory (default runs/single/<defense>_...)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress lines (training epochs, evaluation); only the result",
+    )
     defaults = TrialConfig()
     hints = typing.get_type_hints(TrialConfig)
     for f in dataclasses.fields(TrialConfig):
@@ -63,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
-        k: v for k, v in vars(args).items() if v is not None and k not in ("workdir", "print_config")
+        k: v for k, v in vars(args).items() if v is not None and k not in ("workdir", "print_config", "quiet")
     }
     try:
         for key in ("attacks", "autoattack"):
@@ -77,12 +83,13 @@ def main(argv=None) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    level = logging.WARNING if args.quiet else logging.INFO  # INFO: epochs and the evaluation's progress
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from .accel import init_distributed_from_env
     from .trial import run_trial
 
     joined = init_distributed_from_env()  # under torchrun: one process per GPU (NCCL) or CPU worker (gloo)
-    workdir = Path(args.workdir or f"runs/single/{cfg.short_name()}_{cfg.trial_id()}")
+    workdir = Path(args.workdir or f"runs/single/{cfg.dirname()}")
     try:
         rec = run_trial(cfg, workdir)
     except UserError as e:

@@ -147,7 +147,7 @@ def make_adversary(model, x, y, cfg, loss_fn, cost: Cost) -> torch.Tensor:
             y,
             cfg.eps,
             steps=cfg.pgd_steps,
-            step_size=cfg.train_step,
+            step_size=cfg.train_step_size,
             random_start=cfg.random_start,
             loss=loss_fn,
             track_best=False,

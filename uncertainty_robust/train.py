@@ -15,7 +15,7 @@
   attack's forward passes.
 - A validation split is carved from the training split (``val_points``, stratified, seeded; the
   training set excludes it). After every epoch :func:`_epoch_probe` measures on it, and only on it,
-  ``val/clean_acc``, ``val/robust_acc`` (a cheap PGD at :attr:`TrialConfig.probe_eps`),
+  ``val/clean_acc``, ``val/robust_acc`` (a cheap PGD at :attr:`TrialConfig.val_attack_eps`),
   ``val/entropy`` and RMS Jacobian-norm estimates. The epoch with the highest ``val/robust_acc``
   (earliest on ties) is kept in ``workdir/best.pt`` (written before the checkpoint that records it,
   so a kill between the two is redone identically). The test split is not read here.
@@ -39,7 +39,7 @@ from torch.utils.data import DistributedSampler
 
 from . import accel
 from . import checkpoint as ckpt
-from .attacks import Cost
+from .attacks import Cost, default_step_size
 from .config import TrialConfig
 from .data import dataset_info, load_train_val
 from .defenses import get as get_defense
@@ -388,10 +388,10 @@ def _summary(cfg: TrialConfig, st: TrainState, world: int, val_info: dict) -> di
         "completed": len(st.history) >= cfg.epochs,
         "validation": {
             **val_info,
-            "eps": cfg.probe_eps,
+            "eps": cfg.val_attack_eps,
             "attack": f"pgd{cfg.val_pgd_steps}",
             "steps": cfg.val_pgd_steps,
-            "step_size": 2.5 * cfg.probe_eps / cfg.val_pgd_steps,
+            "step_size": default_step_size(cfg.val_attack_eps, cfg.val_pgd_steps),
         },
         "best": {"epoch": st.best_epoch, "metric": BEST_METRIC, "value": st.best_value}
         if st.best_epoch
@@ -421,7 +421,7 @@ def crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
 def _epoch_probe(model, x, y, cfg: TrialConfig, epoch: int) -> dict:
     """Per-epoch signals on the validation split (never the test split): clean accuracy, robust
     accuracy under PGD-``val_pgd_steps`` (CE, random start, step 2.5 eps / steps, best iterate) at
-    :attr:`TrialConfig.probe_eps`, mean entropy, and the Jacobian norms' random-projection estimate
+    :attr:`TrialConfig.val_attack_eps`, mean entropy, and the Jacobian norms' random-projection estimate
     on up to 128 points, as an RMS (sqrt of the mean of the squared per-example estimates, which is
     unbiased for the mean squared norm; the mean of square roots is biased low).
 
@@ -444,7 +444,7 @@ def _epoch_probe(model, x, y, cfg: TrialConfig, epoch: int) -> dict:
                 z = torch.cat([model(x[i : i + bs]) for i in range(0, len(x), bs)])
             correct = z.argmax(1) == y
             robust = correct.clone()
-            eps = cfg.probe_eps
+            eps = cfg.val_attack_eps
             idx = correct.nonzero().squeeze(1)
             for i in range(0, len(idx), bs):
                 b = idx[i : i + bs]

@@ -1,4 +1,4 @@
-"""One trial end to end: train (resumably), evaluate on rank 0, write ``result.json``.
+"""One trial end to end: train (resumably), evaluate on every rank, write ``result.json`` (rank 0).
 
 A trial directory (:class:`~uncertainty_robust.rundir.TrialDir`) holds ``checkpoint.pt`` (latest
 epoch), ``best.pt`` (the epoch with the best validation robust accuracy), ``model.pt`` (final
@@ -25,14 +25,14 @@ import io
 import json
 import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from . import checkpoint as ckpt
 from .config import TrialConfig
-from .evaluate import evaluate, read_result, result_record
+from .evaluation import evaluate, read_result, result_record
 from .rundir import TrialDir
 from .train import EpochCallback, fit, make_model, rank_world
 
@@ -45,8 +45,13 @@ def run_trial(
     resume_from: Optional[os.PathLike] = None,
     on_epoch_end: Optional[EpochCallback] = None,
     keep_examples: int = 8,
+    progress: Optional[Callable[[dict], None]] = None,
 ) -> Optional[dict]:
-    """Returns the result record on rank 0 (None on other ranks or if already finished elsewhere)."""
+    """Returns the result record on rank 0 (None on other ranks or if already finished elsewhere).
+
+    Every rank of the trial evaluates its chunks of the test points (the evaluation is sharded);
+    rank 0 writes the files. ``progress``: where rank 0's evaluation progress goes (default: one
+    line in the trial's log and ``TrialDir.progress``, which a sweep's console prints)."""
     trial = TrialDir(workdir)
     done = read_result(trial.root)
     if done is not None:
@@ -57,13 +62,17 @@ def run_trial(
         trial.root.mkdir(parents=True, exist_ok=True)
         ckpt.write_json_atomic(cfg.to_dict(), trial.config)
     model, summary = fit(cfg, trial.root, resume_from=resume_from, on_epoch_end=on_epoch_end)
-    if rank != 0 or not summary["completed"]:
+    if not summary["completed"]:
         return None
-    ckpt.save_atomic(
-        {"model": model.state_dict(), "config": json.dumps(cfg.to_dict(), default=str)}, trial.model
-    )
-    ev = evaluate(model, cfg, keep_examples=keep_examples, state=trial)
-    best_ev = _evaluate_best(cfg, trial, summary, ev, model)
+    if rank == 0:
+        ckpt.save_atomic(
+            {"model": model.state_dict(), "config": json.dumps(cfg.to_dict(), default=str)}, trial.model
+        )
+    emit = progress if progress is not None else progress_writer(trial)
+    ev = evaluate(model, cfg, keep_examples=keep_examples, state=trial, progress=emit)
+    best_ev = _evaluate_best(cfg, trial, summary, ev, model, emit)
+    if rank != 0:
+        return None
     if keep_examples and ev.get("_adv_examples"):
         ckpt.save_atomic(
             {
@@ -86,10 +95,25 @@ def run_trial(
         masks["best/"] = best_ev["_masks"]
     save_points(trial.points, ev["_indices"], ev.get("_labels"), masks)
     ckpt.write_json_atomic(record, trial.result)  # last: its presence means "finished"
+    trial.progress.unlink(missing_ok=True)  # a live indicator only
     return record
 
 
-def _evaluate_best(cfg: TrialConfig, trial: TrialDir, summary: dict, last_ev: dict, model):
+def progress_writer(trial: TrialDir) -> Callable[[dict], None]:
+    """Rank 0's evaluation progress: one line in the trial's log and ``TrialDir.progress`` (JSON,
+    replaced atomically), which a sweep's console reads."""
+
+    def emit(p: dict) -> None:
+        log.info("%s", p["line"])
+        try:
+            ckpt.write_json_atomic(p, trial.progress)
+        except OSError as e:  # progress is a convenience: never fail an evaluation over it
+            log.warning("could not write %s: %s", trial.progress, e)
+
+    return emit
+
+
+def _evaluate_best(cfg: TrialConfig, trial: TrialDir, summary: dict, last_ev: dict, model, progress=None):
     """The best checkpoint's evaluation when the config asks for it (``last_ev`` itself when the
     best epoch is the last one), else None."""
     best = summary.get("best")
@@ -102,7 +126,9 @@ def _evaluate_best(cfg: TrialConfig, trial: TrialDir, summary: dict, last_ev: di
         return None
     best_model = make_model(cfg).to(next(model.parameters()).device)
     best_model.load_state_dict(state["model"])
-    return evaluate(best_model.eval(), cfg, state=trial)  # AutoAttack pieces are keyed by the weights
+    return evaluate(
+        best_model.eval(), cfg, state=trial, progress=progress
+    )  # saved chunks are keyed by the weights
 
 
 def _best_state(trial: TrialDir, epoch: int) -> Optional[dict]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import logging
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+
+log = logging.getLogger("uncertainty_robust")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class DatasetInfo:
     description: str
     conventional_eps: float = 0.0  # the L-inf radius results on this dataset are usually quoted at
     eps_source: str = ""  # where that convention comes from
+    train_size: int = 0  # points in the training split (0: unknown)
+    test_size: int = 0  # points in the test split
 
 
 # mean/std: the conventional per-channel values quoted for each dataset's training set
@@ -67,6 +72,8 @@ DATASETS: dict[str, DatasetInfo] = {
         "training split); split 8,000 train / 2,000 test, stratified, fixed seed",
         0.3,
         _MNIST_EPS,
+        train_size=8000,
+        test_size=2000,
     ),
     "mnist": DatasetInfo(
         "mnist",
@@ -78,6 +85,8 @@ DATASETS: dict[str, DatasetInfo] = {
         "MNIST 60k/10k via torchvision.datasets.MNIST under --data-root",
         0.3,
         _MNIST_EPS,
+        train_size=60000,
+        test_size=10000,
     ),
     "fashion_mnist": DatasetInfo(
         "fashion_mnist",
@@ -90,6 +99,8 @@ DATASETS: dict[str, DatasetInfo] = {
         "dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)",
         0.1,
         _FMNIST_EPS,
+        train_size=60000,
+        test_size=10000,
     ),
     "cifar10": DatasetInfo(
         "cifar10",
@@ -101,6 +112,8 @@ DATASETS: dict[str, DatasetInfo] = {
         "CIFAR-10 50k/10k via torchvision.datasets.CIFAR10 under --data-root",
         8 / 255,
         _CIFAR_EPS,
+        train_size=50000,
+        test_size=10000,
     ),
     "cifar100": DatasetInfo(
         "cifar100",
@@ -112,6 +125,8 @@ DATASETS: dict[str, DatasetInfo] = {
         "CIFAR-100 50k/10k via torchvision.datasets.CIFAR100 under --data-root",
         8 / 255,
         _CIFAR_EPS,
+        train_size=50000,
+        test_size=10000,
     ),
     "svhn": DatasetInfo(
         "svhn",
@@ -123,6 +138,8 @@ DATASETS: dict[str, DatasetInfo] = {
         "SVHN (cropped digits) 73,257/26,032 via torchvision.datasets.SVHN under --data-root",
         8 / 255,
         _SVHN_EPS,
+        train_size=73257,
+        test_size=26032,
     ),
 }
 
@@ -321,8 +338,8 @@ def _load_fashion(split: str, root: str | None, download: bool):
     if root is not None:
         try:
             return _to_arrays("fashion_mnist", _torchvision("fashion_mnist", split, root, False))
-        except RuntimeError:
-            pass
+        except RuntimeError:  # not under --data-root: Debian's copy, below, is the other source
+            log.debug("Fashion-MNIST not found under %s; trying Debian's dataset-fashion-mnist", root)
     deb = _load_debian_fashion(split)
     if deb is not None:
         return deb

@@ -44,10 +44,10 @@ from typing import Optional
 
 from .. import audit as au
 from ..rundir import RunDir, read_json
+from ..stats import BootstrapSpec
 from .figures import write_figures
 from .scan import Group, NoTrialsError, Scan, Trial, group_trials, hparams, metrics, scan_run, slug
 from .series import correlation_markdown, jacobian_correlations, matrices, matrix_markdown
-from .stats import BootstrapSpec
 from .tables import build_tables, table_markdown, write_table_files
 from .tensorboard import write_tensorboard
 

@@ -1,7 +1,9 @@
 """The columns of a table and what fills a cell: ``(key, kind, label, eps)`` with kind ``clean``,
-``attack`` (one of our attacks), ``worst`` (our per-example worst case), ``autoattack`` (ours +
-AutoAttack, on the AutoAttack points) or ``aa_ours`` (ours on those points); :func:`cell` reads a
-record, :func:`mask_name` names a column's per-point outcome in ``points.npz``."""
+``attack`` (one of our attacks), ``worst`` (our per-example worst case), ``autoattack`` (the worst
+case over ours and AutoAttack, on the AutoAttack points; where AutoAttack did not run at that eps,
+ours and what AutoAttack broke at smaller eps: :func:`autoattack_ran` says which) or ``aa_ours`` (ours
+on those points); :func:`cell` reads a record, :func:`mask_name` names a column's per-point outcome
+in ``points.npz``."""
 
 from __future__ import annotations
 
@@ -52,6 +54,15 @@ def cell(record: dict, col: tuple) -> Optional[float]:
     if kind == "aa_ours":  # our own attacks' worst case on the AutoAttack points
         return w.get("ours_on_points", w["ours"]["acc"]) if "ours" in w else None
     return w["acc"] if "ours" in w else None  # ours + AutoAttack, on the AutoAttack points
+
+
+def autoattack_ran(record: dict, eps: float) -> Optional[bool]:
+    """Whether AutoAttack ran at ``eps`` in this record (None: the record has no AutoAttack column
+    there). Records from before the informative rule have an ``ours`` entry only where it ran."""
+    w = next((r for r in record["worst_case"] if r["eps"] == eps), None)
+    if w is None or "ours" not in w:
+        return None
+    return bool((w.get("autoattack") or {"ran": True})["ran"])
 
 
 def mask_name(col: tuple) -> tuple:

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from .scan import slug
-from .series import curves, jacobian_lines, matrices
+from .series import autoattack_coverage, curves, jacobian_lines, matrices
 
 
 def write_figures(out: Path, groups: list) -> list:
@@ -24,15 +24,21 @@ def write_figures(out: Path, groups: list) -> list:
     files, cv, jl = [], curves(groups), jacobian_lines(groups)
     cap = caption(groups)
 
-    def lines(name, series: dict, xlabel, ylabel, title, note=cap, styles=None, **ax_kw):
+    def lines(name, series: dict, xlabel, ylabel, title, note=cap, styles=None, hollow=None, **ax_kw):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for label, pts in series.items():
             kw = (styles or {}).get(label, {"marker": "o"})
-            ax.plot([x for x, _ in pts], [y for _, y in pts], label=label, **kw)
+            line = ax.plot([x for x, _ in pts], [y for _, y in pts], label=label, **kw)[0]
+            empty = [(x, y) for x, y in pts if x in (hollow or {}).get(label, ())]
+            if empty:  # points without AutoAttack in some seeds: hollow markers
+                ax.plot(*zip(*empty), linestyle="none", marker="o", markerfacecolor="white",
+                        markeredgecolor=line.get_color())  # fmt: skip
         ax.set(xlabel=xlabel, ylabel=ylabel, title=title, **ax_kw)
         ax.legend(fontsize=6)
         files.append(_save(fig, out / name, plt, note))
 
+    coverage = autoattack_coverage(groups)
+    hollow = {g: {e for e, (ran, n) in c.items() if ran < n} for g, c in coverage.items()}
     for s in sorted({s for c in cv.values() for s in c}):
         lines(
             f"acc_vs_eps_{slug(s)}.png",
@@ -40,7 +46,13 @@ def write_figures(out: Path, groups: list) -> list:
             "test ε",
             "accuracy",
             f"{s}: accuracy vs test ε (mean over seeds)"
-            + ("\nper-example worst over ours and AutoAttack, on the AutoAttack points" if s == "AA" else ""),
+            + (
+                "\nper-example worst over ours and AutoAttack, on the AutoAttack points; "
+                "hollow: AutoAttack not run there in some seeds (ours only)"
+                if s == "AA"
+                else ""
+            ),
+            hollow=hollow if s == "AA" else None,
             ylim=(-0.02, 1.02),
         )
     for stat in ("logits_mean", "softmax_mean"):

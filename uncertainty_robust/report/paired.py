@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import stats as st
 from ..defenses import DEFENSES
-from . import stats as st
 from .columns import cell, mask_name
 
 _OPEN_CHOICES = ("entropy_on", "inner_loss", "ls_form")  # read only by the regularised defenses
@@ -19,7 +19,7 @@ def find_baseline(g, groups: list):
     g's except defense and lambda, the open choices the baseline does not read (entropy_on,
     inner_loss, ls_form) and, for a non-adversarial baseline, the adversarial-training fields.
     None when there is no such group, or more than one."""
-    b = g.cfg.spec.baseline
+    b = g.cfg.defense_record.baseline
     if b is None or b not in DEFENSES:
         return None
     ignore = {"defense", "lam", *_OPEN_CHOICES} | (set() if DEFENSES[b].adversarial else set(_ADV_FIELDS))

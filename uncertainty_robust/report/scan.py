@@ -14,7 +14,7 @@ from typing import Optional
 from ..config import TrialConfig
 from ..defenses import DEFENSES
 from ..errors import UserError
-from ..evaluate import SCHEMA
+from ..evaluation import SCHEMA
 from ..rundir import TrialDir, read_json
 
 

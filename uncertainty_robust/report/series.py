@@ -7,10 +7,23 @@ from __future__ import annotations
 import json
 import statistics
 
+from .. import stats as st
 from ..defenses import DEFENSES
-from . import stats as st
 from .columns import cell
 from .scan import jacobian_values
+
+
+def autoattack_coverage(groups: list) -> dict:
+    """{group label: {eps: (seeds where AutoAttack ran, seeds)}} for the AA curve's points."""
+    from .columns import autoattack_ran
+
+    out = {}
+    for g in groups:
+        eps = sorted({w["eps"] for t in g.trials for w in t.record["worst_case"] if "ours" in w})
+        out[g.label] = {
+            e: (sum(bool(autoattack_ran(t.record, e)) for t in g.trials), len(g.trials)) for e in eps
+        }
+    return out
 
 
 def curves(groups: list) -> dict:
@@ -37,7 +50,7 @@ def jacobian_lines(groups: list) -> dict:
     for g in groups:
         c = g.cfg
         rest = {k: v for k, v in g.key.items() if k != "lam"}
-        name = c.spec.display + (f" (ε={c.eps:g})" if c.is_adversarial else "")
+        name = c.defense_record.display + (f" (ε={c.eps:g})" if c.is_adversarial else "")
         line = lines.setdefault(json.dumps(rest, sort_keys=True, default=str), {"label": name, "points": {}})
         for out in ("logits", "softmax"):
             for stat in ("mean", "median"):
@@ -62,7 +75,9 @@ def matrices(groups: list) -> dict:
     for g in groups:
         c = g.cfg
         rest = {k: v for k, v in g.key.items() if k not in ("defense", "eps")}
-        fam = c.spec.family + (f" ({c.spec.lam.symbol}={c.lam:g})" if c.spec.takes_lam else "")
+        fam = c.defense_record.family + (
+            f" ({c.defense_record.lam.symbol}={c.lam:g})" if c.defense_record.takes_lam else ""
+        )
         f = fams.setdefault(
             (fam, json.dumps(rest, sort_keys=True, default=str)),
             {"title": fam, "cells": {}, "adversarial": False},

@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+from .. import stats as st
 from ..attacks import ATTACKS
-from . import stats as st
-from .columns import cell, columns
+from .columns import autoattack_ran, cell, columns
 from .paired import add_statistics
 from .scan import mean_std
 from .series import (
@@ -78,6 +78,7 @@ def autoattack_settings(trials: list) -> Optional[dict]:
         "attacks": sorted({a for r in recs for a in r["attacks"]}),
         "components": sorted({c for r in recs for c in r["components"]}),
         "n_points": sorted({r["n_points"] for r in recs}),
+        "rules": sorted({r["rule"] for r in recs if r.get("rule")}),
     }
 
 
@@ -104,6 +105,11 @@ def build_tables(groups: list, spec: st.BootstrapSpec = st.BootstrapSpec()) -> l
                     "seeds": [t.cfg.seed for t in g.trials],
                     "n_points": sorted({t.record["n_points"] for t in g.trials}),
                     "cells": {c[0]: mean_std([cell(t.record, c) for t in g.trials]) for c in cols},
+                    "autoattack_ran": {  # AA@eps: in how many of the row's trials AutoAttack ran there
+                        c[0]: sum(bool(autoattack_ran(t.record, c[3])) for t in g.trials)
+                        for c in cols
+                        if c[1] == "autoattack"
+                    },
                     "flags": {k: v for k, v in sorted(flags.items())},
                     "trials": [t.name for t in g.trials],
                     "forward_passes": statistics.fmean(
@@ -165,8 +171,9 @@ def table_header(tab: dict) -> str:
     aa = tab.get("autoattack")
     aa_text = (
         f" · AA = per-example worst case over our L-inf attacks and AutoAttack ({', '.join(aa['attacks'])}: "
-        f"{', '.join(aa['components'])}; pyautoattack, run on the points our attacks left robust) on "
-        f"{', '.join(map(str, aa['n_points']))} of the test points"
+        f"{', '.join(aa['components'])}; pyautoattack, run on the points our attacks left robust"
+        + (f"; {'; '.join(aa['rules'])}" if aa.get("rules") else "")
+        + f") on {', '.join(map(str, aa['n_points']))} of the test points"
         + (" (after it: our worst case on those points)" if aa["n_points"] != tab["n_points"] else "")
         if aa
         else ""
@@ -185,11 +192,24 @@ def table_header(tab: dict) -> str:
     )
 
 
+NOT_RUN_MARK = "†"
+NOT_RUN_NOTE = (
+    f"{NOT_RUN_MARK} AutoAttack did not run at this ε in k of the n seeds (k/n: our attacks left a share of the "
+    "points robust outside the informative band, or the ε was not in autoattack_eps): there the cell is our "
+    "attacks' worst case and what AutoAttack broke at smaller ε, an upper bound (`result.json` → "
+    "`worst_case[].autoattack.why`)."
+)
+
+
 def _aa_cell(row: dict, col: tuple, subset: bool) -> str:
     """``AA@eps``; on a subset of the points, with our own worst case on the same points beside it
-    (our ``worst@eps`` column is on every point, so the two columns are not comparable)."""
+    (our ``worst@eps`` column is on every point, so the two columns are not comparable); marked
+    when AutoAttack did not run there in some of the row's seeds."""
     ci = row.get("ci", {})
     text = fmt_cell(row["cells"][col[0]], ci.get(col[0]))
+    ran, n = row.get("autoattack_ran", {}).get(col[0]), row["n_seeds"]
+    if text and ran is not None and ran < n:
+        text += f" {NOT_RUN_MARK}{n - ran}/{n}"
     key = f"ours_on_AA_points@{col[3]:g}"
     ours = row["cells"].get(key)
     if subset and text and ours and ours[0] is not None:
@@ -225,6 +245,8 @@ def table_markdown(tab: dict) -> str:
             )
             + " |"
         )
+    if any(v < r["n_seeds"] for r in tab["rows"] for v in r.get("autoattack_ran", {}).values()):
+        lines += ["", NOT_RUN_NOTE]
     if any(r.get("diff") for r in tab["rows"]):
         head = ["Method − baseline", "paired seeds"] + [c[0].replace("clean", "Clean") for c in cols]
         lines += [
@@ -334,6 +356,9 @@ def write_table_files(tab: dict, out: Path) -> None:
                 },
                 "worst_case_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "worst"},
                 "autoattack_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "autoattack"},
+                "autoattack_ran_in_seeds": {
+                    f"{c[3]:g}": r.get("autoattack_ran", {}).get(c[0]) for c in cols if c[1] == "autoattack"
+                },
                 "worst_case_acc_on_autoattack_points": {
                     f"{c[3]:g}": ms(c) for c in cols if c[1] == "aa_ours"
                 },

@@ -1,59 +1,6 @@
-"""Gradient-masking audit: one result record -> a list of red flags, plus the transfer attack from
-other trials of the sweep that one of the checks needs. Every flag is documented in ``docs/audit.md``.
-
-Why: uncertainty-promoting training (LS, EntM) flattens or saturates the softmax, which is the
-textbook way to make gradient attacks fail without making a model robust (Athalye, Carlini &
-Wagner 2018; Carlini et al. 2019's checklist; Fu et al. 2020 show LS's PGD accuracy collapsing
-under transfer attacks). A number in a table is only worth reporting when none of these warning
-signs is present. Every check reads measured numbers from the record (the evaluation's
-``masking_probe`` and ``autoattack`` sections, see :func:`uncertainty_robust.evaluate.masking_probe`);
-nothing here runs an attack except :func:`transfer_attack`.
-
-Each check ends in one of three states (:class:`Check`): ``flagged``, ``passed``, or ``not tested``
-with the reason (e.g. the white-box accuracy is below 5 % at every eps, so no stronger attack can
-show a gap). A check that could not fire is never reported as passed.
-
-Comparisons of two attacks on the same points are paired: the exact McNemar test (a one-sided
-binomial test on the discordant points, ``scipy.stats.binomtest``), with Holm's correction over the
-eps values a check looks at; a flag needs both the correction-adjusted significance (``alpha``) and
-an effect above the check's absolute tolerance.
-
-Checks (flag: rule; tolerances are :class:`AuditRules` fields):
-
-- ``non_monotone``: an iterative attack's (or the worst case's) accuracy at a larger eps exceeds the
-  lowest accuracy at a smaller eps by more than ``abs_tol + z * SE``. FGSM is exempt.
-- ``large_eps_not_zero``: at a *large* eps (L-inf >= 0.5, or ``large_eps`` / the record's
-  ``config["audit_large_eps"]``; L2 >= 0.5 * sqrt(C*H*W)) accuracy is above ``large_eps_max_acc``
-  (0.05): from there every [0,1] input can be moved onto the constant-0.5 image, so at most one
-  class's share of points (about 1/K) can be robust, and a working attack finds about 0.
-- ``fgsm_beats_pgd``: FGSM breaks significantly more points than the strongest CE-PGD, by more than
-  ``fgsm_tol`` (0.01), at some eps (Holm over eps).
-- ``fgsm_gap``: FGSM shows a robustness gain over the standard model of the same dataset/model that
-  the strongest CE-PGD does not show: (FGSM - PGD accuracy) exceeds the standard model's by more
-  than ``fgsm_gap_tol`` (0.10) at the Bonferroni-corrected level, while PGD's gain over the
-  standard model is below ``fgsm_gap_tol`` (the LS/EntM signature of the evaluation review). For an
-  adversarially trained model only the eps up to its training eps are tested: beyond it FGSM
-  overstates any AT model while PGD falls to the standard model's level (the linear-region effect,
-  not masking; it flagged every genuine AT model of the Fashion-MNIST reproduction at 3x its
-  training eps); the detail names the eps left out.
-- ``more_steps_help``: at the probe eps (white-box accuracy closest to 50 %), CE-PGD with 4x the
-  steps and 4x the restarts breaks significantly more points than the reference, by more than
-  ``more_steps_tol`` (0.03): the evaluation attack had not converged.
-- ``margin_beats_ce``: the margin loss (CW) with the same steps and restarts as the strongest
-  CE-PGD breaks significantly more points, by more than ``margin_tol`` (0.03), at some eps
-  (Holm over eps): a saturated or flat softmax hides the CE gradient but not the margin one.
-- ``square_beats_pgd``: at the probe eps, Square (gradient-free, 1000 queries) breaks significantly
-  more points than the white-box CE-PGD, by more than ``square_tol`` (0.03).
-- ``transfer_beats_whitebox``: at the probe eps, PGD crafted on other models (another seed of the
-  same defense, the defense's baseline, the standard model; per-example minimum) and transferred
-  breaks significantly more points than white-box PGD, by more than ``transfer_tol`` (0.03).
-- ``zero_gradients``: more than ``zero_grad_frac`` (10 %) of the evaluation points have an
-  exactly zero input gradient of the CE loss.
-- ``autoattack_*``: pyautoattack's own sanity checks (``pyautoattack.checks``) raised a warning
-  during the AutoAttack evaluation: ``autoattack_randomized``, ``autoattack_softmax_output``,
-  ``autoattack_dynamic``, ``autoattack_n_classes``, ``autoattack_zero_gradients``,
-  ``autoattack_square``.
-"""
+"""The gradient-masking checks, one function per check (after AutoAttack's ``checks.py``), each
+ending in a :class:`Check`: ``flagged``, ``passed`` or ``not tested`` with the reason. The list of
+checks and their rules is in :mod:`uncertainty_robust.audit` and ``docs/audit.md``."""
 
 from __future__ import annotations
 
@@ -61,27 +8,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from .attacks import ATTACKS
-from .defenses import DEFENSES, undefended
-
-FLAG_NAMES = (
-    "non_monotone",
-    "large_eps_not_zero",
-    "fgsm_beats_pgd",
-    "fgsm_gap",
-    "more_steps_help",
-    "margin_beats_ce",
-    "square_beats_pgd",
-    "transfer_beats_whitebox",
-    "zero_gradients",
-    "autoattack_randomized",
-    "autoattack_softmax_output",
-    "autoattack_dynamic",
-    "autoattack_n_classes",
-    "autoattack_zero_gradients",
-    "autoattack_square",
-)
-AUTOATTACK_CHECKS = tuple(f for f in FLAG_NAMES if f.startswith("autoattack_"))
+from ..attacks import ATTACKS, LINF
+from ..defenses import DEFENSES, undefended
+from ..stats import holm, mcnemar_greater
 
 
 @dataclass(frozen=True)
@@ -132,27 +61,10 @@ class AuditRules:
         return (self.abs_tol if abs_tol is None else abs_tol) + self.z * math.sqrt(p * (1 - p) / max(n, 1))
 
 
-# ------------------------------------------------------------------------------ statistics
-def mcnemar_greater(only_other: int, only_ref: int) -> float:
-    """One-sided exact McNemar p-value that the second attack breaks more points than the first:
-    P(X >= only_other), X ~ Binomial(only_other + only_ref, 1/2). 1.0 with no discordant point."""
-    n = only_other + only_ref
-    if n == 0:
-        return 1.0
-    from scipy.stats import binomtest
-
-    return float(binomtest(only_other, n, 0.5, alternative="greater").pvalue)
-
-
-def holm(pvalues: list, alpha: float) -> list:
-    """Holm's step-down procedure: which hypotheses are rejected at family-wise level ``alpha``."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    reject = [False] * len(pvalues)
-    for rank, i in enumerate(order):
-        if pvalues[i] > alpha / (len(pvalues) - rank):
-            break
-        reject[i] = True
-    return reject
+REUSE_WHY = (
+    "the evaluation reuses broken points across eps (evaluation.reuse_eps: true), so every curve is "
+    "monotone by construction; set reuse_eps: false to test"
+)
 
 
 def _paired_detail(label: str, ref_label: str, c: dict, eps: float, p: float, tol: float, m: int = 1) -> str:
@@ -170,7 +82,7 @@ def _paired_check(name: str, comparisons: list, ref_label: str, tol: float, rule
     if not comparisons:
         return Check(name, "not tested", "no comparison available")
     ps = [mcnemar_greater(c["only_other"], c["only_ref"]) for _, _, c in comparisons]
-    rej = holm(ps, rules.alpha)
+    rej = [p <= rules.alpha for p in holm(ps)]
     hits = [
         (c["ref_acc"] - c["acc"], i)
         for i, (_, _, c) in enumerate(comparisons)
@@ -187,11 +99,11 @@ def _paired_check(name: str, comparisons: list, ref_label: str, tol: float, rule
 # ------------------------------------------------------------------------------ the checks
 def large_eps(record: dict, norm: str, rules: AuditRules) -> Optional[float]:
     """The eps from which an attack must drive accuracy to about 0 (see the module docstring)."""
-    if norm == "Linf":
+    if norm == LINF:
         cfg_val = (record.get("config") or {}).get("audit_large_eps")
         return rules.large_eps if rules.large_eps is not None else (cfg_val if cfg_val is not None else 0.5)
     try:
-        from .data import dataset_info
+        from ..data import dataset_info
 
         info = dataset_info(record["dataset"])
         return 0.5 * math.sqrt(info.channels * info.size * info.size)
@@ -199,21 +111,21 @@ def large_eps(record: dict, norm: str, rules: AuditRules) -> Optional[float]:
         return None
 
 
-def curves(record: dict) -> dict:
-    """{(label, name, norm): [(eps, acc, n), ...] sorted by eps}; the worst case is ("worst", "worst", "Linf")."""
+def record_curves(record: dict) -> dict:
+    """{(label, name, norm): [(eps, acc, n), ...] sorted by eps}; the worst case is ("worst", "worst", LINF)."""
     out: dict = {}
     for a in record.get("attacks", []):
         out.setdefault((a["label"], a["attack"], a["norm"]), []).append((a["eps"], a["acc"], a["n_points"]))
     for w in record.get("worst_case", []):
         ours = w.get("ours") or w  # our own worst case: on every point, the same attacks at every eps
-        out.setdefault(("worst", "worst", "Linf"), []).append((w["eps"], ours["acc"], ours["n_points"]))
+        out.setdefault(("worst", "worst", LINF), []).append((w["eps"], ours["acc"], ours["n_points"]))
     return {k: sorted(v) for k, v in out.items()}
 
 
-def _curve_checks(record: dict, rules: AuditRules) -> list:
+def curve_checks(record: dict, rules: AuditRules) -> list:
     mono, large = [], []
     large_skips = []
-    for (label, name, norm), pts in curves(record).items():
+    for (label, name, norm), pts in record_curves(record).items():
         if name in ATTACKS and ATTACKS[name].single_step:
             continue
         lo_eps, lo_acc = pts[0][0], pts[0][1]
@@ -238,10 +150,14 @@ def _curve_checks(record: dict, rules: AuditRules) -> list:
                 f"{label}: accuracy {acc:.3f} at eps {eps:g} > {rules.large_eps_max_acc:g} "
                 f"(eps >= {big:g} reaches the constant image from any input)"
             )
-    out = [Check("non_monotone", "flagged", d) for d in mono] or [Check("non_monotone", "passed")]
+    if (record.get("config") or {}).get("reuse_eps"):
+        # every curve is monotone by construction: a point broken at a smaller eps counts as broken
+        out = [Check("non_monotone", "not tested", REUSE_WHY)]
+    else:
+        out = [Check("non_monotone", "flagged", d) for d in mono] or [Check("non_monotone", "passed")]
     if large:
         out += [Check("large_eps_not_zero", "flagged", d) for d in large]
-    elif large_skips and len(large_skips) == len([k for k in curves(record) if not _single(k[1])]):
+    elif large_skips and len(large_skips) == len([k for k in record_curves(record) if not _single(k[1])]):
         out.append(Check("large_eps_not_zero", "not tested", "; ".join(large_skips)))
     else:
         out.append(Check("large_eps_not_zero", "passed", "; ".join(f"not reached: {s}" for s in large_skips)))
@@ -257,12 +173,12 @@ def _probe(record: dict) -> dict:
 
 
 def _whitebox_label(probe: dict) -> str:
-    return (probe.get("whitebox") or {}).get("label", "pgd")
+    return (probe.get("whitebox") or {}).get("label", "the white-box reference")
 
 
-def _fgsm_beats_pgd(record: dict, rules: AuditRules) -> Check:
+def fgsm_beats_pgd(record: dict, rules: AuditRules) -> Check:
     probe = _probe(record)
-    comps = [(c["eps"], "fgsm", c) for c in probe.get("fgsm_pgd", [])]
+    comps = [(c["eps"], c["label"], c) for c in probe.get("fgsm_pgd", [])]
     if not probe or "whitebox" not in probe:
         return Check(
             "fgsm_beats_pgd", "not tested", probe.get("not_tested", "no masking_probe in the record")
@@ -280,7 +196,7 @@ def _gap(c: dict) -> tuple:
     return d, math.sqrt(var / n)
 
 
-def _fgsm_gap(record: dict, standard: Optional[dict], rules: AuditRules) -> Check:
+def fgsm_gap(record: dict, standard: Optional[dict], rules: AuditRules) -> Check:
     cfg = record.get("config") or {}
     if cfg.get("defense") == undefended():
         return Check("fgsm_gap", "not tested", "the standard model is the reference of this check")
@@ -337,7 +253,7 @@ def _fgsm_gap(record: dict, standard: Optional[dict], rules: AuditRules) -> Chec
     )
 
 
-def _more_steps_help(record: dict, rules: AuditRules) -> Check:
+def more_steps_help(record: dict, rules: AuditRules) -> Check:
     probe = _probe(record)
     s = probe.get("strong")
     if s is None:
@@ -353,7 +269,7 @@ def _more_steps_help(record: dict, rules: AuditRules) -> Check:
     )
 
 
-def _margin_beats_ce(record: dict, rules: AuditRules) -> Check:
+def margin_beats_ce(record: dict, rules: AuditRules) -> Check:
     probe = _probe(record)
     if "margin" not in probe:
         return Check(
@@ -369,7 +285,7 @@ def _margin_beats_ce(record: dict, rules: AuditRules) -> Check:
     return ch
 
 
-def _square_beats_pgd(record: dict, rules: AuditRules) -> Check:
+def square_beats_pgd(record: dict, rules: AuditRules) -> Check:
     probe = _probe(record)
     s = probe.get("square")
     if s is None:
@@ -381,7 +297,7 @@ def _square_beats_pgd(record: dict, rules: AuditRules) -> Check:
     )
 
 
-def _transfer(record: dict, rules: AuditRules) -> Check:
+def transfer_beats_whitebox(record: dict, rules: AuditRules) -> Check:
     tr = record.get("transfer")
     if not tr:
         probe = _probe(record)
@@ -404,7 +320,7 @@ def _transfer(record: dict, rules: AuditRules) -> Check:
     return ch
 
 
-def _zero_gradients(record: dict, rules: AuditRules) -> Check:
+def zero_gradients(record: dict, rules: AuditRules) -> Check:
     probe = _probe(record)
     if "zero_grad_frac" not in probe:
         return Check("zero_gradients", "not tested", "no masking_probe in the record")
@@ -418,7 +334,7 @@ def _zero_gradients(record: dict, rules: AuditRules) -> Check:
     return Check("zero_gradients", "passed", f"{f:.2f} of {probe['n_points']} points")
 
 
-def _autoattack_checks(record: dict) -> list:
+def autoattack_checks(record: dict) -> list:
     aa = record.get("autoattack")
     if not aa:
         return [
@@ -437,71 +353,3 @@ def _autoattack_checks(record: dict) -> list:
             "autoattack_checks", "passed", f"pyautoattack's checks raised nothing on {aa['n_points']} points"
         )
     ]
-
-
-def checks(record: dict, rules: Optional[AuditRules] = None, standard: Optional[dict] = None) -> list:
-    """Every check's outcome (:class:`Check`) for one record (``result.json`` content, or an
-    ``evaluate`` dict with ``dataset`` and ``config`` added). ``standard``: the record of a standard
-    trial of the same dataset/model (for ``fgsm_gap``)."""
-    rules = rules or AuditRules()
-    out = _curve_checks(record, rules)
-    out += [
-        _fgsm_beats_pgd(record, rules),
-        _fgsm_gap(record, standard, rules),
-        _more_steps_help(record, rules),
-        _margin_beats_ce(record, rules),
-        _square_beats_pgd(record, rules),
-        _transfer(record, rules),
-        _zero_gradients(record, rules),
-    ]
-    return out + _autoattack_checks(record)
-
-
-def audit(
-    record: dict,
-    rules: Optional[AuditRules] = None,
-    skipped: Optional[list] = None,
-    standard: Optional[dict] = None,
-) -> list:
-    """Flags for one record (see :func:`checks`). ``skipped`` (a list) receives one line
-    ``"<check>: not tested: <reason>"`` per check that could not run."""
-    skipped = skipped if skipped is not None else []
-    flags = []
-    for c in checks(record, rules, standard):
-        if c.status == "flagged":
-            flags.append(Flag(c.name, c.detail))
-        elif c.status == "not tested":
-            skipped.append(f"{c.name}: not tested: {c.detail}")
-    return flags
-
-
-# the transfer attack lives in uncertainty_robust/transfer.py; its names stay importable from here
-from .transfer import (  # noqa: E402
-    find_standard,
-    find_transfer_source,
-    find_transfer_sources,
-    transfer_attack,
-    transfer_for_trial,
-    transfer_result,
-    transfers_for_run,
-    whitebox_reference,
-)
-
-__all__ = [
-    "AuditRules",
-    "Check",
-    "Flag",
-    "audit",
-    "checks",
-    "find_standard",
-    "find_transfer_source",
-    "find_transfer_sources",
-    "holm",
-    "large_eps",
-    "mcnemar_greater",
-    "transfer_attack",
-    "transfer_for_trial",
-    "transfer_result",
-    "transfers_for_run",
-    "whitebox_reference",
-]

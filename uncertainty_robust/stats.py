@@ -134,6 +134,18 @@ def mcnemar(a: np.ndarray, b: np.ndarray) -> tuple:
     return float(p), n10, n01
 
 
+def mcnemar_greater(only_other: int, only_ref: int) -> float:
+    """One-sided exact McNemar p-value that a second attack breaks more points than a first on the
+    same points: P(X >= only_other), X ~ Binomial(only_other + only_ref, 1/2); 1.0 with no
+    discordant point (the audit's paired checks)."""
+    n = only_other + only_ref
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(only_other, n, 0.5, alternative="greater").pvalue)
+
+
 def mean_ci(mat, spec: BootstrapSpec = BootstrapSpec(), reps: Optional[np.ndarray] = None) -> dict:
     """Mean of a (seeds, points) 0/1 matrix and its two-level bootstrap interval."""
     m = np.atleast_2d(np.asarray(mat, dtype=np.float64))

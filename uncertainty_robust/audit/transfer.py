@@ -11,8 +11,9 @@ from typing import Optional
 
 import torch
 
-from .config import TrialConfig
-from .defenses import DEFENSES, undefended
+from ..attacks import ATTACKS, LINF
+from ..config import TrialConfig
+from ..defenses import DEFENSES, undefended
 
 
 def _probe(record: dict) -> dict:
@@ -47,9 +48,6 @@ def find_standard(target: dict, candidates: list) -> Optional[tuple]:
         pool, key=lambda drc: (drc[2].seed != tc.seed, drc[2].width != tc.width, drc[2].seed, str(drc[0]))
     )
     return d, r
-
-
-find_transfer_source = find_standard  # the standard source (kept under its old name)
 
 
 def find_transfer_sources(target: dict, candidates: list) -> list:
@@ -96,7 +94,10 @@ def whitebox_reference(record: dict, eps: float) -> Optional[dict]:
     cands = [
         a
         for a in record.get("attacks", [])
-        if a["attack"] == "pgd" and a["norm"] == "Linf" and math.isclose(a["eps"], eps, abs_tol=1e-9)
+        if a["attack"] in ATTACKS
+        and ATTACKS[a["attack"]].reference
+        and a["norm"] == LINF
+        and math.isclose(a["eps"], eps, abs_tol=1e-9)
     ]
     return next((a for a in cands if a["label"] == label), cands[0] if cands else None)
 
@@ -129,7 +130,7 @@ def transfer_attack(
     ``target``. A point counts as robust only if ``target`` classifies it correctly both clean and
     adversarial, as in the white-box suite. Returns (robust mask (N,), x_adv); pass ``x_adv`` back
     to reuse one source's examples for many targets."""
-    from .attacks import pgd
+    from ..attacks import pgd
 
     source.eval()
     target.eval()
@@ -169,9 +170,9 @@ def transfer_for_trial(
     source's adversarial examples across targets. None when the probe, the white-box reference or
     a model.pt is missing; an entry with ``not_tested`` when the white-box accuracy is too low to
     show a gap."""
-    from .data import load_tensors
-    from .rundir import TrialDir
-    from .trial import load_trained
+    from ..data import load_tensors
+    from ..rundir import TrialDir
+    from ..trial import load_trained
 
     probe = _probe(target_record)
     eps = probe.get("eps")

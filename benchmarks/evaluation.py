@@ -1,0 +1,327 @@
+"""The evaluation engine, measured (``benchmarks/results/evaluation.md``):
+
+    python -m benchmarks.evaluation            # ~15-25 min on a 2-core CPU (the four models are trained first)
+    python -m benchmarks.evaluation --render   # evaluation.md again from evaluation.json
+
+On the quickstart's four models (``sweeps/quickstart.yaml``: standard, EntM, AT, AT+EntM, trained
+here with ``fit`` exactly as the grid says) and its 100 test points:
+
+1. **ranks**: the AT model's evaluation on 2 DDP ranks (gloo, one thread each) against 1 rank:
+   wall time, and whether every point's outcome is identical;
+2. **vs pyautoattack**: our whole evaluation (ours + AutoAttack at every informative eps, survivor
+   filter and eps reuse on) against ``pyautoattack.AutoAttack(version="standard")
+   .run_standard_evaluation`` called once per eps on the same points and model: time, passes, and
+   the points pyautoattack alone breaks that we count robust (there should be none);
+3. **passes saved** by the survivor filter (AutoAttack on ours' survivors vs on every clean point,
+   as run_standard_evaluation does) and by the eps reuse (``reuse_eps`` on vs off), per defense;
+4. **the dry run's estimate** of each evaluation (``sweeps/cost.py``: its prior, and the measured
+   shares) against what it took.
+
+Every number is from one run on one machine (stated in the file), the machine otherwise idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = RESULTS / "cache"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def quickstart_models() -> list:
+    """[(defense, cfg, model)] of sweeps/quickstart.yaml, trained once and cached."""
+    from sweeps.grid import load_grid
+    from uncertainty_robust.train import fit, make_model
+
+    out = []
+    for cfg in load_grid(REPO / "sweeps" / "quickstart.yaml").trials:
+        path = CACHE / f"quickstart_{cfg.dirname()}.pt"
+        model = make_model(cfg)
+        if path.exists():
+            model.load_state_dict(torch.load(path))
+        else:
+            log(f"training {cfg.short_name()} (quickstart settings, one process)")
+            model, _ = fit(cfg, CACHE / "work" / cfg.dirname(), tensorboard=False)
+            CACHE.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), path)
+        out.append((cfg.defense, cfg, model.eval()))
+    return out
+
+
+def _passes(cost: dict) -> float:
+    from uncertainty_robust.attacks import Cost
+
+    return Cost(cost["forward"], cost["backward"]).passes
+
+
+def ours(cfg, model) -> dict:
+    """Our evaluation, one rank: wall and CPU time, passes by stage, the per-point worst case."""
+    from uncertainty_robust.evaluation import evaluate
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    rec = evaluate(model, cfg)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    stages = rec["evaluation"]["cost_by_stage"]
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "passes": {k: v["passes"] for k, v in stages.items()},
+        "seconds_by_stage": {k: v["seconds"] for k, v in stages.items()},
+        "aa_eps": [e["eps"] for e in (rec["autoattack"] or {}).get("eps", []) if e["ran"]],
+        "worst_case": [
+            {k: w.get(k) for k in ("eps", "acc", "ours", "autoattack")} for w in rec["worst_case"]
+        ],
+        "_rec": rec,
+    }
+
+
+def pyautoattack_alone(cfg, model, eps_list: list) -> dict:
+    """``run_standard_evaluation`` once per eps on the n_eval points: time, passes, robust masks."""
+    from pyautoattack import AutoAttack
+
+    from uncertainty_robust.attacks import Cost
+    from uncertainty_robust.attacks.autoattack import Counted
+    from uncertainty_robust.data import load_tensors
+
+    x, y = load_tensors(cfg.dataset, "test", n=cfg.n_eval, seed=0)
+    out = {"wall_s": 0.0, "passes": 0.0, "robust": {}, "per_eps": []}
+    for eps in eps_list:
+        cost = Cost()
+        counted = Counted(model, cost).eval()
+        aa = AutoAttack(counted, norm="Linf", eps=eps, version="standard", verbose=False, seed=0)
+        t0 = time.perf_counter()
+        xa = aa.run_standard_evaluation(x, y, bs=cfg.eval_batch_size)
+        wall = time.perf_counter() - t0
+        with torch.no_grad():
+            ok = (model(xa).argmax(1) == y) & ((xa - x).flatten(1).abs().amax(1) <= eps + 1e-5)
+        out["robust"][eps] = ok
+        out["wall_s"] += wall
+        out["passes"] += cost.passes
+        out["per_eps"].append(
+            {"eps": eps, "wall_s": wall, "passes": cost.passes, "acc": float(ok.float().mean())}
+        )
+    return out
+
+
+def estimate(cfg, measured_rec: dict) -> dict:
+    """The dry run's estimate of the evaluation (prior, and measured shares) in seconds."""
+    from sweeps.cost import breakdown, measured, seconds_per_example
+
+    sec = seconds_per_example(cfg)
+    parts = breakdown(cfg)
+    parts_m = breakdown(cfg, measured(measured_rec))
+    ev = lambda p: p["evaluation"] + p["autoattack"]  # noqa: E731
+    return {
+        "sec_per_pass": sec,
+        "passes_prior": ev(parts),
+        "passes_measured_shares": ev(parts_m),
+        "seconds_prior": ev(parts) * sec,
+        "seconds_measured_shares": ev(parts_m) * sec,
+    }
+
+
+def _rank(rank: int, world: int, port: int, path: str, cfg: dict, out: str) -> None:
+    import torch.distributed as dist
+
+    from uncertainty_robust.config import TrialConfig
+    from uncertainty_robust.evaluation import evaluate
+    from uncertainty_robust.train import make_model
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    c = TrialConfig.from_dict(cfg)
+    m = make_model(c)
+    m.load_state_dict(torch.load(path))
+    dist.barrier()
+    t0 = time.perf_counter()
+    rec = evaluate(m.eval(), c)
+    dist.barrier()
+    wall = time.perf_counter() - t0
+    if rank == 0:
+        torch.save({"wall_s": wall, "masks": rec["_masks"]}, out)
+    dist.destroy_process_group()
+
+
+def ranks(cfg, model) -> dict:
+    """1 rank vs 2 ranks (separate processes, gloo, one thread each) on the same model."""
+    import torch.multiprocessing as mp
+
+    path = CACHE / "ranks_model.pt"
+    torch.save(model.state_dict(), path)
+    res = {}
+    for world in (1, 2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        out = CACHE / f"ranks_{world}.pt"
+        mp.spawn(_rank, args=(world, port, str(path), cfg.to_dict(), str(out)), nprocs=world)
+        res[world] = torch.load(out)
+    same = all(torch.equal(res[1]["masks"][k], res[2]["masks"][k]) for k in res[1]["masks"])
+    return {
+        "wall_1_s": res[1]["wall_s"],
+        "wall_2_s": res[2]["wall_s"],
+        "speedup": res[1]["wall_s"] / res[2]["wall_s"],
+        "identical_per_point": same,
+        "n_masks": len(res[1]["masks"]),
+    }
+
+
+def run() -> dict:
+    from benchmarks.harness import machine_info
+
+    torch.set_num_threads(1)
+    models = quickstart_models()
+    R = {
+        "machine": machine_info(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_start": os.getloadavg(),
+    }
+    at = next((cfg, m) for d, cfg, m in models if d == "at")
+    log("ranks: the AT model on 1 and 2 ranks")
+    R["ranks"] = ranks(*at)
+    log(f"  {R['ranks']}")
+    R["defenses"] = []
+    for defense, cfg, model in models:
+        log(f"{defense}: our evaluation (reuse on), then reuse off, then pyautoattack alone")
+        torch.manual_seed(0)
+        a = ours(cfg, model)
+        b = ours(dataclasses.replace(cfg, reuse_eps=False), model)
+        pos = [e for e in cfg.eval_eps() if e > 0]
+        alone = pyautoattack_alone(cfg, model, pos)
+        masks = a["_rec"]["_masks"]
+        missed = {
+            f"{e:g}": int((masks[f"autoattack/{e:g}"] & ~alone["robust"][e]).sum()) for e in pos
+        }  # broken by pyautoattack alone, robust in ours
+        aa_only = [e for e in pos if e in a["aa_eps"]]
+        alone_at_aa = sum(p["passes"] for p in alone["per_eps"] if p["eps"] in aa_only)
+        row = {
+            "defense": defense,
+            "eps": pos,
+            "ours": {k: v for k, v in a.items() if not k.startswith("_")},
+            "ours_no_reuse": {k: v for k, v in b.items() if not k.startswith("_")},
+            "pyautoattack": {k: v for k, v in alone.items() if k != "robust"},
+            "missed_by_ours": missed,
+            "time_ratio": a["wall_s"] / alone["wall_s"],
+            "aa_passes_ours": a["passes"]["autoattack"],
+            "aa_passes_alone_at_the_same_eps": alone_at_aa,
+            "estimate": estimate(cfg, a["_rec"]),
+        }
+        log(
+            f"  ours {a['wall_s']:.1f} s vs pyautoattack {alone['wall_s']:.1f} s ({row['time_ratio']:.2f}x); "
+            f"missed {missed}; estimate {row['estimate']['seconds_prior']:.1f} s (prior)"
+        )
+        R["defenses"].append(row)
+    R["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    R["load_end"] = os.getloadavg()
+    return R
+
+
+def render(R: dict) -> str:
+    from benchmarks.harness import machine_line
+
+    rk = R["ranks"]
+    lines = [
+        "# The evaluation engine, measured",
+        "",
+        f"Written by `python -m benchmarks.evaluation` ({R['finished']}). Machine: {machine_line(R['machine'])}; "
+        f"load average {R['load_start'][0]:.2f} at the start, {R['load_end'][0]:.2f} at the end. One run, "
+        "one machine: ratios, not timings to quote elsewhere. No GPU was lent to this session: the GPU rows "
+        "are **not run** (`benchmarks/gpu_check.sh` has the same two measurements for a GPU).",
+        "",
+        "Models: the quickstart's four (`sweeps/quickstart.yaml`: `small_cnn` width 0.25, 2 epochs on 3,000 "
+        "embedded-MNIST digits; AT and AT+EntM with PGD-5 at ε 0.2), trained by `fit` as the grid says. "
+        "Points: the grid's 100 held-out test points (class-balanced). Attacks: ours FGSM, PGD-10, CW-10; "
+        "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square-5000) at every ε where ours leave 1-99 % "
+        "robust; one torch thread per process.",
+        "",
+        "## Goals",
+        "",
+        "| measure | goal | measured |",
+        "|---|---|---|",
+        f"| AT model: 2 ranks vs 1 rank, evaluation wall time | ≥ 1.8× | **{rk['speedup']:.2f}×** "
+        f"({rk['wall_1_s']:.1f} s → {rk['wall_2_s']:.1f} s); per-point outcomes identical: "
+        f"{'yes' if rk['identical_per_point'] else '**no**'} ({rk['n_masks']} outcome arrays) |",
+    ]
+    for d in R["defenses"]:
+        missed = sum(d["missed_by_ours"].values())
+        lines.append(
+            f"| {d['defense']}: our whole evaluation vs pyautoattack `run_standard_evaluation` per ε "
+            f"({', '.join(f'{e:g}' for e in d['eps'])}) | ≤ 0.5× the time, no point it breaks counted robust | "
+            f"**{d['time_ratio']:.2f}×** ({d['ours']['wall_s']:.1f} s vs {d['pyautoattack']['wall_s']:.1f} s); "
+            f"points pyautoattack alone breaks that we count robust: {missed} |"
+        )
+    for d in R["defenses"]:
+        e = d["estimate"]
+        lines.append(
+            f"| {d['defense']}: dry-run estimate of the evaluation / measured CPU time | within 1.3× | "
+            f"prior **{e['seconds_prior'] / d['ours']['cpu_s']:.2f}×**, measured shares "
+            f"{e['seconds_measured_shares'] / d['ours']['cpu_s']:.2f}× ({e['seconds_prior']:.0f} s, "
+            f"{e['seconds_measured_shares']:.0f} s vs {d['ours']['cpu_s']:.0f} s) |"
+        )
+    lines += ["| GPU: the same ratios | — | not run (no GPU lent) |", "", "## Passes saved, per defense", ""]
+    lines += [
+        "Forward+backward pass equivalents (a forward alone counts a third), counted by the evaluation. "
+        "*Survivor filter*: AutoAttack's passes on our attacks' survivors vs pyautoattack alone on every "
+        "clean point at the same ε. *ε reuse*: the whole evaluation with `reuse_eps: false` vs on.",
+        "",
+        "| defense | AutoAttack ran at ε | AA passes: on survivors / alone | saved by the filter | "
+        "all passes: reuse on / off | saved by the reuse |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in R["defenses"]:
+        on, off = sum(d["ours"]["passes"].values()), sum(d["ours_no_reuse"]["passes"].values())
+        aa, alone = d["aa_passes_ours"], d["aa_passes_alone_at_the_same_eps"]
+        filt = f"{100 * (1 - aa / alone):.0f} %" if alone else "—"
+        lines.append(
+            f"| {d['defense']} | {', '.join(f'{e:g}' for e in d['ours']['aa_eps']) or 'none'} | "
+            f"{aa:,.0f} / {alone:,.0f} | {filt} | {on:,.0f} / {off:,.0f} | {100 * (1 - on / off):.0f} % |"
+        )
+    lines += ["", "## Per defense and ε", ""]
+    lines += [
+        "| defense | ε | ours (worst) | ours + AutoAttack | pyautoattack alone | AutoAttack ran? |",
+        "|---|---|---|---|---|---|",
+    ]
+    for d in R["defenses"]:
+        alone = {p["eps"]: p for p in d["pyautoattack"]["per_eps"]}
+        for w in d["ours"]["worst_case"]:
+            if w["eps"] <= 0:
+                continue
+            ran = (w.get("autoattack") or {}).get("why", "")
+            lines.append(
+                f"| {d['defense']} | {w['eps']:g} | {100 * (w['ours'] or w)['acc']:.1f} | {100 * w['acc']:.1f} | "
+                f"{100 * alone[w['eps']]['acc']:.1f} | {ran} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.evaluation", description=__doc__)
+    p.add_argument("--render", action="store_true", help="write evaluation.md from evaluation.json")
+    args = p.parse_args(argv)
+    js = RESULTS / "evaluation.json"
+    if not args.render:
+        R = run()
+        js.write_text(json.dumps(R, indent=1, default=float))
+    R = json.loads(js.read_text())
+    (RESULTS / "evaluation.md").write_text(render(R))
+    log(f"wrote {RESULTS / 'evaluation.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
