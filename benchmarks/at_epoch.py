@@ -142,7 +142,7 @@ def run(ctx) -> dict:
 def step_costs(reps: int) -> dict:
     """One training step (forward, backward, Adam step; train mode) vs one attack step (forward and
     input-gradient backward; eval mode) on the same batch of 128: what (k+1) assumes to be equal."""
-    from uncertainty_robust.attacks import _input_grad, ce_loss
+    from uncertainty_robust.attacks.whitebox import _input_grad, ce_loss
     from uncertainty_robust.config import TrialConfig, validate
     from uncertainty_robust.train import make_model, make_optimizer
 
@@ -284,7 +284,7 @@ def _cprofile_at(k: int, x_tr, y_tr) -> dict:
     total += adam
     pick = {
         "attack: pgd total": "attacks.py:pgd",
-        "attack: forward+input-grad (_input_grad)": "attacks.py:_input_grad",
+        "attack: forward+input-grad (_input_grad)": "attacks/whitebox.py:_input_grad",
         "attack: projection (_project)": "attacks.py:_project",
         "attack: step (_step)": "attacks.py:_step",
         "attack: random start": "attacks.py:_random_start",

@@ -181,7 +181,7 @@ def _attacks(models, sizes, device) -> dict:
 
 
 def _project_autoattack(model, x, y, eps):
-    """AutoAttack (standard) through the project's attack registry (``uncertainty_robust.autoattack``,
+    """AutoAttack (standard) through the project's attack registry (``uncertainty_robust.attacks.autoattack``,
     pyautoattack's attack objects with pass counting and eval-mode/frozen-parameter guards): the mask
     of points still robust."""
     from uncertainty_robust.attacks import AttackSpec, run_attack
