@@ -94,7 +94,7 @@ def pyautoattack_alone(cfg, model, eps_list: list) -> dict:
     from pyautoattack import AutoAttack
 
     from uncertainty_robust.attacks import Cost
-    from uncertainty_robust.attacks.autoattack import Counted
+    from uncertainty_robust.attacks.autoattack import Counted, captured_warnings
     from uncertainty_robust.data import load_tensors
 
     x, y = load_tensors(cfg.dataset, "test", n=cfg.n_eval, seed=0)
@@ -102,9 +102,11 @@ def pyautoattack_alone(cfg, model, eps_list: list) -> dict:
     for eps in eps_list:
         cost = Cost()
         counted = Counted(model, cost).eval()
-        aa = AutoAttack(counted, norm="Linf", eps=eps, version="standard", verbose=False, seed=0)
+        aa = AutoAttack(counted, norm="Linf", eps=eps, version="standard", seed=0)
+        aa.verbose = False
         t0 = time.perf_counter()
-        xa = aa.run_standard_evaluation(x, y, bs=cfg.eval_batch_size)
+        with captured_warnings():  # its checks' warnings: the evaluation records them, here noise
+            xa, _ = aa.run_standard_evaluation(x, y, batch_size=cfg.eval_batch_size)  # (x_adv, y_adv)
         wall = time.perf_counter() - t0
         with torch.no_grad():
             ok = (model(xa).argmax(1) == y) & ((xa - x).flatten(1).abs().amax(1) <= eps + 1e-5)
@@ -181,22 +183,27 @@ def ranks(cfg, model) -> dict:
     }
 
 
-def run() -> dict:
+def run(partial: Path) -> dict:
+    """Every measurement; each part is saved to ``partial`` as it finishes and not measured again by a
+    rerun (delete the file to start over)."""
     from benchmarks.harness import machine_info
 
     torch.set_num_threads(1)
     models = quickstart_models()
-    R = {
-        "machine": machine_info(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load_start": os.getloadavg(),
-    }
+    R = json.loads(partial.read_text()) if partial.exists() else {}
+    R.setdefault("machine", machine_info(1))
+    R.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
+    R.setdefault("load_start", os.getloadavg())
     at = next((cfg, m) for d, cfg, m in models if d == "at")
-    log("ranks: the AT model on 1 and 2 ranks")
-    R["ranks"] = ranks(*at)
-    log(f"  {R['ranks']}")
-    R["defenses"] = []
+    if "ranks" not in R:
+        log("ranks: the AT model on 1 and 2 ranks")
+        R["ranks"] = ranks(*at)
+        partial.write_text(json.dumps(R, indent=1, default=float))
+    log(f"  ranks: {R['ranks']}")
+    R.setdefault("defenses", [])
     for defense, cfg, model in models:
+        if any(d["defense"] == defense for d in R["defenses"]):
+            continue
         log(f"{defense}: our evaluation (reuse on), then reuse off, then pyautoattack alone")
         torch.manual_seed(0)
         a = ours(cfg, model)
@@ -226,6 +233,7 @@ def run() -> dict:
             f"missed {missed}; estimate {row['estimate']['seconds_prior']:.1f} s (prior)"
         )
         R["defenses"].append(row)
+        partial.write_text(json.dumps(R, indent=1, default=float))
     R["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     R["load_end"] = os.getloadavg()
     return R
@@ -315,8 +323,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     js = RESULTS / "evaluation.json"
     if not args.render:
-        R = run()
+        partial = CACHE / "evaluation.partial.json"
+        CACHE.mkdir(parents=True, exist_ok=True)
+        R = run(partial)
         js.write_text(json.dumps(R, indent=1, default=float))
+        partial.unlink()
     R = json.loads(js.read_text())
     (RESULTS / "evaluation.md").write_text(render(R))
     log(f"wrote {RESULTS / 'evaluation.md'}")

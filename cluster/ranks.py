@@ -70,8 +70,8 @@ def tune_metrics(metrics: dict) -> dict:
 
 def log_start(trial_dir: Path, what: str) -> None:
     """Append one line per start to ``starts.log``: tests and humans count (re)starts from it (the
-    trainer adds ``checkpoint_unreadable`` lines there, :func:`uncertainty_robust.train.record_event`)."""
-    from uncertainty_robust.train import record_event
+    trainer adds ``checkpoint_unreadable`` lines there, :func:`uncertainty_robust.resume.record_event`)."""
+    from uncertainty_robust.resume import record_event
 
     record_event(trial_dir, what)
 

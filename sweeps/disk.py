@@ -9,8 +9,7 @@ and the config, for the files that stay (``docs/architecture.md``, "The run dire
 - Tune's copy of the last checkpoint (``RUN/tune/<trial>/checkpoint_*``; while it replaces it, a
   second copy for every trial running at once: ``concurrent``);
 - ``best.pt`` (with a validation split) and ``model.pt``: the weights;
-- ``adv_examples.pt``: at each eps > 0 a few examples with their clean images, saved with the
-  storage of the evaluation batch they came from (``min(n_eval, eval_batch_size)`` images, twice);
+- ``adv_examples.pt``: at each eps > 0 a few examples (``KEEP_EXAMPLES``) with their clean images;
 - ``points.npz``, ``result.json``, ``eval_state/``, ``tb/``, logs and Tune's result files: small,
   counted from ``n_eval`` and the epochs.
 
@@ -36,6 +35,7 @@ PER_EPOCH_HISTORY = 1_500  # one epoch's metrics in the checkpoint's history
 PER_EPOCH_FILES = 6_000  # TensorBoard scalars, Tune's result.json / progress.csv, the trial's log lines
 PER_TRIAL_FIXED = 120_000  # config.json, result.json, trial.log, starts.log, Tune's params, experiment state
 PER_POINT = 200  # per test point: result.json's point lists, points.npz, eval_state pieces
+KEEP_EXAMPLES = 8  # run_trial's keep_examples
 AGGREGATE_PER_TRIAL = 300_000  # tables, figures, TensorBoard, examples (quickstart: 1.2 MB for 4 trials)
 RUN_FIXED = 2_000_000  # Ray's logs, plan.json, grid.yaml, sweep_status.json
 
@@ -73,7 +73,7 @@ def trial_bytes(c: TrialConfig) -> dict:
         "checkpoint_prev": ckpt,
         "tune_copy": ckpt,
         "best_and_model": weights * (2 if c.val_points else 1) + 2 * RNG_AND_HEADER,
-        "adv_examples": eps_pos * 2 * min(c.n_eval, c.eval_batch_size) * image,
+        "adv_examples": eps_pos * 2 * KEEP_EXAMPLES * image + RNG_AND_HEADER,
         "small": PER_TRIAL_FIXED + c.epochs * PER_EPOCH_FILES + c.n_eval * PER_POINT * len(c.checkpoints),
     }
 

@@ -5,56 +5,13 @@ A grid is validated completely before anything starts; the first problem raises
 listed twice (a seed, a lambda, a training or test eps) is refused, not merged; a grid that expands
 to more than :data:`MAX_TRIALS` (10,000) trials is refused.
 
-Schema (every key optional except ``defenses``; see ``sweeps/quickstart.yaml`` for a full example)::
-
-    name: quickstart                  # default experiment name (--name overrides)
-    extends: repro_fmnist             # start from another grid (a file beside this one, or a name in
-                                      # sweeps/): its sections (evaluation, adversarial, optimizer,
-                                      # validation, precision, resources, search, slurm) are merged key
-                                      # by key with this grid's, every other key this grid states
-                                      # replaces the parent's; name and description are not inherited
-                                      # (the name defaults to this file's stem)
-    dataset: mnist_embedded           # a name from uncertainty_robust.data.DATASETS
-    data_root: null                   # local root for torchvision datasets
-    model: small_cnn
-    width: 1.0
-    epochs: 10
-    batch_size: 128
-    n_train: null                     # stratified subset of the training split
-    optimizer: {name: adam, lr: 0.001, momentum: 0.9, weight_decay: 0, schedule: constant, milestones: [0.5, 0.75], gamma: 0.1}
-    defenses: [standard, ls, entm, at, at_ls, at_entm]
-    lambdas: [0.1, 0.5]               # for ls/entm/at_ls/at_entm; or a mapping per defense
-    train_eps: [0.3]                  # for at/at_ls/at_entm
-    seeds: [0]
-    adversarial: {pgd_steps: 40, eps_step: null, random_start: true, entropy_on: adv,
-                  inner_loss: ce, adv_fraction: 1.0, ls_form: uniform, attack_bn_mode: eval}
-    evaluation: {test_eps: [0, 0.1, 0.2, 0.3], attacks: [fgsm, "pgd:20", "cw:30"], n_eval: 1000,
-                 jacobian_points: 500, jacobian_eps: null, eval_batch_size: 500, checkpoints: [last],
-                 autoattack: [autoattack],   # after our attacks, on the points they leave robust
-                 autoattack_eps: null,       # null: every eps where our attacks leave 1-99 % robust
-                 autoattack_informative: [0.01, 0.99],
-                 autoattack_points: null,    # null: all n_eval points; else a stratified subset
-                 reuse_eps: true,            # a point broken at a smaller eps is not attacked again
-                 chunk_points: null}         # points per chunk: the unit of sharding, seeds, resume
-                                      # checkpoints: [last] or [last, best] (best: the epoch with the
-                                      # highest val/robust_acc; both evaluated on the test split).
-                                      # jacobian_eps: the Jacobians are measured at clean points and at
-                                      # PGD points of this eps (null: the validation eps)
-    precision: {train: fp32, train_attack: null, eval: fp32}   # bf16 autocast; see docs/gpu.md
-    resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # defaults and rules: cluster/settings.py
-    validation: {points: 1000, seed: 0, eps: null, pgd_steps: 10}
-                                      # carved from the training split (stratified, seeded), never
-                                      # trained on; read by the per-epoch probe (val/clean_acc,
-                                      # val/robust_acc at eps, val/entropy, val/jacobian_*_rms), the
-                                      # best checkpoint and ASHA. eps null: the training eps of an
-                                      # adversarial defense, else the smallest positive test eps.
-                                      # points 0: no validation split (no best checkpoint, no ASHA)
-    search: {mode: grid, num_samples: 1, scheduler: none, metric: val/robust_acc, max_concurrent: null,
-             trial_retries: 2, worker_retries: 2}
-                                      # metric: what ASHA maximises, val/robust_acc or val/clean_acc
-                                      # (anything else is refused: never select on the test split)
-    slurm: {nodes: 1, time_min: 240, cpus_per_node: null, gpus_per_node: 0, mem_gb: null,
-            account: null, qos: null, constraint: null, extra: [], max_requeues: 100}
+The schema is generated from the fields' own metadata (their grid key, default, rule and help:
+``uncertainty_robust/config/fields.py``, ``cluster/settings.py``), so it cannot go stale:
+``python sweeps/launch.py --print-schema`` prints it (:func:`sweeps.show.schema_text`). ``extends: <grid>`` starts
+from another grid (a file beside this one, or a name in sweeps/): its sections (evaluation,
+adversarial, optimizer, validation, precision, resources, search, slurm) are merged key by key with
+this grid's, every other key this grid states replaces the parent's; name and description are not
+inherited (the name defaults to this file's stem).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sweeps import disk
 from sweeps.grid import Grid, find_grid, load_grid, trial_resources
+from sweeps.show import print_dry_run, print_status
 from uncertainty_robust.errors import UserError, exit_on_user_error
 from uncertainty_robust.rundir import RunDir, read_json, write_json
 
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="SLURM: follow the job until it ends")
     p.add_argument(
         "--dry-run", action="store_true", help="print the trials and a cost estimate; submit nothing"
+    )
+    p.add_argument(
+        "--print-schema",
+        action="store_true",
+        help="print every key a grid may set (defaults, rules) and exit",
     )
     p.add_argument(
         "--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)"
@@ -148,75 +154,17 @@ def write_run_dir(run_dir: Path, grid: Grid, grid_path: Path, args) -> None:
     write_json(plan, rd.plan)
 
 
-def print_dry_run(grid: Grid, cluster: str) -> None:
-    from sweeps.cost import estimate
-
-    res = trial_resources(grid)
-    print(
-        f"grid {grid.name!r}: {len(grid.trials)} trials on {cluster}; each {res['workers']} DDP worker(s) x "
-        f"{res['cpus_per_worker']:g} CPU, {res['gpus_per_worker']:g} GPU"
-    )
-    print(
-        f"{'#':>3} {'defense':<9} {'lambda':>7} {'eps':>7} {'seed':>4} {'epochs':>6} {'workers':>7} "
-        f"{'grad evals':>11} {'CPU-h':>7}"
-    )
-    est = estimate(grid.trials)
-    for i, (c, e) in enumerate(zip(grid.trials, est["per_trial"])):
-        lam = f"{c.lam:g}" if c.defense_record.takes_lam else "-"
-        eps = f"{c.eps:g}" if c.is_adversarial else "-"
-        print(
-            f"{i:>3} {c.defense:<9} {lam:>7} {eps:>7} {c.seed:>4} {c.epochs:>6} {res['workers']:>7} "
-            f"{e['grad_evals']:>11.3g} {e['cpu_hours']:>7.3f}"
-        )
-    c0 = grid.trials[0]
-    print(
-        f"dataset {c0.dataset}, model {c0.model} (width {c0.width:g}); test eps {c0.test_eps}; attacks "
-        f"{', '.join(a.label() for a in c0.attacks)} on {c0.n_eval} test points"
-    )
-    print(
-        f"total: {est['grad_evals']:.3g} gradient evaluations (forward+backward per example), "
-        f"~{est['cpu_hours']:.2f} CPU-hours at the measured {est['sec_per_grad_eval'] * 1e3:.3f} ms per example "
-        f"on this machine's CPU ({est['threads']} thread); GPUs are typically 20-100x faster per example"
-    )
-    print(disk.summary_line(grid.trials, disk.concurrency(grid, cluster)))
-    print("dry run: nothing submitted")
-
-
-# ------------------------------------------------------------------------------ status
-def print_status(run_dir: Path) -> int:
-    rd = RunDir(run_dir)
-    if not rd.plan.exists():
-        raise LaunchError(f"no run at {run_dir} (no plan.json); runs live under --storage (default ./runs)")
-    trials = rd.trial_dirs()
-    done = sum(t.result.exists() for t in trials)
-    started = sum(t.checkpoint.exists() for t in trials)
-    print(f"run {run_dir}: {done}/{len(trials)} trials finished, {started - done} in progress or stopped")
-    st = read_json(rd.status)
-    if st is not None:
-        print(
-            f"last driver exit: {st['trials']} trials, {st['errors']} errored"
-            + "".join(f"\n  error: {m}" for m in st.get("error_messages", []))
-        )
-        for line in st.get("lines", [])[1:]:  # the per-trial summary (its errors are above)
-            if not line.startswith("  error: "):
-                print(f"  {line}")
-    job = read_json(rd.slurm_job)
-    if job is not None:
-        from cluster.slurm import job_state
-
-        print(f"SLURM {job_state(run_dir)} (partition {job['partition']}, submitted {job['submitted']})")
-        print(f"logs: {job['stdout']}\n      {job['stderr']}")
-    if rd.failed.exists():
-        print(f"FAILED: {rd.failed.read_text().strip()}")
-    return 0
-
-
 # ------------------------------------------------------------------------------ main
 @exit_on_user_error
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     verbosity(args)  # -q with -v: one line, exit 2
     storage = Path(args.storage)
+    if args.print_schema:
+        from sweeps.show import schema_text
+
+        print(schema_text(), end="")
+        return 0
     if args.status:
         return print_status(storage / _check_name(args.status, "--status"))
     if not args.grid:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from uncertainty_robust.train import fit
@@ -51,3 +52,40 @@ def assert_autoattack_at_every_informative_eps(rec: dict, masks: dict | None = N
                 f"eps {eps:g}: AutoAttack on {w['n_points']} of {n} points"
             )
         prev = masks[f"autoattack/{eps:g}"]
+
+
+def assert_grid_refused(text: str, key: str, words: str = "", path=None):
+    """The grid (YAML ``text``, or the file ``path``) is refused with a GridError naming ``key`` in
+    one line (containing ``words``); returns the error."""
+    from sweeps.grid import GridError, load_grid, parse_grid
+
+    with pytest.raises(GridError) as e:
+        load_grid(path) if path is not None else parse_grid(text)
+    err = e.value
+    assert err.key == key and "\n" not in str(err) and words in str(err), f"{err.key}: {err}"
+    return err
+
+
+TINY_GRID = __import__("pathlib").Path(__file__).resolve().parent / "grids" / "tiny.yaml"
+
+
+def tiny_grid(tmp_path, name: str, replace: bool = False, **changes):
+    """A grid file derived from ``tests/grids/tiny.yaml`` (the sweep tests' 4 small trials), named
+    ``name``: nested mappings are merged key by key unless ``replace``."""
+    import yaml
+
+    g = yaml.safe_load(TINY_GRID.read_text())
+    for k, v in changes.items():
+        merge = isinstance(v, dict) and isinstance(g.get(k), dict) and not replace
+        g[k] = {**g[k], **v} if merge else v
+    g["name"] = name
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(g, sort_keys=False))
+    return p
+
+
+def run_trial_dirs(run_dir) -> list:
+    """The planned trials' directories of a run, in plan order."""
+    from uncertainty_robust.rundir import RunDir
+
+    return [t.root for t in RunDir(run_dir).trial_dirs()]

@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import pytest
+from common import assert_grid_refused
 
 from uncertainty_robust.attacks import AttackSpec
 from uncertainty_robust.config import ConfigError, TrialConfig
@@ -196,8 +197,4 @@ def test_autoattack_eps_defaults():
     ],
 )
 def test_grid_refuses_bad_autoattack_settings_naming_the_key(evaluation, key):
-    from sweeps.grid import GridError, parse_grid
-
-    with pytest.raises(GridError) as exc:
-        parse_grid(f"defenses: [standard]\nevaluation: {evaluation}\n")
-    assert exc.value.key == key and "\n" not in str(exc.value), str(exc.value)
+    assert_grid_refused(f"defenses: [standard]\nevaluation: {evaluation}\n", key)

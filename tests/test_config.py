@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from common import assert_grid_refused
 
 from uncertainty_robust.attacks import AttackSpec
 from uncertainty_robust.config import TrialConfig
@@ -57,3 +58,48 @@ def test_trial_id_changes_with_a_result_changing_field(n):
     base = TrialConfig(seed=n)
     assert TrialConfig(seed=n, lam=0.0).trial_id() == base.trial_id()
     assert TrialConfig(seed=n, n_eval=999).trial_id() != base.trial_id()
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("defenses: [at]\nseeds: [0, 1, 0]\n", "seeds"),
+        ("defenses: [entm]\nlambdas: [0.5, 0.5]\n", "lambdas"),
+        ("defenses: [at]\ntrain_eps: [0.1, 0.2, 0.1]\n", "train_eps"),
+        ("defenses: [at, at]\n", "defenses"),
+        ("defenses: [at_entm]\nlambdas: {at_entm: [1, 1]}\n", "lambdas.at_entm"),
+        ("defenses: [at]\nevaluation: {test_eps: [0, 0.1, 0.1]}\n", "evaluation.test_eps"),
+        ("defenses: [at]\nn_train: 500\nvalidation: {points: 1000000}\n", "validation.points"),
+        ("defenses: [at]\nevaluation: {n_eval: 5000}\n", "evaluation.n_eval"),  # embedded test split: 2,000
+        ("defenses: [at]\nresources: {cpus_per_worker: 0}\n", "resources.cpus_per_worker"),
+        ("defenses: [at]\nsearch: {trial_retries: -1}\n", "search.trial_retries"),
+        ("defenses: [at]\nslurm: {extra: [1]}\n", "slurm.extra[0]"),
+    ],
+)
+def test_grid_refuses_duplicates_and_impossible_splits_naming_the_key(text, key):
+    assert_grid_refused(text, key)
+
+
+def test_a_grid_above_the_trial_cap_is_refused_before_it_is_expanded():
+    import time
+
+    from sweeps.grid import MAX_TRIALS
+
+    seeds = ", ".join(map(str, range(MAX_TRIALS // 2 + 1)))
+    t0 = time.perf_counter()
+    assert_grid_refused(f"defenses: [standard, at]\nseeds: [{seeds}]\n", "grid", f"{MAX_TRIALS + 2:,} trials")
+    assert time.perf_counter() - t0 < 5  # refused from the axis sizes, not after expanding them
+
+
+def test_print_schema_lists_every_key_a_grid_may_set(capsys):
+    from cluster import settings
+    from sweeps import launch
+    from uncertainty_robust.config import grid_fields
+
+    assert launch.main(["--print-schema"]) == 0
+    text = capsys.readouterr().out
+    keys = {ln.split(":")[0].strip() for ln in text.splitlines() if ":" in ln and not ln.startswith("#")}
+    assert {k.split(".")[-1] for k in grid_fields()} <= keys
+    for sec in settings.SECTIONS:
+        assert f"{sec}:" in text and set(settings.defaults(sec)) <= keys
+    assert "reuse_eps: true" in text and "autoattack_informative: [0.01, 0.99]" in text

@@ -65,12 +65,12 @@ def tmpfs(tmp_path):
 # ------------------------------------------------------------------------------ best.pt
 def _scripted_probe(monkeypatch, values: list):
     """The real per-epoch probe with val/robust_acc replaced by ``values[epoch - 1]``."""
-    real = train._epoch_probe
+    real = train._validate_epoch
 
     def probe(model, x, y, cfg, epoch):
         return {**real(model, x, y, cfg, epoch), "val/robust_acc": values[epoch - 1]}
 
-    monkeypatch.setattr(train, "_epoch_probe", probe)
+    monkeypatch.setattr(train, "_validate_epoch", probe)
 
 
 def _numbers(rec: dict) -> tuple:

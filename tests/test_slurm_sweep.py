@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from common import run_trial_dirs, tiny_grid
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "sweeps" / "launch.py"
@@ -126,15 +126,7 @@ def _launch(*args, timeout: float = 60, env: dict | None = None) -> subprocess.C
     return _run([sys.executable, LAUNCH, *args], timeout=timeout, cwd=REPO, env=env or _env())
 
 
-def _grid(tmp_path: Path, name: str, **changes) -> Path:
-    """A grid derived from tests/grids/tiny.yaml (nested mappings are merged)."""
-    g = yaml.safe_load(TINY.read_text())
-    for k, v in changes.items():
-        g[k] = {**g[k], **v} if isinstance(v, dict) and isinstance(g.get(k), dict) else v
-    g["name"] = name
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(g, sort_keys=False))
-    return p
+_grid = tiny_grid
 
 
 def _events(run_dir: Path) -> list[dict]:
@@ -142,8 +134,7 @@ def _events(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()] if f.exists() else []
 
 
-def _trial_dirs(run_dir: Path) -> list[Path]:
-    return [run_dir / "trials" / d for d in json.loads((run_dir / "plan.json").read_text())["trial_dirs"]]
+_trial_dirs = run_trial_dirs
 
 
 def _ckpt_epoch(trial_dir: Path) -> int:
@@ -645,7 +636,7 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
         "the Ray head did not leave SIGTERM to submitit"
     )
     # and Ray's own processes (GCS, raylet: children of the head task, signalled by the step too) did not
-    # die of b's SIGTERM before its USR2 (cluster.slurm.shielded_children); CI once saw the driver lose
+    # die of b's SIGTERM before its USR2 (cluster.slurm_job.shielded_children); CI once saw the driver lose
     # its GCS and the job end FAILED instead of requeued
     assert not any("Failed to connect to GCS" in t for t in logs), "the head's Ray died of the step's SIGTERM"
     assert "FAILED" not in _sacct_history(job_id), _sacct_history(job_id)

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from common import assert_autoattack_at_every_informative_eps
+from common import assert_autoattack_at_every_informative_eps, assert_grid_refused, run_trial_dirs, tiny_grid
 
 from sweeps import launch
-from sweeps.grid import GridError, load_grid, parse_grid
+from sweeps.grid import load_grid, parse_grid
 from uncertainty_robust.trial import read_points
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,9 +31,7 @@ def launch_cmd(*args) -> list:
     return [sys.executable, str(REPO / "sweeps" / "launch.py"), *args]
 
 
-def trial_dirs(run: Path) -> list:
-    plan = json.loads((run / "plan.json").read_text())
-    return [run / "trials" / d for d in plan["trial_dirs"]]
+trial_dirs = run_trial_dirs
 
 
 def starts(d: Path) -> int:
@@ -104,9 +101,7 @@ BAD_GRIDS = {
 @pytest.mark.parametrize("case", sorted(BAD_GRIDS))
 def test_malformed_grid_exits_2_with_one_line(case, tmp_path, capsys):
     text, key = BAD_GRIDS[case]
-    with pytest.raises(GridError) as e:
-        parse_grid(text)
-    assert e.value.key == key
+    assert_grid_refused(text, key)
     g = tmp_path / "bad.yaml"
     g.write_text(text)
     assert launch.main(["--grid", str(g), "--cluster", "local", "--dry-run", "--storage", str(tmp_path)]) == 2
@@ -164,19 +159,14 @@ def test_bad_value_from_a_parent_names_the_file_that_set_it(tmp_path):
     (tmp_path / "gp.yaml").write_text(PARENT.replace("attacks: [fgsm]", "attacks: [fgsm, deepfool]"))
     (tmp_path / "p.yaml").write_text("extends: gp\nseeds: [1]\n")
     (tmp_path / "c.yaml").write_text("extends: p\n")
-    with pytest.raises(GridError) as e:
-        load_grid(tmp_path / "c.yaml")
-    assert e.value.key == "evaluation.attacks[1].name" and "(set in gp.yaml)" in str(e.value), e.value
+    assert_grid_refused("", "evaluation.attacks[1].name", "(set in gp.yaml)", path=tmp_path / "c.yaml")
     (tmp_path / "gp.yaml").write_text(PARENT)
     (tmp_path / "p.yaml").write_text("extends: gp\nadversarial: {pgd_steps: 0}\n")
-    with pytest.raises(GridError) as e:
-        load_grid(tmp_path / "c.yaml")
-    assert e.value.key == "adversarial.pgd_steps" and "(set in p.yaml)" in str(e.value), e.value
+    assert_grid_refused("", "adversarial.pgd_steps", "(set in p.yaml)", path=tmp_path / "c.yaml")
     # a value the grid itself states (here overriding the parent's) is its own error: no file named
     (tmp_path / "c.yaml").write_text("extends: p\nadversarial: {pgd_steps: -3}\n")
-    with pytest.raises(GridError) as e:
-        load_grid(tmp_path / "c.yaml")
-    assert e.value.key == "adversarial.pgd_steps" and "set in" not in str(e.value), e.value
+    err = assert_grid_refused("", "adversarial.pgd_steps", path=tmp_path / "c.yaml")
+    assert "set in" not in str(err), err
 
 
 @pytest.mark.parametrize(
@@ -193,9 +183,7 @@ def test_bad_value_from_a_parent_names_the_file_that_set_it(tmp_path):
 def test_bad_extends_exits_2_with_one_line(files, key, words, tmp_path, capsys):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    with pytest.raises(GridError) as e:
-        load_grid(tmp_path / "c.yaml")
-    assert e.value.key == key and words in str(e.value), str(e.value)
+    assert_grid_refused("", key, words, path=tmp_path / "c.yaml")
     rc = launch.main(
         ["--grid", str(tmp_path / "c.yaml"), "--cluster", "local", "--dry-run", "--storage", str(tmp_path)]
     )
@@ -378,10 +366,7 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
     first runs, the driver is SIGKILLed as soon as a trial has finished, and the relaunch completes
     every trial without training a finished one again."""
     epochs = 8  # long enough that the kill lands while trials are still training
-    grid = yaml.safe_load(TINY.read_text())
-    grid.update(epochs=epochs)
-    g = tmp_path / "tiny8.yaml"
-    g.write_text(yaml.safe_dump(grid))
+    g = tiny_grid(tmp_path, "tiny8", epochs=epochs)
     args = launch_cmd(
         "--grid",
         str(g),
@@ -449,10 +434,10 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
     """A 2-rank trial whose rank 1 is SIGKILLed mid-training restarts both ranks from its last
     checkpoint and finishes; the default console says where the logs are, prints one line per epoch
     (rank 0 only; the restart is noted on it) and nothing of Ray's or the ranks' own output."""
-    grid = yaml.safe_load(TINY.read_text())
-    grid.update(defenses=["at"], epochs=8, n_train=2000, adversarial={"pgd_steps": 5, "eps_step": 0.05})
-    g = tmp_path / "one.yaml"
-    g.write_text(yaml.safe_dump(grid))
+    g = tiny_grid(
+        tmp_path, "one", replace=True, defenses=["at"], epochs=8, n_train=2000,
+        adversarial={"pgd_steps": 5, "eps_step": 0.05},
+    )  # fmt: skip
     args = launch_cmd(
         "--grid",
         str(g),
@@ -580,7 +565,7 @@ def test_users_own_tune_script_runs_a_defense_trainable_by_name(tmp_path):
 SHIELD_SCRIPT = r"""
 import os, signal, subprocess, sys, time
 import ray
-from cluster.slurm import shielded_children
+from cluster.slurm_job import shielded_children
 
 def alive(pid):
     try:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from common import AT_EPS, AT_STEPS, STD, acc, fit_quiet
 
-from uncertainty_robust import checkpoint, trial
+from uncertainty_robust import checkpoint, resume, trial
 from uncertainty_robust.attacks import AttackSpec, run_suite
 from uncertainty_robust.config import TrialConfig, validate
 
@@ -259,7 +259,7 @@ def test_best_epoch_is_the_earliest_of_equal_validation_values(monkeypatch):
         monkeypatch.setattr(
             train, "_epoch_probe", lambda m, x, y, c, epoch, v=values: {"val/robust_acc": v[epoch - 1]}
         )
-        st = train.TrainState()
+        st = resume.TrainState()
         for e in range(len(values)):
             st.epoch = e + 1
             train._epoch_metrics(None, opt, cfg, {"loss": [1.0, 1]}, None, None, "cpu", st, 0.0)

@@ -17,7 +17,7 @@ from sweeps.grid import GridError, parse_grid
 from uncertainty_robust import checkpoint, train, trial
 from uncertainty_robust.attacks import AttackSpec
 from uncertainty_robust.config import TrialConfig, validate
-from uncertainty_robust.data import datasets, load_arrays, load_train_val, train_val_indices
+from uncertainty_robust.data import load_arrays, load_train_val, loaders, train_val_indices
 from uncertainty_robust.errors import ConfigError, UserError
 
 TINY = dict(width=0.25, n_train=300, n_eval=30, jacobian_points=8, test_eps=[0.0, 0.2])
@@ -77,13 +77,13 @@ def test_config_of_the_validation_fields():
 # ----------------------------------------------------------------------------- the probe
 def test_fit_reads_only_the_training_split_and_probes_validation(tmp_path, monkeypatch):
     asked = []
-    real = datasets.load_arrays
+    real = loaders.load_arrays
 
     def spy(name, split, *a, **k):
         asked.append(split)
         return real(name, split, *a, **k)
 
-    monkeypatch.setattr(datasets, "load_arrays", spy)
+    monkeypatch.setattr(loaders, "load_arrays", spy)
     cfg = validate(TrialConfig(defense="standard", epochs=1, val_points=100, **TINY))
     _, summary = fit_quiet(cfg, tmp_path / "t")
     assert asked and set(asked) == {"train"}, asked  # the test split is for the final evaluation only
@@ -102,9 +102,9 @@ def test_probe_is_rms_deterministic_and_leaves_the_training_rng_alone(std_model)
     (_, _), (x, y), _ = load_train_val("mnist_embedded", None, 100, 200, 0)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a = train._epoch_probe(std_model, x, y, cfg, epoch=2)
+    a = train._validate_epoch(std_model, x, y, cfg, epoch=2)
     assert torch.equal(torch.get_rng_state(), before)  # forked: training's stream is untouched
-    assert a == train._epoch_probe(std_model, x, y, cfg, epoch=2)
+    assert a == train._validate_epoch(std_model, x, y, cfg, epoch=2)
     assert a["val/robust_acc"] < a["val/clean_acc"]
     g = torch.Generator().manual_seed(3 * 100003 + 2)
     sq = jacobian_norms_estimate(std_model, x[:128], projections=2, generator=g, squared=True)
@@ -118,14 +118,14 @@ def test_probe_is_rms_deterministic_and_leaves_the_training_rng_alone(std_model)
 def _scripted_probe(monkeypatch, values: list):
     """The real probe, with val/robust_acc replaced by ``values[epoch - 1]`` (which epoch is best
     is then known in advance)."""
-    real = train._epoch_probe
+    real = train._validate_epoch
 
     def probe(model, x, y, cfg, epoch):
         m = real(model, x, y, cfg, epoch)
         m["val/robust_acc"] = values[epoch - 1]
         return m
 
-    monkeypatch.setattr(train, "_epoch_probe", probe)
+    monkeypatch.setattr(train, "_validate_epoch", probe)
 
 
 def test_best_checkpoint_is_kept_and_evaluated(tmp_path, monkeypatch):

@@ -200,3 +200,12 @@ def record(cfg, device: torch.device) -> dict:
         "channels_last": memory_format(device, cfg.precision) is torch.channels_last,
         "backend": dist.get_backend() if distributed else None,
     }
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside ``torch.distributed``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -94,6 +94,24 @@ class TrialDir(_Dir):
 
 
 @dataclass(frozen=True)
+class AggregateDir(_Dir):
+    """One aggregate (``RUN/aggregate/``, ``RUN/aggregate_best/`` or ``ur-aggregate --out``): what
+    ``uncertainty_robust.report.aggregate`` writes, each name once."""
+
+    tables = property(lambda self: self.root / "tables.md")  # every table, the audit, the correlations
+    summary = property(lambda self: self.root / "summary.json")  # counts, flags, every check's outcome
+    transfer = property(lambda self: self.root / "transfer.json")  # the audit's transfer attacks (a cache)
+    jacobian_correlation = property(lambda self: self.root / "jacobian_correlation.json")
+    tb = property(lambda self: self.root / "tb")  # TensorBoard
+    figures = property(lambda self: self.root / "figures")
+    examples = property(lambda self: self.root / "examples")  # adversarial examples as PNG
+
+    def table(self, dataset: str, model: str, suffix: str) -> Path:
+        """``table_<dataset>_<model>.<suffix>`` (csv, json)."""
+        return self.root / f"table_{dataset}_{model}.{suffix}"
+
+
+@dataclass(frozen=True)
 class RunDir(_Dir):
     """A sweep's run directory (see the module docstring for what each file is)."""
 

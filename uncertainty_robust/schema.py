@@ -42,10 +42,16 @@ class Rule:
     def describe(self) -> str:
         if self.kind in ("number", "int"):
             what = "a number" if self.kind == "number" else "an integer"
-            return f"{what} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+            return f"{what} in {self._interval()}"
         if self.kind == "choice":
             return "one of " + ", ".join(map(str, self.allowed()))
+        if self.kind == "list" and self.each is not None:
+            return f"a list, each {self.each.describe()}"
         return {"bool": "true or false", "str": "a string", "list": "a list"}.get(self.kind or "", "a value")
+
+    def _interval(self) -> str:
+        fmt = (lambda v: f"{int(v)}") if self.kind == "int" else (lambda v: f"{v:g}")
+        return f"{'(' if self.lo_open else '['}{fmt(self.lo)}, {fmt(self.hi)}]"
 
     def check(self, key: str, value: Any) -> None:
         if value is None:
@@ -61,8 +67,7 @@ class Rule:
             ):
                 raise ConfigError(key, f"expected {self.describe()}, got {value!r}")
             if value > self.hi or value < self.lo or (self.lo_open and value == self.lo):
-                interval = f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
-                raise ConfigError(key, f"{value!r} is out of range {interval}")
+                raise ConfigError(key, f"{value!r} is out of range {self._interval()}")
         elif self.kind == "choice":
             if value not in self.allowed():
                 raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, self.allowed()))}")

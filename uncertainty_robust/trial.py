@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .accel import rank_world
 from .config import TrialConfig
 from .evaluation import evaluate, read_result, result_record
 from .rundir import TrialDir
-from .train import EpochCallback, fit, make_model, rank_world
+from .train import EpochCallback, fit, make_model
 
 log = logging.getLogger("uncertainty_robust")
 

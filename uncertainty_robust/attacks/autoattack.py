@@ -33,7 +33,16 @@ from typing import Callable, Optional
 
 import torch
 
-from .registry import ATTACKS, LINF, Attack, AttackSpec, Cost, n_target_classes, register_attack
+from .registry import (
+    ATTACKS,
+    AUTOATTACK_SOURCE,
+    LINF,
+    Attack,
+    AttackSpec,
+    Cost,
+    n_target_classes,
+    register_attack,
+)
 
 APGD = "Croce & Hein 2020, Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks"
 FAB = "Croce & Hein 2020, Minimally distorted Adversarial Examples with a Fast Adaptive Boundary Attack"
@@ -280,132 +289,69 @@ def _registry_fn(name: str, doc: str) -> Callable:
     return fn
 
 
-_ARGS = "Arguments: ``eps`` (L-inf radius), ``steps`` ({steps}: {unit}), ``restarts`` ({restarts}), ``cost``."
-_ADAPTIVE = "adaptive (APGD/FAB)"
-_COMMON = dict(norm=LINF, source="autoattack", default_steps=100, unit="iterations", step_text=_ADAPTIVE)
+# The registry entries: pyautoattack's single attacks, then its two ensembles. What each is, in one
+# line (the docstring of its registry function, with its paper and defaults).
+_SINGLE = (  # name, loss, paper, steps (unit), targeted, black box, extra passes per step, what it is
+    ("apgd-ce", "ce", APGD, 100, "iterations", False, False, 0.0,
+     "Auto-PGD on the cross-entropy loss (APGDAttack(loss='ce')); adaptive step from 2 eps, momentum 0.75"),
+    ("apgd-dlr", "dlr", APGD, 100, "iterations", False, False, 0.0,
+     "Auto-PGD on the difference-of-logits-ratio loss (APGDAttack(loss='dlr')), scale-invariant: a "
+     "rescaled or saturated softmax does not hide its gradient"),
+    ("apgd-t", "targeted dlr", APGD, 100, "iterations per target class", True, False, 0.0,
+     "Auto-PGD on the targeted DLR loss, for each of the min(9, K-1) most likely wrong classes "
+     "(APGDAttack_targeted)"),
+    ("fab-t", "minimal distortion, targeted", FAB, 100, "iterations per target class", True, False, 1 / 3,
+     "targeted Fast Adaptive Boundary attack (FABAttack_PT(targeted=True)), minimal distortion by "
+     "projection on the linearised boundary, for each of the min(9, K-1) most likely wrong classes; a "
+     "point counts as broken only if its example lies inside the eps-ball"),
+    ("square", "margin", SQUARE, 5000, "queries", False, True, 0.0,
+     "Square Attack (SquareAttack, p_init 0.8): score-based black-box, random square updates accepted "
+     "when the margin loss falls; gradient-free, so gradient masking does not stop it"),
+)  # fmt: skip
+_ENSEMBLES = (  # name, pyautoattack version, components, what it is
+    ("autoattack", "standard", ("apgd-ce", "apgd-t", "fab-t", "square"),
+     "AutoAttack, version 'standard': APGD-CE (100 iterations), APGD-T (9 targets x 100), FAB-T (9 "
+     "targets x 100), Square (5000 queries), each on the points the previous left robust"),
+    ("autoattack-rand", "rand", ("apgd-ce", "apgd-dlr"),
+     "AutoAttack, version 'rand', for randomized models: APGD-CE and APGD-DLR with Expectation over "
+     "Transformation (20 samples per gradient)"),
+)  # fmt: skip
 
-register_attack(
-    Attack(
-        name="apgd-ce",
-        fn=_registry_fn(
-            "apgd-ce",
-            f"""APGD-CE: Auto-PGD on the cross-entropy loss (pyautoattack's ``APGDAttack(loss="ce")``).
-
-    Paper: {APGD}. Norm: L-inf. Step: adaptive (starts at 2 eps, halved on stalls; momentum 0.75).
-    {_ARGS.format(steps=100, unit="iterations", restarts=1)}""",
-        ),
-        loss="ce",
-        paper=APGD,
-        **_COMMON,
-    )
-)
-register_attack(
-    Attack(
-        name="apgd-dlr",
-        fn=_registry_fn(
-            "apgd-dlr",
-            f"""APGD-DLR: Auto-PGD on the difference-of-logits-ratio loss (pyautoattack's ``APGDAttack(loss="dlr")``),
-    scale-invariant, so a rescaled or saturated softmax does not hide its gradient.
-
-    Paper: {APGD}. Norm: L-inf. Step: adaptive.
-    {_ARGS.format(steps=100, unit="iterations", restarts=1)}""",
-        ),
-        loss="dlr",
-        paper=APGD,
-        **_COMMON,
-    )
-)
-register_attack(
-    Attack(
-        name="apgd-t",
-        fn=_registry_fn(
-            "apgd-t",
-            f"""APGD-T: Auto-PGD on the targeted DLR loss, for each of the min(9, K-1) most likely wrong classes
-    in turn (pyautoattack's ``APGDAttack_targeted``).
-
-    Paper: {APGD}. Norm: L-inf. Step: adaptive.
-    {_ARGS.format(steps=100, unit="iterations per target class", restarts="1 per target class")}""",
-        ),
-        loss="targeted dlr",
-        paper=APGD,
-        targeted=True,
-        **_COMMON,
-    )
-)
-register_attack(
-    Attack(
-        name="fab-t",
-        fn=_registry_fn(
-            "fab-t",
-            f"""FAB-T: the targeted Fast Adaptive Boundary attack, a minimal-distortion attack that projects on
-    the linearised decision boundary, for each of the min(9, K-1) most likely wrong classes
-    (pyautoattack's ``FABAttack_PT(targeted=True)``); a point counts as broken only if the
-    example it finds lies inside the eps-ball.
-
-    Paper: {FAB}. Norm: L-inf.
-    {_ARGS.format(steps=100, unit="iterations per target class", restarts="1 per target class")}""",
-        ),
-        loss="minimal distortion, targeted",
-        paper=FAB,
-        targeted=True,
-        extra_passes=1 / 3,  # a forward of the projected point besides each forward+backward
-        **_COMMON,
-    )
-)
-register_attack(
-    Attack(
-        name="square",
-        fn=_registry_fn(
-            "square",
-            f"""Square: a score-based black-box attack (random square-shaped updates accepted when the margin
-    loss falls), gradient-free, so gradient masking does not stop it (pyautoattack's
-    ``SquareAttack``, p_init 0.8).
-
-    Paper: {SQUARE}. Norm: L-inf.
-    {_ARGS.format(steps=5000, unit="queries", restarts=1)}""",
-        ),
-        norm=LINF,
-        loss="margin",
-        paper=SQUARE,
-        default_steps=5000,
-        source="autoattack",
-        unit="queries",
-        black_box=True,
-        step_text="random squares (Square)",
-    )
-)
-for _name, _version, _components, _doc in (
-    (
-        "autoattack",
-        "standard",
-        ("apgd-ce", "apgd-t", "fab-t", "square"),
-        """AutoAttack, version "standard": APGD-CE (100 iterations), APGD-T (9 targets x 100 iterations),
-    FAB-T (9 targets x 100 iterations), Square (5000 queries), each on the points the previous left
-    robust, with pyautoattack's own settings.""",
-    ),
-    (
-        "autoattack-rand",
-        "rand",
-        ("apgd-ce", "apgd-dlr"),
-        """AutoAttack, version "rand", for randomized models: APGD-CE and APGD-DLR with Expectation over
-    Transformation (20 iterations per gradient), pyautoattack's own settings.""",
-    ),
-):
+for _name, _loss, _paper, _steps, _unit, _targeted, _black_box, _extra, _what in _SINGLE:
     register_attack(
         Attack(
             name=_name,
             fn=_registry_fn(
                 _name,
-                f"""{_doc}
-
-    Paper: {APGD}. Norm: L-inf. Arguments: ``eps``, ``cost`` (no steps or restarts: the authors'
-    settings are the point).""",
+                f"{_name}: {_what}.\n\nPaper: {_paper}. Norm: L-inf. Arguments: ``eps``, ``steps`` "
+                f"({_steps}: {_unit}), ``restarts`` (1), ``cost``; pyautoattack's own object.",
+            ),
+            norm=LINF,
+            loss=_loss,
+            paper=_paper,
+            default_steps=_steps,
+            source=AUTOATTACK_SOURCE,
+            unit=_unit,
+            targeted=_targeted,
+            black_box=_black_box,
+            extra_passes=_extra,
+            step_text="random squares (Square)" if _black_box else "adaptive (APGD/FAB)",
+        )
+    )
+for _name, _version, _components, _what in _ENSEMBLES:
+    register_attack(
+        Attack(
+            name=_name,
+            fn=_registry_fn(
+                _name,
+                f"{_what}, with pyautoattack's own settings.\n\nPaper: {APGD}. Norm: L-inf. "
+                "Arguments: ``eps``, ``cost`` (no steps or restarts: the authors' settings are the point).",
             ),
             norm=LINF,
             loss="ce, dlr, ...",
             paper=APGD,
             default_steps=1,
-            source="autoattack",
+            source=AUTOATTACK_SOURCE,
             components=_components,
             version=_version,
             unit="",

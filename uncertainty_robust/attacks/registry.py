@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import torch
 
 LINF, L2 = "Linf", "L2"  # the norms, one spelling
+OURS_SOURCE, AUTOATTACK_SOURCE = "ours", "autoattack"  # who wrote an attack: this package, or pyautoattack
 NORMS = (LINF, L2)
 QUERIES_PER_PASS = 3  # a forward-only query (Square) costs about a third of a forward+backward pass
 
@@ -81,7 +82,7 @@ class Attack:
     margin_twin_of: Optional[str] = None  # the same loop as this attack, on the margin loss
     black_box: bool = False  # gradient-free, outputs only: the black-box check (Square)
     targeted: bool = False  # runs once per target class (n_target_classes)
-    source: str = "ours"  # "ours" or "autoattack" (pyautoattack, Croce & Hein's own code)
+    source: str = OURS_SOURCE  # or AUTOATTACK_SOURCE (pyautoattack, Croce & Hein's own code)
     components: tuple = ()  # an ensemble: the attacks it runs in this order, each on the points still robust
     version: Optional[str] = None  # an AutoAttack ensemble's pyautoattack version ("standard", "rand")
     unit: str = "steps"  # what STEPS counts: "steps", "iterations" or "queries"
@@ -95,6 +96,11 @@ class Attack:
     @property
     def ensemble(self) -> bool:
         return bool(self.components)
+
+    @property
+    def pyautoattack(self) -> bool:
+        """Croce & Hein's own code (run per chunk through ``attacks.autoattack.run_plan``)."""
+        return self.source == AUTOATTACK_SOURCE
 
     @property
     def takes_steps(self) -> bool:

@@ -24,21 +24,9 @@ API::
     x, y = load_tensors("mnist_embedded", "test", n=500, seed=0)  # float32 [0,1], balanced subset
 """
 
-from .datasets import (
-    DATASETS,
-    DEBIAN_FASHION_MNIST,
-    SPLITS,
-    DatasetInfo,
-    DatasetNotFound,
-    dataset_info,
-    load_arrays,
-    load_tensors,
-    load_train_val,
-    read_idx,
-    stratified_indices,
-    subset_indices,
-    train_val_indices,
-)
+from .datasets import DATASETS, SPLITS, DatasetInfo, DatasetNotFound, dataset_info
+from .loaders import DEBIAN_FASHION_MNIST, load_arrays, load_tensors, load_train_val, read_idx, subset_indices
+from .splits import stratified_indices, train_val_indices
 
 __all__ = [
     "DATASETS",

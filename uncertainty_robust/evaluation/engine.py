@@ -111,7 +111,7 @@ class Runner:
         for b, i in enumerate(range(0, len(pts), self.bs)):
             p = pts[i : i + self.bs]
             seed = chunk_seed(self.plan.seed, step.key, c, b)
-            if spec.attack.source == "autoattack":
+            if spec.attack.pyautoattack:
                 c0 = cost.seconds
                 _, after = run_plan(self.model, x[p], y[p], step.eps, step.version or "standard",
                                     [(spec.name, spec.steps, spec.restarts)], seed, cost, msgs)  # fmt: skip

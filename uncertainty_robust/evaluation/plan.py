@@ -166,9 +166,7 @@ class EvalPlan:
         survive it: survivors cost the attack's full passes, broken points :data:`BROKEN_SHARE` of
         them (early exit), APGD without early exit the full passes."""
         full = step.spec.passes_per_point(self.num_classes)
-        early = (
-            1.0 if step.spec.attack.source == "autoattack" and not step.spec.attack.targeted else BROKEN_SHARE
-        )
+        early = 1.0 if step.spec.attack.pyautoattack and not step.spec.attack.targeted else BROKEN_SHARE
         if step.spec.attack.black_box:
             early = BROKEN_SHARE
         return robust_after * full + max(0.0, attacked - robust_after) * full * early

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import audit as au
-from ..rundir import RunDir, read_json
+from ..rundir import AggregateDir, RunDir, read_json
 from ..stats import BootstrapSpec
 from .figures import write_figures
 from .scan import Group, NoTrialsError, Scan, Trial, group_trials, hparams, metrics, scan_run, slug
@@ -108,23 +108,24 @@ def aggregate(
             f"no trial under {run_dir} evaluated its {checkpoint} checkpoint "
             f"(the grid needs evaluation.checkpoints: [last, {checkpoint}])"
         )
-    transfers = _audit(scan, rules, transfer, device, read_json(out / "transfer.json") or {})
+    transfers = _audit(scan, rules, transfer, device, read_json(AggregateDir(out).transfer) or {})
     groups = group_trials(scan.trials)
     tables = build_tables(groups, bootstrap)
     corr = jacobian_correlations(groups)
     markdown, audit_md = _markdown(run_dir, checkpoint, scan, tables, groups, corr)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir(parents=True)
+    new = AggregateDir(tmp)
     try:
-        (tmp / "tables.md").write_text(markdown)
+        new.tables.write_text(markdown)
         for tab in tables:
-            write_table_files(tab, tmp)
-        (tmp / "transfer.json").write_text(json.dumps(transfers, indent=1))
-        (tmp / "jacobian_correlation.json").write_text(json.dumps(corr, indent=1))
-        (tmp / "summary.json").write_text(json.dumps(_summary(run_dir, checkpoint, scan), indent=1))
+            write_table_files(tab, new)
+        new.transfer.write_text(json.dumps(transfers, indent=1))
+        new.jacobian_correlation.write_text(json.dumps(corr, indent=1))
+        new.summary.write_text(json.dumps(_summary(run_dir, checkpoint, scan), indent=1))
         if scan.trials:
-            write_tensorboard(tmp / "tb", scan.trials, groups, markdown, audit_md)
-            write_figures(tmp / "figures", groups)
+            write_tensorboard(new.tb, scan.trials, groups, markdown, audit_md)
+            write_figures(new.figures, groups)
         _swap(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

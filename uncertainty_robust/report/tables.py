@@ -15,11 +15,11 @@ import csv
 import json
 import statistics
 from collections import Counter
-from pathlib import Path
 from typing import Optional
 
 from .. import stats as st
 from ..attacks import ATTACKS
+from ..rundir import AggregateDir
 from .columns import autoattack_ran, cell, columns
 from .paired import add_statistics
 from .scan import mean_std
@@ -292,13 +292,13 @@ def _csv(v) -> str:
     return "" if v is None else repr(v)
 
 
-def write_table_files(tab: dict, out: Path) -> None:
-    stem = out / f"table_{tab['dataset']}_{tab['model']}"
+def write_table_files(tab: dict, out: AggregateDir) -> None:
+    csv_path, json_path = (out.table(tab["dataset"], tab["model"], s) for s in ("csv", "json"))
     cols = tab["columns"]
     settings = "; ".join(
         f"{k}:{v['steps']}x{v['restarts']} step {v['step_size']}" for k, v in tab["attacks"].items()
     )
-    with open(f"{stem}.csv", "w", newline="") as f:
+    with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             ["method", "defense", "lam", "eps_train", "dataset", "model", "n_points", "n_seeds", "seeds"]
@@ -385,4 +385,4 @@ def write_table_files(tab: dict, out: Path) -> None:
         "statistics": tab.get("statistics"),
         "entries": entries,
     }
-    Path(f"{stem}.json").write_text(json.dumps(doc, indent=1))
+    json_path.write_text(json.dumps(doc, indent=1))

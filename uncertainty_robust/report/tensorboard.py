@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..rundir import TrialDir
+from ..rundir import AggregateDir, TrialDir
 from .scan import Group, hparams, metrics, slug
 from .series import curves, jacobian_lines, matrices, matrix_markdown
 
@@ -90,7 +90,7 @@ def _write_examples(tb: Path, g: Group) -> None:
     import torch
     import torchvision.utils as vutils
 
-    png = tb.parent / "examples"
+    png = AggregateDir(tb.parent).examples
     png.mkdir(exist_ok=True)
     with SummaryWriter(str(tb / "examples" / g.slug)) as w:
         for eps in sorted(ex, key=float):
