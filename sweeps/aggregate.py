@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", default=None, help="device for the transfer attacks (default cuda if available, else cpu)"
     )
+    p.add_argument(
+        "--claims",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a claims file (results/claims.yaml): one verdict per claim and row, printed and written to "
+        "claims.md / claims.json in the aggregate",
+    )
     return p
 
 
@@ -76,6 +84,11 @@ def main(argv=None) -> int:
     if not args.run_dir.is_dir():
         raise UserError(f"{args.run_dir} is not a directory")
     out = args.out if args.out is not None else RunDir(args.run_dir).aggregate_for(args.checkpoint)
+    claims = None
+    if args.claims is not None:
+        from uncertainty_robust.report import claims as claims_mod
+
+        claims = claims_mod.load(args.claims)  # a bad file: one line, before any work
     try:
         with aggregate_lock(out):  # one writer per aggregate directory: a second one is refused
             s = aggregate(
@@ -109,6 +122,16 @@ def main(argv=None) -> int:
         for f in flags:
             print(f"  {name}: {f}")
     print(f"written to {s.out} (tensorboard --logdir {s.out / 'tb'})")
+    if claims is not None:
+        rows = claims_mod.write(s.out, claims)
+        print()
+        print(claims_mod.markdown(rows, claims), end="")
+        counts = {v: sum(r["verdict"] == v for r in rows) for v in claims_mod.VERDICTS}
+        print(
+            "claims: "
+            + ", ".join(f"{n} {v}" for v, n in counts.items())
+            + f" (written to {s.out / 'claims.md'})"
+        )
     return 0
 
 

@@ -14,6 +14,7 @@ to separate the prior's error from the pass model's).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Callable, Optional
@@ -123,23 +124,80 @@ def seconds_per_example(c: TrialConfig, batch: int = 64, reps: int = 7) -> float
         torch.set_num_threads(threads)
 
 
+def iteration_seconds(c: TrialConfig, names: set) -> dict:
+    """Measured: the fixed cost of one loop iteration of each attack in ``names`` (its per-batch
+    overhead, which dominates on the small batches an evaluation's survivors make), and of one
+    iteration of the clean pass / Jacobians (""), in this thread's CPU time. Each attack runs a few
+    iterations on 2 points it cannot break (eps 1e-4, labels = the model's own predictions, noise
+    inputs: a timing, no result is claimed from it)."""
+    from uncertainty_robust.attacks import ATTACKS, AttackSpec, Cost, run_attack
+    from uncertainty_robust.attacks.autoattack import run_plan
+
+    info = dataset_info(c.dataset)
+    model = make_model(c).eval()
+    x = torch.rand(2, info.channels, info.size, info.size)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {"": seconds_per_example(c, batch=1)}
+    try:
+        for name in sorted(n for n in names if n):
+            a = ATTACKS[name]
+            steps = 1 if not a.takes_steps else (200 if a.black_box else 20)
+            spec = AttackSpec(name, steps if a.takes_steps else None)
+            loop = spec.steps * spec.restarts * a.n_target_classes(info.num_classes)
+            t0 = time.thread_time()
+            if a.pyautoattack:
+                run_plan(model, x, y, 1e-4, "standard", [(name, spec.steps, spec.restarts)], 0, Cost())
+            else:
+                run_attack(model, x, y, spec, 1e-4, Cost())
+            out[name] = (time.thread_time() - t0) / max(1, loop)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def evaluation_seconds(c: TrialConfig, robust=None, calibration: Optional[dict] = None) -> float:
+    """The evaluation's CPU seconds on this machine: every step's expected passes at the measured
+    per-example cost plus its iterations at the attack's measured per-iteration cost."""
+    work = EvalPlan.of(c).expected_work(robust or prior(c))
+    cal = calibration or {
+        "example": seconds_per_example(c),
+        "iteration": iteration_seconds(c, {w.attack for w in work}),
+    }
+    per_it = cal["iteration"]
+    return len(c.checkpoints) * sum(
+        w.passes * cal["example"] + w.iterations * per_it.get(w.attack, per_it[""]) for w in work
+    )
+
+
 def estimate(trials: list, robust: Optional[Callable] = None) -> dict:
+    """Per trial and in total: passes by part, and CPU-hours: training and validation at the measured
+    per-example cost, the evaluation by :func:`evaluation_seconds` (passes and iterations)."""
     cache: dict = {}
+    done: dict = {}
     per = []
     for c in trials:
         key = (c.dataset, c.model, c.width)
         if key not in cache:
-            cache[key] = seconds_per_example(c)
-        parts = breakdown(c, robust)
+            names = {w.attack for w in EvalPlan.of(c).expected_work(prior(c))}
+            cache[key] = {"example": seconds_per_example(c), "iteration": iteration_seconds(c, names)}
+        same = json.dumps({k: v for k, v in c.to_dict().items() if k != "seed"}, sort_keys=True, default=str)
+        if same not in done:  # trials that differ only in their seed cost the same
+            done[same] = (breakdown(c, robust), evaluation_seconds(c, robust, cache[key]))
+        parts, eval_s = done[same]
         g = sum(parts.values())
+        train_s = (parts["train"] + parts["validation"]) * cache[key]["example"]
         per.append(
             {
                 "grad_evals": g,
-                "cpu_hours": g * cache[key] / 3600,
+                "cpu_hours": (train_s + eval_s) / 3600,
+                "eval_cpu_hours": eval_s / 3600,
                 **{f"{k}_grad_evals": v for k, v in parts.items()},
             }
         )
-    sec = next(iter(cache.values())) if cache else 0.0
+    sec = next(iter(cache.values()))["example"] if cache else 0.0
     return {
         "per_trial": per,
         "grad_evals": sum(p["grad_evals"] for p in per),

@@ -291,8 +291,9 @@ def _expand(text: str, data: dict) -> Grid:
                 raise GridError(_grid_key(e.key), e.msg) from None
             except TypeError as e:
                 raise GridError("grid", str(e)) from None
-            if cfg.trial_id() not in seen:
-                seen.add(cfg.trial_id())
+            tid = cfg.trial_id()
+            if tid not in seen:
+                seen.add(tid)
                 trials.append(cfg)
     _check_metric(search, trials)
     if search["mode"] == "random":

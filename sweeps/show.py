@@ -53,8 +53,9 @@ def print_dry_run(grid: Grid, cluster: str) -> None:
     print(
         f"total: {est['grad_evals']:.3g} gradient evaluations (forward+backward per example: {parts}; the "
         f"evaluation's from a prior of the points each attack leaves standing, sweeps/cost.py), "
-        f"~{est['cpu_hours']:.2f} CPU-hours at the measured {est['sec_per_grad_eval'] * 1e3:.3f} ms per example "
-        f"on this machine's CPU ({est['threads']} thread); GPUs are typically 20-100x faster per example"
+        f"~{est['cpu_hours']:.2f} CPU-hours on this machine's CPU ({est['threads']} thread): passes at the measured "
+        f"{est['sec_per_grad_eval'] * 1e3:.3f} ms per example, plus each attack's measured cost per loop "
+        f"iteration (what small batches of survivors pay); GPUs are typically 20-100x faster per example"
     )
     print(disk.summary_line(grid.trials, disk.concurrency(grid, cluster)))
     print("dry run: nothing submitted")

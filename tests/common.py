@@ -89,3 +89,16 @@ def run_trial_dirs(run_dir) -> list:
     from uncertainty_robust.rundir import RunDir
 
     return [t.root for t in RunDir(run_dir).trial_dirs()]
+
+
+def scripted_validation(monkeypatch, values: list) -> None:
+    """The real per-epoch validation with ``val/robust_acc`` replaced by ``values[epoch - 1]`` (which
+    epoch is best is then known in advance)."""
+    from uncertainty_robust import train
+
+    real = train._validate_epoch
+
+    def validate_epoch(model, x, y, cfg, epoch):
+        return {**real(model, x, y, cfg, epoch), "val/robust_acc": values[epoch - 1]}
+
+    monkeypatch.setattr(train, "_validate_epoch", validate_epoch)

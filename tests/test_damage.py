@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from common import scripted_validation
 
 from uncertainty_robust import checkpoint, train, trial
 from uncertainty_robust.attacks import AttackSpec
@@ -63,16 +64,6 @@ def tmpfs(tmp_path):
 
 
 # ------------------------------------------------------------------------------ best.pt
-def _scripted_probe(monkeypatch, values: list):
-    """The real per-epoch probe with val/robust_acc replaced by ``values[epoch - 1]``."""
-    real = train._validate_epoch
-
-    def probe(model, x, y, cfg, epoch):
-        return {**real(model, x, y, cfg, epoch), "val/robust_acc": values[epoch - 1]}
-
-    monkeypatch.setattr(train, "_validate_epoch", probe)
-
-
 def _numbers(rec: dict) -> tuple:
     """What an evaluation measured: clean accuracy, every attack's and the worst case's accuracy."""
     return (
@@ -90,7 +81,7 @@ def test_damaged_best_checkpoint_is_read_from_the_previous_one_or_reported_not_e
     undamaged run); otherwise the best checkpoint is reported not evaluated. Either way: one
     warning line, the file moved aside, an event in starts.log, and the trial finishes."""
     cfg = validate(TrialConfig(**SMALL, val_points=60, checkpoints=["last", "best"]))
-    _scripted_probe(monkeypatch, [0.2, 0.6, 0.4])  # best epoch 2 = checkpoint.prev.pt's
+    scripted_validation(monkeypatch, [0.2, 0.6, 0.4])  # best epoch 2 = checkpoint.prev.pt's
     ref = trial.run_trial(cfg, tmp_path / "ref")
     assert ref["best"]["epoch"] == 2 and ref["best"]["evaluated"]
     d = tmp_path / "t"
@@ -105,7 +96,7 @@ def test_damaged_best_checkpoint_is_read_from_the_previous_one_or_reported_not_e
     assert (ev["file"], ev["resumed_from"], ev["epoch"]) == ("best.pt", "checkpoint.prev.pt", 2)
     assert len(list(d.glob("best.pt.unreadable-*"))) == 1
 
-    _scripted_probe(monkeypatch, [0.6, 0.2, 0.4])  # best epoch 1: no other copy of its weights
+    scripted_validation(monkeypatch, [0.6, 0.2, 0.4])  # best epoch 1: no other copy of its weights
     d = tmp_path / "u"
     train.fit(cfg, d, tensorboard=False)
     (d / "best.pt").write_bytes((d / "best.pt").read_bytes()[:-20])

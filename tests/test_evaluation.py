@@ -6,15 +6,13 @@ resuming after a kill without re-attacking finished chunks, and the progress lin
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 import subprocess
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from common import STD, assert_autoattack_at_every_informative_eps
 
+from benchmarks.evaluation import evaluate_on_ranks
 from uncertainty_robust.attacks import AttackSpec
 from uncertainty_robust.config import TrialConfig, validate
 from uncertainty_robust.evaluation import AUTOATTACK, OURS, EvalPlan, evaluate
@@ -94,30 +92,6 @@ def test_informative_rule_follows_its_band(std_model):
 
 
 # ------------------------------------------------------------------------------ sharding
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank(rank: int, world: int, port: int, model_path: str, cfg: dict, out: str) -> None:
-    import torch.distributed as dist
-
-    from uncertainty_robust.train import make_model
-
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    c = TrialConfig.from_dict(cfg)
-    model = make_model(c)
-    model.load_state_dict(torch.load(model_path))
-    rec = evaluate(model.eval(), c)
-    if rank == 0:
-        keep = {k: rec[k] for k in ("attacks", "worst_case", "autoattack", "jacobian", "masking_probe")}
-        torch.save({"masks": rec["_masks"], "rec": keep, "world": rec["evaluation"]["world_size"]}, out)
-    dist.destroy_process_group()
-
-
 def _comparable(rec: dict) -> dict:
     """The record without wall-clock seconds (which differ between runs)."""
     if isinstance(rec, dict):
@@ -139,11 +113,8 @@ def test_two_ranks_give_every_point_the_outcome_of_one_rank(model_name, std_mode
         )
         model = fit_quiet(train, tmp_path / "bn")[0]
         cfg = small(model="preact_resnet18", width=0.0625, test_eps=[0.0, 0.1, 0.2], jacobian_points=4)
-    torch.save(model.state_dict(), tmp_path / "model.pt")
     one = evaluate(model, cfg)
-    out = tmp_path / "two.pt"
-    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path / "model.pt"), cfg.to_dict(), str(out)), nprocs=2)
-    two = torch.load(out)
+    two = evaluate_on_ranks(model, cfg, 2, tmp_path)
     assert two["world"] == 2
     assert sorted(two["masks"]) == sorted(one["_masks"])
     differ = [k for k, v in one["_masks"].items() if not torch.equal(v, two["masks"][k])]

@@ -18,6 +18,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from uncertainty_robust import report
 from uncertainty_robust.config import AttackSpec, TrialConfig
+from uncertainty_robust.rundir import AggregateDir
 from uncertainty_robust.trial import run_trial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -497,10 +498,42 @@ def test_autoattack_column_and_json(tmp_path):
     assert "AA = per-example worst case over our L-inf attacks and AutoAttack (autoattack" in md
     assert "on 100 of" in md and "ours_on_AA_points" not in md
     assert "| 55.0 ± 7.1 | 46.0 ± 5.7 (ours 57.0 ± 7.1) |" in md  # ours on the same 100 points beside AA
-    report.tables.write_table_files(tab, tmp_path)
+    report.files.write_table_files(tab, AggregateDir(tmp_path))
     doc = json.loads(next(tmp_path.glob("table_*.json")).read_text())
     e = doc["entries"][0]
     assert e["autoattack_acc"]["0.3"]["mean"] == pytest.approx(0.46)
     assert e["worst_case_acc"]["0.3"]["mean"] == pytest.approx(0.55)
     assert e["worst_case_acc_on_autoattack_points"]["0.3"]["mean"] == pytest.approx(0.57)
     assert doc["autoattack"]["n_points"] == [100]
+
+
+def test_trials_csv_and_the_seed_level_test_let_a_reader_recompute_every_comparison(sweep, aggregated):
+    """``trials.csv``: one row per trial with its config, clean, ours and ours + AutoAttack per eps
+    (and whether AutoAttack ran), from its record; the tables' seed-level p for EntM vs Standard
+    (seeds 0, 1) is the paired t-test of the per-seed differences recomputed from those rows."""
+    import csv as csv_mod
+
+    from scipy.stats import ttest_rel
+
+    recs = results(sweep)
+    rows = list(csv_mod.DictReader(open(AggregateDir(aggregated.out).trials_csv)))
+    assert sorted(r["trial"] for r in rows) == sorted(recs)
+    for r in rows:
+        rec = recs[r["trial"]]
+        assert (
+            float(r["clean"]) == pytest.approx(rec["clean_acc"]) and int(r["seed"]) == rec["config"]["seed"]
+        )
+        for w in (w for w in rec["worst_case"] if w["eps"] > 0):
+            assert float(r[f"worst@{w['eps']:g}"]) == pytest.approx((w.get("ours") or w)["acc"])
+            assert r[f"AA_ran@{w['eps']:g}"] == str(w["autoattack"]["ran"])
+    by = {
+        (r["defense"], int(r["seed"])): float(r["worst@0.1"])
+        for r in rows
+        if r["defense"] in ("standard", "entm")
+    }
+    ref = ttest_rel([by[("entm", s)] for s in (0, 1)], [by[("standard", s)] for s in (0, 1)])
+    table = list(
+        csv_mod.DictReader(open(AggregateDir(aggregated.out).table("mnist_embedded", "small_cnn", "csv")))
+    )
+    entm = next(r for r in table if r["method"].startswith("EntM"))
+    assert entm["worst@0.1_p_seed"] != "" and float(entm["worst@0.1_p_seed"]) == pytest.approx(ref.pvalue)

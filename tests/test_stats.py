@@ -201,3 +201,24 @@ def test_holm_families_are_per_attack_over_eps():
     assert [len(f) for f in fams] == [1, 3, 3, 3, 3, 2, 2]
     assert fams[0] == ["clean"] and fams[2] == ["pgd20@0.1", "pgd20@0.2", "pgd20@0.3"]
     assert sorted(k for f in fams for k in f) == sorted(c[0] for c in cols)  # each column in one family
+
+
+def test_seed_level_test_treats_the_seed_as_the_unit():
+    """Per-seed accuracy differences, the paired t-test over seeds against scipy, its t-interval, and
+    the exact sign-flip p-value by enumeration: 3 seeds with differences +0.1, +0.2, +0.3."""
+    from scipy.stats import ttest_1samp
+
+    a = np.zeros((3, 10), dtype=bool)
+    b = np.zeros((3, 10), dtype=bool)
+    for s, k in enumerate((1, 2, 3)):
+        a[s, :k] = True  # method right on k more points than the baseline in seed s
+    out = stats.seed_level(a, b)
+    assert out["seed_diffs"] == pytest.approx([0.1, 0.2, 0.3])
+    ref = ttest_1samp([0.1, 0.2, 0.3], 0.0)
+    assert out["p_seed"] == pytest.approx(ref.pvalue)
+    lo, hi = ref.confidence_interval(0.95)
+    assert (out["seed_lo"], out["seed_hi"]) == pytest.approx((lo, hi))
+    assert out["p_seed_signflip"] == pytest.approx(2 / 8)  # only all-plus and all-minus reach |mean| 0.2
+    assert stats.seed_level(a[:1], b[:1])["p_seed"] is None  # one seed: no seed-level test
+    d = stats.paired_difference(a, b)
+    assert d["p_seed"] == pytest.approx(ref.pvalue) and "p_seed_signflip" in d

@@ -414,6 +414,7 @@ def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
     r = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "restoring experiment" in r.stdout + r.stderr
+    assert "evaluating:" not in r.stdout + r.stderr  # -q: no progress lines
     for d in trial_dirs(run):
         rec = json.loads((d / "result.json").read_text())
         assert rec["train"]["epochs"] == epochs and len(rec["train"]["history"]) == epochs
@@ -493,6 +494,9 @@ def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
     assert any("ranks restarted 1x" in ln for ln in epoch_lines), epoch_lines
     assert sum(" done: clean " in ln for ln in lines) == 1, lines
     assert any(ln.startswith("sweep finished in") for ln in lines), lines
+    # while it evaluated: its progress line (step, points left of rank 0's shard), at most every 10 s
+    progress = [ln for ln in lines if re.match(r"\d\d:\d\d:\d\d \S+  evaluating: eps \S+ \S+", ln)]
+    assert progress and all("points left (rank 0 of 2)" in ln for ln in progress), lines
     noise = [ln for ln in lines if "rank1" in ln or "(pid=" in ln or " INFO " in ln or "WARNING" in ln]
     assert not noise, noise
 

@@ -257,7 +257,7 @@ def test_best_epoch_is_the_earliest_of_equal_validation_values(monkeypatch):
     nan = float("nan")
     for values, best in (([0.2, 0.6, 0.6], 2), ([0.0, 0.0, 0.0], 1), ([0.5, 0.4, 0.6], 3), ([nan, nan], 0)):
         monkeypatch.setattr(
-            train, "_epoch_probe", lambda m, x, y, c, epoch, v=values: {"val/robust_acc": v[epoch - 1]}
+            train, "_validate_epoch", lambda m, x, y, c, epoch, v=values: {"val/robust_acc": v[epoch - 1]}
         )
         st = resume.TrainState()
         for e in range(len(values)):

@@ -1,5 +1,5 @@
 """The validation split and what reads it: carved from train (stratified, seeded, disjoint,
-recorded), the per-epoch probe reads it and never the test split, the best checkpoint (chosen on it)
+recorded), the per-epoch validation reads it and never the test split, the best checkpoint (chosen on it)
 is kept, evaluated and resumed bit-identically through a kill between its two files, the grid
 accepts only validation metrics for ASHA and Tune's final report carries them."""
 
@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from common import fit_quiet
+from common import fit_quiet, scripted_validation
 
 from sweeps import launch
 from sweeps.grid import GridError, parse_grid
@@ -74,8 +74,8 @@ def test_config_of_the_validation_fields():
     validate(TrialConfig(checkpoints=["last", "best"]))
 
 
-# ----------------------------------------------------------------------------- the probe
-def test_fit_reads_only_the_training_split_and_probes_validation(tmp_path, monkeypatch):
+# ----------------------------------------------------------------------------- the per-epoch validation
+def test_fit_reads_only_the_training_split_and_validates_on_its_validation_part(tmp_path, monkeypatch):
     asked = []
     real = loaders.load_arrays
 
@@ -95,7 +95,7 @@ def test_fit_reads_only_the_training_split_and_probes_validation(tmp_path, monke
     assert v["n_points"] == 100 and v["eps"] == 0.2 and v["attack"] == "pgd10" and v["n_train"] == 300
 
 
-def test_probe_is_rms_deterministic_and_leaves_the_training_rng_alone(std_model):
+def test_validation_is_rms_deterministic_and_leaves_the_training_rng_alone(std_model):
     from uncertainty_robust.jacobian import jacobian_norms_estimate
 
     cfg = TrialConfig(defense="standard", seed=3, jacobian_projections=2, test_eps=[0.0, 0.1])
@@ -115,21 +115,8 @@ def test_probe_is_rms_deterministic_and_leaves_the_training_rng_alone(std_model)
 
 
 # ----------------------------------------------------------------------------- best checkpoint
-def _scripted_probe(monkeypatch, values: list):
-    """The real probe, with val/robust_acc replaced by ``values[epoch - 1]`` (which epoch is best
-    is then known in advance)."""
-    real = train._validate_epoch
-
-    def probe(model, x, y, cfg, epoch):
-        m = real(model, x, y, cfg, epoch)
-        m["val/robust_acc"] = values[epoch - 1]
-        return m
-
-    monkeypatch.setattr(train, "_validate_epoch", probe)
-
-
 def test_best_checkpoint_is_kept_and_evaluated(tmp_path, monkeypatch):
-    _scripted_probe(monkeypatch, [0.2, 0.6, 0.4])
+    scripted_validation(monkeypatch, [0.2, 0.6, 0.4])
     cfg = validate(
         TrialConfig(
             defense="standard",
@@ -178,7 +165,7 @@ def test_best_checkpoint_is_kept_and_evaluated(tmp_path, monkeypatch):
 
 
 def test_without_best_in_checkpoints_the_bookkeeping_is_still_recorded(tmp_path, monkeypatch):
-    _scripted_probe(monkeypatch, [0.5, 0.1])
+    scripted_validation(monkeypatch, [0.5, 0.1])
     cfg = validate(TrialConfig(defense="standard", epochs=2, val_points=50, attacks=TINY_ATTACKS, **TINY))
     rec = trial.run_trial(cfg, tmp_path / "t")
     assert rec["best"] == {"epoch": 1, "metric": "val/robust_acc", "value": 0.5, "evaluated": False}
@@ -193,7 +180,7 @@ def test_resume_through_a_kill_between_best_and_checkpoint_is_bit_identical(tmp_
     """Epoch 2 is the best; the process dies after writing best.pt of epoch 2 and before the
     checkpoint that records it. The rerun redoes epoch 2 and ends with the uninterrupted run's
     weights, best.pt and best-epoch bookkeeping."""
-    _scripted_probe(monkeypatch, [0.1, 0.5, 0.3])
+    scripted_validation(monkeypatch, [0.1, 0.5, 0.3])
     cfg = validate(TrialConfig(defense="at", eps=0.2, pgd_steps=2, epochs=3, val_points=60, **TINY))
     ref_model, ref = fit_quiet(cfg, tmp_path / "ref")
     ref_best = checkpoint.load(tmp_path / "ref" / "best.pt")
@@ -222,7 +209,7 @@ def test_resume_through_a_kill_between_best_and_checkpoint_is_bit_identical(tmp_
     def no_time(h):
         return [{k: v for k, v in e.items() if k != "epoch_seconds"} for e in h]
 
-    assert no_time(resumed["history"]) == no_time(ref["history"])  # every metric, the probe's included
+    assert no_time(resumed["history"]) == no_time(ref["history"])  # every metric, the validation's included
     for k, v in ref_model.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     best = checkpoint.load(d / "best.pt")

@@ -105,6 +105,9 @@ class AggregateDir(_Dir):
     tb = property(lambda self: self.root / "tb")  # TensorBoard
     figures = property(lambda self: self.root / "figures")
     examples = property(lambda self: self.root / "examples")  # adversarial examples as PNG
+    trials_csv = property(lambda self: self.root / "trials.csv")  # one row per trial: the seed-level data
+    claims_md = property(lambda self: self.root / "claims.md")  # ur-aggregate --claims: the verdicts
+    claims_json = property(lambda self: self.root / "claims.json")
 
     def table(self, dataset: str, model: str, suffix: str) -> Path:
         """``table_<dataset>_<model>.<suffix>`` (csv, json)."""

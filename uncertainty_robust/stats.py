@@ -40,6 +40,7 @@ points and hundreds of cells takes seconds.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -171,6 +172,7 @@ def paired_difference(
     lo, hi = percentile_ci(reps, spec.level)
     p_mc, n10, n01 = mcnemar(a, b)
     return {
+        **seed_level(a, b),
         "diff": float(d.mean()),
         "lo": lo,
         "hi": hi,
@@ -181,6 +183,34 @@ def paired_difference(
         "n_seeds": a.shape[0],
         "n_points": a.shape[1],
     }
+
+
+def seed_level(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> dict:
+    """The seed (a training run) as the unit: per-seed accuracy differences of two (seeds, points)
+    0/1 matrices paired by row, a paired t-test over seeds (``p_seed``) with its ``level`` t-interval
+    (``seed_lo``, ``seed_hi``), and the exact sign-flip p-value over seeds (``p_seed_signflip``: all
+    2^n sign patterns; with 5 seeds it cannot go below 2/32). None where fewer than 2 seeds."""
+    d = np.asarray(a, dtype=np.float64).mean(1) - np.asarray(b, dtype=np.float64).mean(1)
+    out = {"seed_diffs": [float(v) for v in d], "p_seed": None, "seed_lo": None, "seed_hi": None}
+    out["p_seed_signflip"] = None
+    n = len(d)
+    if n < 2:
+        return out
+    from scipy.stats import t as t_dist
+
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0:  # every seed the same difference: no spread to test against
+        out.update(p_seed=1.0 if mean == 0 else 0.0, seed_lo=mean, seed_hi=mean)
+    else:
+        se = sd / math.sqrt(n)
+        q = float(t_dist.ppf(0.5 + level / 2, n - 1))
+        p = float(2 * t_dist.sf(abs(mean) / se, n - 1))
+        out.update(p_seed=p, seed_lo=mean - q * se, seed_hi=mean + q * se)
+    if n <= 16:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+        flipped = np.abs(signs @ d) / n
+        out["p_seed_signflip"] = float((flipped >= abs(mean) - 1e-12).mean())
+    return out
 
 
 def holm(pvals: list) -> list:

@@ -137,7 +137,7 @@ def end_epoch(
     cfg: TrialConfig, trial: TrialDir, model, opt, sched, st: TrainState, metrics: dict, writer
 ) -> None:
     """Rank 0: ``best.pt`` when this epoch is the best so far, then the atomic checkpoint (RNG state
-    after the epoch's probe, so a resumed run continues from exactly here), TensorBoard scalars and
+    after the epoch's validation, so a resumed run continues from exactly here), TensorBoard scalars and
     the epoch's log line."""
     if st.best_epoch == st.epoch:
         ckpt.save_atomic(
@@ -255,7 +255,7 @@ def fit(
 def _epoch_metrics(
     model, opt, cfg: TrialConfig, sums: dict, x_val, y_val, device, st: TrainState, seconds: float
 ):
-    """The epoch's metrics (training statistics reduced over ranks, the validation probe, lr, time),
+    """The epoch's metrics (training statistics reduced over ranks, the validation split's metrics, lr, time),
     appended to the history; the best epoch so far by ``BEST_METRIC`` updated."""
     metrics = {f"train/{k}": v for k, v in _reduce(sums, device).items()}
     metrics.update(_validate_epoch(model, x_val, y_val, cfg, st.epoch))
@@ -316,8 +316,8 @@ def _validate_epoch(model, x, y, cfg: TrialConfig, epoch: int) -> dict:
     unbiased for the mean squared norm; the mean of square roots is biased low).
 
     Its random draws (PGD's start, the projections) come from an RNG forked and seeded with
-    (seed, epoch): the training RNG stream, hence exact resume, is untouched, and the probe of an
-    epoch is the same whether or not the run was interrupted. Empty split: {} (no probe)."""
+    (seed, epoch): the training RNG stream, hence exact resume, is untouched, and the validation of an
+    epoch is the same whether or not the run was interrupted. Empty split: {} (no validation)."""
     from .attacks import pgd
     from .defenses import entropy
 

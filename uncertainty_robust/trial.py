@@ -8,7 +8,7 @@ the trial has finished, ``points.npz`` (per-test-point outcomes) and ``result.js
 
 ``result.json``: the top level is the evaluation of the last epoch's weights (``"checkpoint":
 "last"``, ``"epoch"``), as before; ``"validation"`` says how the validation split was carved and
-probed; ``"best"`` is the best epoch by ``val/robust_acc`` ({epoch, metric, value, evaluated}) and,
+validated; ``"best"`` is the best epoch by ``val/robust_acc`` ({epoch, metric, value, evaluated}) and,
 when the config's ``checkpoints`` include ``best``, that epoch's evaluation with the same keys as
 the top level (``same_as_last`` when the best epoch is the last one: the numbers are then copied,
 not recomputed). ``None`` without a validation split.

@@ -118,7 +118,9 @@ class TrialConfig(Evaluation, Training):
         return merge_eps(self.test_eps, [float(e) for e in self.autoattack_eps])
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as plain data (what ``dataclasses.asdict`` gives, without its deep copy of every
+        value: a grid of 10,000 trials hashes each one)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict, check: bool = True) -> TrialConfig:
@@ -166,6 +168,16 @@ class TrialConfig(Evaluation, Training):
     def row_key(self) -> dict:
         """The fields that make a table row: everything but seed and runtime settings."""
         return {k: v for k, v in self.to_dict().items() if k in row_fields()}
+
+
+def _plain(v):
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, AttackSpec):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def _num(v) -> bool:

@@ -61,6 +61,18 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Work:
+    """Expected work of one step: forward+backward ``passes`` (per example) and ``iterations``
+    (attack-loop iterations over a batch, each with a fixed cost), for ``attack`` (its name; "" for
+    the clean pass and the Jacobians)."""
+
+    stage: str
+    attack: str
+    passes: float
+    iterations: float
+
+
+@dataclass(frozen=True)
 class EvalPlan:
     n_points: int
     num_classes: int
@@ -161,29 +173,37 @@ class EvalPlan:
         return hashlib.sha1(blob).hexdigest()[:16]
 
     # ------------------------------------------------------------------ cost
-    def step_passes(self, step: Step, attacked: float, robust_after: float) -> float:
-        """Expected forward+backward passes of ``step`` on ``attacked`` points of which ``robust_after``
-        survive it: survivors cost the attack's full passes, broken points :data:`BROKEN_SHARE` of
-        them (early exit), APGD without early exit the full passes."""
+    def step_work(self, step: Step, attacked: float, robust_after: float, k: Optional[int] = None) -> Work:
+        """Expected work of ``step`` on ``attacked`` of ``k`` points (default n_eval) of which
+        ``robust_after`` survive it. Passes: survivors cost the attack's full passes, broken points
+        :data:`BROKEN_SHARE` of them (early exit; APGD without early exit the full passes).
+        Iterations (what a per-iteration fixed cost multiplies; it dominates on small batches): a
+        chunk with a survivor runs the attack's whole loop, one whose points all break early a share
+        of it."""
+        a = step.spec.attack
         full = step.spec.passes_per_point(self.num_classes)
-        early = 1.0 if step.spec.attack.pyautoattack and not step.spec.attack.targeted else BROKEN_SHARE
-        if step.spec.attack.black_box:
-            early = BROKEN_SHARE
-        return robust_after * full + max(0.0, attacked - robust_after) * full * early
+        early = 1.0 if a.pyautoattack and not a.targeted and not a.black_box else BROKEN_SHARE
+        passes = robust_after * full + max(0.0, attacked - robust_after) * full * early
+        k = k or self.n_points
+        per_chunk = max(1.0, k / self.n_chunks)
+        p_any = 1 - (1 - min(1.0, attacked / k)) ** per_chunk
+        p_left = 1 - (1 - min(1.0, robust_after / k)) ** per_chunk
+        loop = step.spec.steps * step.spec.restarts * a.n_target_classes(self.num_classes)
+        iterations = self.n_chunks * (p_left + max(0.0, p_any - p_left) * early) * loop
+        return Work(step.stage, step.spec.name, passes, iterations)
 
-    def expected_passes(self, robust: Callable[[float, str], float]) -> dict:
-        """Expected passes per stage, given ``robust(eps, stage)``: the share of the n_eval points
-        robust after our attacks ("ours") and after AutoAttack ("autoattack") at an eps (a prior for
-        the dry run, or measured shares). Includes the clean pass and the Jacobians (``jacobian``)
-        and the masking probe (``probe``), upper bounds."""
+    def expected_work(self, robust: Callable[[float, str], float]) -> list:
+        """Expected :class:`Work` of every step, given ``robust(eps, stage)``: the share of the n_eval
+        points robust after our attacks ("ours") and after AutoAttack ("autoattack") at an eps (a
+        prior for the dry run, or measured shares); with the clean pass, the Jacobians and the
+        masking probe. Upper bounds."""
         n = self.n_points
-        out = {"clean": n * (1 + 1 / QUERIES_PER_PASS), OURS: 0.0, AUTOATTACK: 0.0, OTHER_NORM: 0.0}
+        out = [Work("clean", "", n * (1 + 1 / QUERIES_PER_PASS), self.n_chunks)]
         prev = {OURS: 1.0, AUTOATTACK: 1.0}
         for eps in self.linf_eps[1:]:
             r_ours, r_aa = robust(eps, OURS), robust(eps, AUTOATTACK)
             before = prev[OURS] if self.reuse_eps else robust(0.0, OURS)
-            for s in self.steps_at(eps, OURS):
-                out[OURS] += self.step_passes(s, n * before, n * r_ours)
+            out += [self.step_work(s, n * before, n * r_ours) for s in self.steps_at(eps, OURS)]
             listed = self.aa_listed(eps)
             share = min(r_ours, prev[AUTOATTACK])
             if listed or (listed is None and self.informative(share)):
@@ -193,34 +213,44 @@ class EvalPlan:
                     # the survivors fall from ours to AutoAttack's over the components, geometrically
                     left = share * (r_aa / max(share, 1e-9)) ** (i / max(1, len(comps)))
                     after = share * (r_aa / max(share, 1e-9)) ** ((i + 1) / max(1, len(comps)))
-                    out[AUTOATTACK] += self.step_passes(s, k * left, k * after)
+                    out.append(self.step_work(s, k * left, k * after, k))
                 prev[AUTOATTACK] = min(r_aa, share)
             else:
                 prev[AUTOATTACK] = share
             prev[OURS] = r_ours
         for s in (s for s in self.steps if s.stage == OTHER_NORM):
-            out[OTHER_NORM] += self.step_passes(s, n, n * robust(s.eps, OURS))
-        k = self.num_classes
+            out.append(self.step_work(s, n, n * robust(s.eps, OURS)))
         steps = self.reference.steps if self.reference else 20
-        out["jacobian"] = self.jacobian_points * (2 * k + steps + 2)
-        out["probe"] = self.probe_passes(robust)
+        jac_chunks = min(self.n_chunks, self.jacobian_points)
+        jac_loop = 2 * self.num_classes + steps + 2
+        out.append(Work("jacobian", "", self.jacobian_points * jac_loop, jac_chunks * jac_loop))
+        return out + self.probe_work(robust)
+
+    def expected_passes(self, robust: Callable[[float, str], float]) -> dict:
+        """Expected passes per stage (``clean``, ours, autoattack, other norm, ``jacobian``, ``probe``)."""
+        out = {"clean": 0.0, OURS: 0.0, AUTOATTACK: 0.0, OTHER_NORM: 0.0, "jacobian": 0.0, "probe": 0.0}
+        for w in self.expected_work(robust):
+            out[w.stage] += w.passes
         return out
 
-    def probe_passes(self, robust: Callable[[float, str], float]) -> float:
+    def probe_work(self, robust: Callable[[float, str], float]) -> list:
         """The masking probe at the eps where the reference is closest to 50 %: the strong CE-PGD
         (4x steps, 4x restarts) and Square-1000 on the reference's survivors there."""
-        from .probe import PROBE_RESTARTS_FACTOR, PROBE_SQUARE_QUERIES, PROBE_STEPS_FACTOR
+        from ..attacks import black_box_attack
+        from .probe import PROBE, PROBE_RESTARTS_FACTOR, PROBE_SQUARE_QUERIES, PROBE_STEPS_FACTOR
 
-        if self.reference is None:
-            return 0.0
         pos = [e for e in self.linf_eps if e > 0]
-        if not pos:
-            return 0.0
+        if self.reference is None or not pos:
+            return []
         eps = min(pos, key=lambda e: abs(robust(e, OURS) - 0.5))
         left = self.n_points * robust(eps, OURS)
         ref = self.reference
-        strong = ref.steps * ref.restarts * PROBE_STEPS_FACTOR * PROBE_RESTARTS_FACTOR
-        return left * (strong + PROBE_SQUARE_QUERIES / QUERIES_PER_PASS)
+        strong = AttackSpec(
+            ref.name, ref.steps * PROBE_STEPS_FACTOR, ref.step_size, ref.restarts * PROBE_RESTARTS_FACTOR
+        )
+        square = AttackSpec(black_box_attack().name, PROBE_SQUARE_QUERIES)
+        # on the reference's survivors: the strong attack breaks few of them (full cost), Square some
+        return [self.step_work(Step(eps, spec, PROBE), left, left) for spec in (strong, square)]
 
     def describe(self) -> list:
         """One line per eps: what runs there, for the dry run and docs."""

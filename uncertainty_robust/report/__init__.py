@@ -46,9 +46,10 @@ from .. import audit as au
 from ..rundir import AggregateDir, RunDir, read_json
 from ..stats import BootstrapSpec
 from .figures import write_figures
+from .files import write_table_files, write_trials_csv
 from .scan import Group, NoTrialsError, Scan, Trial, group_trials, hparams, metrics, scan_run, slug
 from .series import correlation_markdown, jacobian_correlations, matrices, matrix_markdown
-from .tables import build_tables, table_markdown, write_table_files
+from .tables import build_tables, table_markdown
 from .tensorboard import write_tensorboard
 
 __all__ = [
@@ -123,6 +124,7 @@ def aggregate(
         new.transfer.write_text(json.dumps(transfers, indent=1))
         new.jacobian_correlation.write_text(json.dumps(corr, indent=1))
         new.summary.write_text(json.dumps(_summary(run_dir, checkpoint, scan), indent=1))
+        write_trials_csv(scan.trials, new.trials_csv)
         if scan.trials:
             write_tensorboard(new.tb, scan.trials, groups, markdown, audit_md)
             write_figures(new.figures, groups)

@@ -121,9 +121,9 @@ def scan_run(run_dir, exclude=(), checkpoint: str = "last") -> Scan:
     def keep(p: Path) -> bool:
         return not _hidden(p, root) and not any(e == p.resolve() or e in p.resolve().parents for e in excl)
 
-    probe = TrialDir(root)
+    names = TrialDir(root)
     trials, ignored, seen, excluded = [], [], {}, []
-    for f in sorted(root.rglob(probe.result.name)):
+    for f in sorted(root.rglob(names.result.name)):
         if not keep(f):
             continue
         rec = read_json(f) or {}
@@ -138,12 +138,12 @@ def scan_run(run_dir, exclude=(), checkpoint: str = "last") -> Scan:
             trials.append(Trial(f.parent, view, checkpoint=checkpoint))
     done = {t.dir.resolve() for t in trials} | {d.resolve() for d, _ in excluded}
     cands = set()
-    for name in (probe.config.name, probe.checkpoint.name):
+    for name in (names.config.name, names.checkpoint.name):
         for f in root.rglob(name):
             d = f.parent
             if not keep(f) or d.name.startswith("checkpoint_") or d.resolve() in done:
                 continue
-            if name == probe.checkpoint.name or {"defense", "test_eps"} <= set(read_json(f) or {}):
+            if name == names.checkpoint.name or {"defense", "test_eps"} <= set(read_json(f) or {}):
                 cands.add(d)
     known = done | {c.resolve() for c in cands}
     unfinished = sorted(d for d in cands if not any(a.resolve() in known for a in d.parents))

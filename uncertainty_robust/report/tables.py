@@ -11,15 +11,12 @@ Cells whose trials have no per-point outcomes (``points.npz``) keep mean ± std 
 
 from __future__ import annotations
 
-import csv
-import json
 import statistics
 from collections import Counter
 from typing import Optional
 
 from .. import stats as st
 from ..attacks import ATTACKS
-from ..rundir import AggregateDir
 from .columns import autoattack_ran, cell, columns
 from .paired import add_statistics
 from .scan import mean_std
@@ -44,7 +41,6 @@ __all__ = [
     "matrices",
     "matrix_markdown",
     "table_markdown",
-    "write_table_files",
 ]
 
 
@@ -152,9 +148,10 @@ def fmt_diff(d: dict | None, p_key: str = "p", star: str = " *") -> str:
     if d is None:
         return ""
     mark = star if d.get("significant") else ""
+    seeds = f", seeds p{st.fmt_p(d['p_seed'], '=')}" if d.get("p_seed") is not None else ""
     return (
         f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] "
-        f"p{st.fmt_p(d.get(p_key, d['p']), '=')}{mark}"
+        f"p{st.fmt_p(d.get(p_key, d['p']), '=')}{mark}{seeds}"
     )
 
 
@@ -254,7 +251,9 @@ def table_markdown(tab: dict) -> str:
             "Paired differences with the baseline (method − baseline, percentage points): difference "
             "[95% CI, two-level paired bootstrap over seeds and test points], two-sided bootstrap p-value; "
             "`*` = significant at 5% after Holm's correction over the eps values of that attack (clean: "
-            "uncorrected). Same seeds and same test points on both sides; McNemar p-values, discordant "
+            "uncorrected); `seeds p` = the seed (a training run) as the unit: a paired t-test over the "
+            "seeds' accuracy differences (its t-interval and the exact sign-flip p-value are in the "
+            "CSV/JSON). Same seeds and same test points on both sides; McNemar p-values, discordant "
             "counts and Holm-adjusted p-values are in the CSV/JSON.",
             "",
             "| " + " | ".join(head) + " |",
@@ -271,118 +270,3 @@ def table_markdown(tab: dict) -> str:
                     + " |"
                 )
     return "\n".join(lines) + "\n"
-
-
-# CSV column suffix -> key of a paired difference
-_DIFF_KEYS = {
-    "diff": "diff",
-    "diff_lo": "lo",
-    "diff_hi": "hi",
-    "p": "p",
-    "p_holm": "p_holm",
-    "significant": "significant",
-    "p_mcnemar": "p_mcnemar",
-    "n_better": "n_better",
-    "n_worse": "n_worse",
-    "diff_n_points": "n_points",
-}
-
-
-def _csv(v) -> str:
-    return "" if v is None else repr(v)
-
-
-def write_table_files(tab: dict, out: AggregateDir) -> None:
-    csv_path, json_path = (out.table(tab["dataset"], tab["model"], s) for s in ("csv", "json"))
-    cols = tab["columns"]
-    settings = "; ".join(
-        f"{k}:{v['steps']}x{v['restarts']} step {v['step_size']}" for k, v in tab["attacks"].items()
-    )
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            ["method", "defense", "lam", "eps_train", "dataset", "model", "n_points", "n_seeds", "seeds"]
-            + [f"{c[0]}_{s}" for c in cols for s in ("mean", "std")]
-            + ["flags", "attack_settings", "checkpoint", "baseline", "paired_seeds"]
-            + [f"{c[0]}_{s}" for c in cols for s in ("ci_lo", "ci_hi")]
-            + [f"{c[0]}_{s}" for c in cols for s in _DIFF_KEYS]
-        )
-        for r in tab["rows"]:
-            ci, diff = r.get("ci", {}), r.get("diff", {})
-            w.writerow(
-                [
-                    r["method"],
-                    r["defense"],
-                    r["lam"],
-                    r["eps_train"],
-                    tab["dataset"],
-                    tab["model"],
-                    " ".join(map(str, r["n_points"])),
-                    r["n_seeds"],
-                    " ".join(map(str, r["seeds"])),
-                ]
-                + ["" if v is None else repr(v) for c in cols for v in r["cells"][c[0]][:2]]
-                + [_flags_text(r), settings, " ".join(tab.get("checkpoint", ["last"]))]
-                + [r.get("baseline") or "", " ".join(map(str, r.get("paired_seeds", [])))]
-                + [repr(v) if ci.get(c[0]) else "" for c in cols for v in (ci.get(c[0]) or (None, None))]
-                + [_csv(diff.get(c[0], {}).get(k)) for c in cols for k in _DIFF_KEYS.values()]
-            )
-    entries = []
-    for r in tab["rows"]:
-
-        def ms(c, r=r):
-            d = dict(zip(("mean", "std", "n"), r["cells"][c[0]]))
-            ci = r.get("ci", {}).get(c[0])
-            d["ci"] = list(ci) if ci else None
-            d["diff"] = r.get("diff", {}).get(c[0])
-            return d
-
-        entries.append(
-            {
-                "name": r["method"],
-                "defense": r["defense"],
-                "lam": r["lam"],
-                "eps_train": r["eps_train"],
-                "dataset": tab["dataset"],
-                "architecture": tab["model"],
-                "threat_model": tab["norm"],
-                "clean_acc": r["cells"]["clean"][0],
-                "clean_acc_std": r["cells"]["clean"][1],
-                "clean": ms(cols[0]),
-                "baseline": r.get("baseline"),
-                "paired_seeds": r.get("paired_seeds", []),
-                "robust_acc": {
-                    lab: {f"{c[3]:g}": ms(c) for c in cols if c[2] == lab} for lab in tab["attacks"]
-                },
-                "worst_case_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "worst"},
-                "autoattack_acc": {f"{c[3]:g}": ms(c) for c in cols if c[1] == "autoattack"},
-                "autoattack_ran_in_seeds": {
-                    f"{c[3]:g}": r.get("autoattack_ran", {}).get(c[0]) for c in cols if c[1] == "autoattack"
-                },
-                "worst_case_acc_on_autoattack_points": {
-                    f"{c[3]:g}": ms(c) for c in cols if c[1] == "aa_ours"
-                },
-                "n_points": r["n_points"],
-                "n_seeds": r["n_seeds"],
-                "seeds": r["seeds"],
-                "trials": r["trials"],
-                "number_forward_passes": r["forward_passes"],
-                "flags": r["flags"],
-            }
-        )
-    doc = {
-        "schema": "uncertainty-robust/table/v1",
-        "dataset": tab["dataset"],
-        "architecture": tab["model"],
-        "norm": tab["norm"],
-        "eps": tab["eps"],
-        "n_points": tab["n_points"],
-        "attack_settings": tab["attacks"],
-        "autoattack": tab.get("autoattack"),
-        "accuracy_unit": "fraction",
-        "std": "sample std (ddof=1) over seeds; null for one seed",
-        "checkpoint": tab.get("checkpoint", ["last"]),
-        "statistics": tab.get("statistics"),
-        "entries": entries,
-    }
-    json_path.write_text(json.dumps(doc, indent=1))

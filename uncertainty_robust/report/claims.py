@@ -1,0 +1,277 @@
+"""Claims as comparisons, and their verdicts from an aggregate (``ur-aggregate RUN --claims FILE``).
+
+A claims file (YAML; ``results/claims.yaml`` holds the paper's) states each claim as a comparison
+the tables already make, decided before any result is seen::
+
+    alpha: 0.05                      # family-wise level (Holm over the eps of each attack, per row)
+    claims:
+      - id: a-ls
+        says: "(a) LS improves robustness to small perturbations over standard training"
+        method: {defense: ls}        # the rows: every row whose fields match (lam: [...] to restrict)
+        baseline: standard           # the rows' registry baseline must be this defense
+        column: AA                   # AA (ours + AutoAttack), worst (ours), clean, or an attack label (fgsm, pgd10)
+        eps: 0.05
+        direction: greater           # method - baseline
+        min_effect: 0.01             # the smallest effect that matters (accuracy, 0.01 = 1 point)
+
+Each matching row's paired difference with its baseline (same seeds, same points: ``docs/statistics.md``)
+decides, in the claimed direction:
+
+- **supported**: the 95 % interval excludes 0, the Holm-corrected p-value is below ``alpha`` and the
+  difference is at least ``min_effect``;
+- **refuted**: the interval's upper end is below ``min_effect`` (no effect that matters, or the
+  opposite one);
+- **inconclusive**: neither.
+
+A claim's verdict is per row (each λ, each training ε); the seed-level test is shown beside the
+point-level one. Weak evaluations are claims with ``column: fgsm`` or ``pgd10``: what a weaker
+attack would have concluded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ..defenses import DEFENSES
+from ..errors import UserError
+from ..stats import fmt_p as _fmt_p
+
+VERDICTS = ("supported", "refuted", "inconclusive")
+
+
+class ClaimsError(UserError, ValueError):
+    """A bad claims file (one line naming the claim and key)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    says: str
+    method: dict
+    baseline: str
+    column: str
+    eps: float
+    direction: str = "greater"
+    min_effect: float = 0.01
+    view: str = ""  # e.g. "weak: FGSM alone"
+
+    @property
+    def key(self) -> str:
+        """The table column the claim reads: ``clean``, ``worst@eps``, ``AA@eps``, ``<label>@eps``."""
+        return "clean" if self.column == "clean" else f"{self.column}@{self.eps:g}"
+
+
+@dataclass
+class Claims:
+    claims: list
+    alpha: float = 0.05
+    source: str = field(default="")
+
+
+def load(path: Path) -> Claims:
+    """The claims of ``path``; ClaimsError (one line) on anything malformed."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ClaimsError(f"{path}: cannot read the claims ({' '.join(str(e).split())})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("claims"), list) or not data["claims"]:
+        raise ClaimsError(f"{path}: expected a mapping with a non-empty list under 'claims'")
+    out, seen = [], set()
+    for i, c in enumerate(data["claims"]):
+        where = f"{path}: claims[{i}]"
+        if not isinstance(c, dict):
+            raise ClaimsError(f"{where}: expected a mapping")
+        unknown = sorted(set(c) - {f for f in Claim.__dataclass_fields__})
+        if unknown:
+            raise ClaimsError(f"{where}.{unknown[0]}: unknown key")
+        for k in ("id", "method", "baseline", "column"):
+            if k not in c:
+                raise ClaimsError(f"{where}: missing '{k}'")
+        if c["id"] in seen:
+            raise ClaimsError(f"{where}.id: {c['id']!r} twice")
+        seen.add(c["id"])
+        if not isinstance(c["method"], dict) or c["method"].get("defense") not in DEFENSES:
+            raise ClaimsError(f"{where}.method: expected {{defense: one of {', '.join(DEFENSES)}}}")
+        if c["baseline"] not in DEFENSES:
+            raise ClaimsError(f"{where}.baseline: {c['baseline']!r} is not one of {', '.join(DEFENSES)}")
+        if c.get("direction", "greater") not in ("greater", "less"):
+            raise ClaimsError(f"{where}.direction: expected greater or less")
+        if c["column"] != "clean" and not isinstance(c.get("eps"), (int, float)):
+            raise ClaimsError(f"{where}.eps: expected a number (the column's eps)")
+        me = c.get("min_effect", 0.01)
+        if isinstance(me, bool) or not isinstance(me, (int, float)) or not 0 <= me <= 1:
+            raise ClaimsError(f"{where}.min_effect: expected a number in [0, 1]")
+        out.append(Claim(**{"says": "", "eps": 0.0, **c}))
+    alpha = data.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ClaimsError(f"{path}: alpha: expected a number in (0, 1)")
+    return Claims(out, float(alpha), str(path))
+
+
+def _cells(entry: dict) -> dict:
+    """{column key: cell} of one table entry (``table_*.json``)."""
+    cells = {"clean": entry["clean"]}
+    cells.update({f"worst@{e}": v for e, v in entry.get("worst_case_acc", {}).items()})
+    cells.update({f"AA@{e}": v for e, v in entry.get("autoattack_acc", {}).items()})
+    for label, by_eps in entry.get("robust_acc", {}).items():
+        cells.update({f"{label}@{e}": v for e, v in by_eps.items()})
+    return cells
+
+
+def _matches(entry: dict, claim: Claim) -> bool:
+    m = claim.method
+    if entry["defense"] != m["defense"]:
+        return False
+    if "lam" in m and not any(abs(entry["lam"] - float(v)) <= 1e-9 for v in _as_list(m["lam"])):
+        return False
+    if "eps_train" in m and not any(
+        abs(entry["eps_train"] - float(v)) <= 1e-9 for v in _as_list(m["eps_train"])
+    ):
+        return False
+    base = entry.get("baseline") or ""
+    return base.startswith(DEFENSES[claim.baseline].display)
+
+
+def fmt_p(p: Optional[float]) -> str:
+    return "—" if p is None else _fmt_p(p)
+
+
+def _as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def decide(d: Optional[dict], claim: Claim, alpha: float) -> tuple:
+    """(verdict, why) of one paired difference (:func:`stats.paired_difference` + p_holm)."""
+    if d is None:
+        return "inconclusive", "no paired difference (no baseline row, or no per-point outcomes)"
+    sign = 1.0 if claim.direction == "greater" else -1.0
+    effect, lo, hi = (
+        sign * d["diff"],
+        min(sign * d["lo"], sign * d["hi"]),
+        max(sign * d["lo"], sign * d["hi"]),
+    )
+    p = d.get("p_holm", d["p"])
+    me = 100 * claim.min_effect
+    if lo > 0 and p < alpha and effect >= claim.min_effect:
+        return (
+            "supported",
+            f"above 0, p_holm {fmt_p(p)} < {alpha:g}, effect {100 * effect:+.1f} >= {me:g} points",
+        )
+    if hi < claim.min_effect:
+        return "refuted", f"upper end {100 * hi:+.1f} below the smallest effect that matters ({me:g} points)"
+    return (
+        "inconclusive",
+        f"interval [{100 * lo:+.1f}, {100 * hi:+.1f}] in the claimed direction, p_holm {fmt_p(p)}",
+    )
+
+
+def write(aggregate: Path, claims: Claims) -> list:
+    """The verdicts of ``claims`` on the aggregate, also written beside its tables
+    (``AggregateDir.claims_md``, ``claims_json``)."""
+    from ..rundir import AggregateDir
+
+    rows = verdicts(aggregate, claims)
+    out = AggregateDir(aggregate)
+    out.claims_md.write_text(markdown(rows, claims))
+    out.claims_json.write_text(
+        json.dumps({"source": claims.source, "alpha": claims.alpha, "verdicts": rows}, indent=1)
+    )
+    return rows
+
+
+def verdicts(aggregate: Path, claims: Claims) -> list:
+    """One verdict per (claim, matching row) of the aggregate's tables (``table_*.json``)."""
+    tables = [json.loads(p.read_text()) for p in sorted(Path(aggregate).glob("table_*.json"))]
+    out = []
+    for claim in claims.claims:
+        rows = [(t, e) for t in tables for e in t["entries"] if _matches(e, claim)]
+        if not rows:
+            out.append({"claim": claim.id, "says": claim.says, "row": None, "verdict": "inconclusive",
+                        "why": "no row of the aggregate matches the claim's method and baseline"})  # fmt: skip
+            continue
+        for t, e in rows:
+            cell = _cells(e).get(claim.key)
+            d = (cell or {}).get("diff")
+            verdict, why = decide(d, claim, claims.alpha)
+            out.append(
+                {
+                    "claim": claim.id,
+                    "says": claim.says,
+                    "view": claim.view,
+                    "dataset": t["dataset"],
+                    "row": e["name"],
+                    "baseline": e.get("baseline"),
+                    "column": claim.key,
+                    "direction": claim.direction,
+                    "min_effect": claim.min_effect,
+                    "seeds": e.get("paired_seeds", []),
+                    "diff": None if d is None else d["diff"],
+                    "ci": None if d is None else [d["lo"], d["hi"]],
+                    "p_holm": None if d is None else d.get("p_holm"),
+                    "p_seed": None if d is None else d.get("p_seed"),
+                    "verdict": verdict,
+                    "why": why,
+                }
+            )
+    return out
+
+
+def markdown(rows: list, claims: Claims) -> str:
+    """The verdict table (what the README's verdict table is generated from)."""
+    lines = [
+        f"Verdicts of `{claims.source}` (α = {claims.alpha:g}; supported: the 95 % interval excludes 0, "
+        "Holm-corrected p < α and the effect reaches the claim's smallest effect; refuted: the interval's "
+        "upper end is below it; else inconclusive). Differences in points, method − baseline, same seeds "
+        "and points; `seeds p`: the paired t-test over seeds.",
+        "",
+        "| claim | row − baseline | column | seeds | difference [95 % CI] | p (Holm) | seeds p | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["row"] is None:
+            lines.append(f"| {r['claim']} | — | — | — | — | — | — | {r['verdict']}: {r['why']} |")
+            continue
+        diff = (
+            "—"
+            if r["diff"] is None
+            else f"{100 * r['diff']:+.1f} [{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]"
+        )
+        view = f" ({r['view']})" if r["view"] else ""
+        lines.append(
+            f"| {r['claim']}{view} | {r['row']} − {r['baseline']} | {r['column']} | {len(r['seeds'])} | {diff} | "
+            f"{fmt_p(r['p_holm'])} | {fmt_p(r['p_seed'])} | **{r['verdict']}** |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    """``python -m uncertainty_robust.report.claims AGGREGATE CLAIMS``: the verdicts of a claims file
+    on an aggregate that exists already (a committed one, e.g. ``results/combined``), without
+    aggregating again."""
+    import argparse
+    import sys
+
+    from ..errors import exit_on_user_error
+
+    p = argparse.ArgumentParser(prog="python -m uncertainty_robust.report.claims", description=main.__doc__)
+    p.add_argument("aggregate", type=Path, help="an aggregate directory (table_*.json)")
+    p.add_argument("claims", type=Path, help="a claims file")
+
+    @exit_on_user_error
+    def run(args) -> int:
+        if not list(args.aggregate.glob("table_*.json")):
+            raise ClaimsError(f"{args.aggregate}: no table_*.json (not an aggregate directory)")
+        claims = load(args.claims)
+        print(markdown(write(args.aggregate, claims), claims), end="")
+        return 0
+
+    return run(p.parse_args(argv if argv is not None else sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
