@@ -102,3 +102,60 @@ def scripted_validation(monkeypatch, values: list) -> None:
         return {**real(model, x, y, cfg, epoch), "val/robust_acc": values[epoch - 1]}
 
     monkeypatch.setattr(train, "_validate_epoch", validate_epoch)
+
+
+def reference_trial(cfg: dict, trial_dir, workers: int = 2) -> None:
+    """``cfg`` run uninterrupted, to the end (training and evaluation), by the sweep's own rank
+    supervisor without Ray: what a killed, requeued and resumed sweep trial must equal."""
+    from cluster.ranks import run_ranks
+
+    run_ranks(
+        cfg,
+        trial_dir,
+        workers=workers,
+        threads=1,
+        use_gpu=False,
+        retries=0,
+        on_epoch=lambda epoch, metrics, ckpt, done: done(),
+    )
+
+
+# result.json keys that differ between two runs of one trial by design: timings, dates, host, versions
+_VOLATILE = ("second", "time", "host", "pid", "versions", "git_commit", "restart")
+
+
+def _stable(x):
+    if isinstance(x, dict):
+        return {
+            k: _stable(v) for k, v in x.items() if not (k.endswith("_at") or any(s in k for s in _VOLATILE))
+        }
+    if isinstance(x, list):
+        return [_stable(v) for v in x]
+    return x
+
+
+def assert_same_results(trial_dir, ref_dir) -> None:
+    """The trial's final weights (tensor for tensor), per-point outcomes (every attack, eps and
+    checkpoint) and result record (less timings, host and versions) equal the reference's."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from uncertainty_robust import checkpoint
+    from uncertainty_robust.trial import read_points
+
+    d, r = Path(trial_dir), Path(ref_dir)
+    got, want = checkpoint.load(d / "model.pt")["model"], checkpoint.load(r / "model.pt")["model"]
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), (
+        f"{d.name}: final weights differ from the uninterrupted run's"
+    )
+    with np.load(d / "points.npz") as a, np.load(r / "points.npz") as b:
+        assert sorted(a.files) == sorted(b.files), f"{d.name}: {sorted(a.files)} vs {sorted(b.files)}"
+        differ = [k for k in b.files if not np.array_equal(a[k], b[k])]
+    assert not differ, f"{d.name}: per-point outcomes differ from the uninterrupted run's in {differ}"
+    assert read_points(d) is not None
+    rec = _stable(json.loads((d / "result.json").read_text()))
+    ref = _stable(json.loads((r / "result.json").read_text()))
+    differ = [k for k in ref if rec.get(k) != ref[k]] + [k for k in rec if k not in ref]
+    assert not differ, f"{d.name}: result.json differs from the uninterrupted run's in {differ}"

@@ -11,7 +11,10 @@ What is checked (see ``cluster/slurm.py``: the whole sweep is ONE submitit job; 
   incarnation) survives a real preemption (``urgent`` partition), submitit's own interrupt
   (USR2 -> ``SweepJob.checkpoint()``) and a hard ``scontrol requeue``: it completes, no finished
   trial is trained again, each resume starts from the last checkpoint (at most one epoch redone),
-  and ``--status`` reports the finished count and the SLURM job state.
+  and ``--status`` reports the finished count and the SLURM job state;
+* a 2-node sweep that loses a node (its ``slurmd`` and the job's processes on it SIGKILLed, the
+  node DOWN) is requeued, resumes when the node is back and ends bit-identical to an uninterrupted
+  run.
 
 Needs ``slurm/local-cluster/slurm-local.sh up`` (2 virtual nodes n1, n2, >= 2 CPUs each; the jobs ask
 for 2 CPUs per node). Skips with the reason when there is no cluster; with ``UR_REQUIRE_SLURM=1``
@@ -776,3 +779,121 @@ def test_one_minute_time_limit_requeues_more_than_3_times_and_finishes(slurm_clu
     assert len(_starts(trial)) >= 4, "the trial did not resume in the later runs"
     assert not (sw.run_dir / "FAILED").exists()
     assert "COMPLETED" in _sacct_history(sw.job_id).splitlines()[-1]
+
+
+# ------------------------------------------------------------------------ 7. a lost node
+def _node_processes(node: str, job_id: str) -> list[int]:
+    """PIDs of what runs on virtual node ``node``: its ``slurmd``, its ``slurmstepd`` s (they hold
+    the node's own log or spool files open) and every process of job ``job_id`` started there
+    (``SLURMD_NODENAME`` in the environment: the task, Ray's processes, the DDP ranks)."""
+    mine = f"slurmd-{node}"
+    job, name = f"SLURM_JOB_ID={job_id}".encode(), f"SLURMD_NODENAME={node}".encode()
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            comm = (d / "comm").read_text().strip()
+            if comm in ("slurmd", "slurmstepd"):
+                links = [os.readlink(f) for f in (d / "fd").iterdir()]
+                if any(mine in link for link in links):
+                    found.append(int(d.name))
+                continue
+            env = (d / "environ").read_bytes().split(b"\0")
+            if job in env and name in env:
+                found.append(int(d.name))
+        except OSError:
+            pass
+    return found
+
+
+def _revive_node(node: str) -> None:
+    """Start the node's ``slurmd`` again (if it is not running) and return the node to service."""
+    pidfile = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/tmp/slurm-local")) / "run" / f"slurmd-{node}.pid"
+    try:
+        running = (Path("/proc") / pidfile.read_text().strip() / "comm").read_text().strip() == "slurmd"
+    except OSError:
+        running = False
+    if not running:
+        r = _run(["slurmd", "-N", node])
+        assert r.returncode == 0, f"slurmd -N {node}: {r.stderr}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        state = (_run(["sinfo", "-h", "-N", "-n", node, "-o", "%T"]).stdout.split() or ["?"])[0].rstrip("*")
+        if state == "idle":
+            return
+        if state.startswith("down"):
+            _run(["scontrol", "update", f"NodeName={node}", "State=RESUME"])
+        time.sleep(1)
+    pytest.fail(f"node {node} did not return to service: {_run(['sinfo', '-N', '-l']).stdout}")
+
+
+@_hard_timeout(720)
+def test_a_lost_node_requeues_the_sweep_and_it_ends_bit_identical(slurm_cluster, tmp_path, cancel_jobs):
+    """A 2-node sweep loses the node of its Ray worker while training: that node's ``slurmd`` and
+    every process of the job on it SIGKILLed, the node set DOWN. SLURM requeues the job, which waits
+    for two nodes, starts again when the node is back, resumes from the checkpoints, and ends with
+    every trial's weights, per-point outcomes and result record identical to the same trials run
+    uninterrupted; a trial finished before the loss never trains again."""
+    from common import assert_same_results, reference_trial
+
+    grid = _grid(tmp_path, "lostnode", defenses=["at", "at_entm"], epochs=5, n_train=1600)
+    sw = Sweep(
+        tmp_path, grid, "lostnode", "--nodes", "2", "--cpus-per-node", "2", "--no-aggregate",
+        register=cancel_jobs,
+    )  # fmt: skip
+    trials = _trial_dirs(sw.run_dir)
+    sw.wait_running(0)
+    sw._wait_for(
+        lambda: any(_ckpt_epoch(d) >= 1 for d in trials if not (d / "result.json").exists()),
+        240,
+        "a trial to train an epoch",
+        poll=0.3,
+    )
+    node = next(e["slurm_node"] for e in _events(sw.run_dir) if e["event"] == "task_start" and e["rank"] == 1)
+    finished = {d.name: len(_starts(d)) for d in trials if (d / "result.json").exists()}
+    epochs = {d.name: _ckpt_epoch(d) for d in trials}
+    try:
+        pids = _node_processes(node, sw.job_id)
+        assert pids, f"nothing of node {node} found"
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        r = _run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=lost-by-test"])
+        assert r.returncode == 0, r.stderr
+        print(
+            f"[{time.strftime('%H:%M:%S')}] lost node {node}: {len(pids)} processes killed; epochs {epochs}"
+        )
+        sw._wait_for(
+            lambda: _squeue(sw.job_id)[0] not in ("RUNNING", "COMPLETING"),
+            120,
+            "the job to be requeued",
+            poll=1,
+        )
+        time.sleep(15)  # past SLURM's hold of a requeued job (cred_expire 10 s + 1): it waits for a node
+        state, reason, _ = _squeue(sw.job_id)
+        print(f"    job {sw.job_id}: {state} ({reason}) while {node} is down")
+        assert state == "PENDING", _sacct_history(sw.job_id)
+        # held while the node comes back: SLURM's kill of the lost incarnation, queued for the node while
+        # it was down, can reach it as it registers and kill the new incarnation's task there (same job
+        # id; seen once here when the node came back within a second: the head then waited 300 s for
+        # its worker and the job failed with 'only 1 of 2 Ray nodes joined', docs/reliability.md)
+        assert _run(["scontrol", "hold", sw.job_id]).returncode == 0
+    finally:
+        _revive_node(node)
+    time.sleep(5)
+    assert _run(["scontrol", "release", sw.job_id]).returncode == 0
+    sw.wait_running(1, timeout=240)
+    rc = sw.finish(timeout=420)
+    print(_sacct_history(sw.job_id))
+    assert rc == 0, sw.log()[-4000:]
+    assert not (sw.run_dir / "FAILED").exists(), (sw.run_dir / "FAILED").read_text()
+    plan = json.loads((sw.run_dir / "plan.json").read_text())
+    for cfg, name in zip(plan["trials"], plan["trial_dirs"]):
+        d = sw.run_dir / "trials" / name
+        if name in finished:
+            assert len(_starts(d)) == finished[name], f"{name} finished before the loss but trained again"
+        reference_trial(cfg, tmp_path / "ref" / name)
+        assert_same_results(d, tmp_path / "ref" / name)

@@ -1,6 +1,7 @@
-"""Sweeps on a real local Ray cluster: grids validated up front, a sweep killed with SIGKILL and
-relaunched finishes without rerunning finished trials, a killed DDP worker is retried from its
-checkpoint, two drivers of one run are refused."""
+"""Sweeps on a real local Ray cluster: grids validated up front, a sweep whose driver is SIGKILLed
+at seeded random moments and relaunched ends bit-identical to an uninterrupted run without rerunning
+finished trials (chaos), a killed DDP worker is retried from its checkpoint, two drivers of one run
+are refused."""
 
 from __future__ import annotations
 
@@ -359,74 +360,99 @@ def test_a_second_writer_of_one_aggregate_is_refused(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- real Ray sweeps
+CHAOS_SEED = 20261203  # the kill moments are drawn from it: the same moments on every run
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigkilled_driver_relaunch_finishes_without_rerunning(tmp_path):
-    """A 4-trial, 2-worker-per-trial sweep; a second launch of the same name is refused while the
-    first runs, the driver is SIGKILLed as soon as a trial has finished, and the relaunch completes
-    every trial without training a finished one again."""
-    epochs = 8  # long enough that the kill lands while trials are still training
-    g = tiny_grid(tmp_path, "tiny8", epochs=epochs)
+def test_chaos_driver_sigkilled_at_seeded_random_moments_ends_bit_identical(tmp_path):
+    """Chaos: a 3-trial, 2-worker-per-trial sweep whose driver is SIGKILLed at 3 moments drawn from
+    a seeded generator and relaunched by name after each kill. A moment is a point of the sweep's
+    progress (epochs checkpointed + trials finished, 15 in all; two drawn from 2-11, one from 13-14,
+    where at least one trial has finished and one has not) plus 0-2 s. A second launch is refused while
+    the first runs; the DDP ranks follow a killed driver down; a trial finished before a kill never
+    trains again; and every trial ends with weights, per-point outcomes and result record identical
+    to the same trial run uninterrupted (by the same rank supervisor, without Ray)."""
+    import random
+
+    from common import assert_same_results, reference_trial
+
+    epochs = 4
+    g = tiny_grid(tmp_path, "chaos", defenses=["standard", "at", "at_entm"], epochs=epochs)
+    run = tmp_path / "runs" / "c"
     args = launch_cmd(
-        "--grid",
-        str(g),
-        "--cluster",
-        "local",
-        "--num-cpus",
-        "4",
-        "--storage",
-        str(tmp_path),
-        "--name",
-        "k",
-        "-q",
-        "--no-aggregate",
-    )
-    run = tmp_path / "k"
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
-    try:
-        deadline = time.time() + 400
-        while not ((run / "plan.json").exists() and any(ckpt_epoch(d) for d in trial_dirs(run))):
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.time() < deadline, "no trial started training in time"
-            time.sleep(0.2)
-        second = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=120)
-        assert second.returncode == 2 and "already being driven" in second.stderr, second.stderr
-        while not any((d / "result.json").exists() for d in trial_dirs(run)):
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.time() < deadline, "no trial finished in time"
-            time.sleep(0.2)
-        finished_before = {d.name for d in trial_dirs(run) if (d / "result.json").exists()}
-        os.kill(first.pid, signal.SIGKILL)  # the driver only: Ray's processes follow it down
-        first.wait(30)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    # Ray's actors notice that the driver (and with it their raylet) is gone within seconds; their
-    # ranks follow within a second (cluster/ranks.py), so none writes into a trial behind the relaunch
-    deadline = time.time() + 30
-    while ranks_of(run) and time.time() < deadline:
-        time.sleep(0.5)
-    assert not ranks_of(run), "DDP ranks of the killed driver are still running 30 s later"
-    starts_before = {d.name: starts(d) for d in trial_dirs(run)}
-    assert len(finished_before) < 4, "the kill came too late to interrupt anything"
+        "--grid", str(g), "--cluster", "local", "--num-cpus", "4", "--storage", str(tmp_path / "runs"),
+        "--name", "c", "-q", "--no-aggregate",
+    )  # fmt: skip
+    rng = random.Random(CHAOS_SEED)
+    total = 3 * (epochs + 1)  # 3 trials: epochs checkpointed, then finished
+    moments = sorted(rng.sample(range(2, total - 3), 2)) + [rng.choice([total - 2, total - 1])]
+
+    def progress() -> int:
+        dirs = trial_dirs(run) if (run / "plan.json").exists() else []
+        return sum(ckpt_epoch(d) + (d / "result.json").exists() for d in dirs)
+
+    kills = []  # per kill: when, and each trial's state at that moment
+    for k, at in enumerate(moments):
+        delay = rng.uniform(0.0, 2.0)
+        log = open(tmp_path / f"launch{k}.log", "w")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+
+        def alive(what, k=k, proc=proc):
+            assert proc.poll() is None, (
+                f"launch {k} ended (exit {proc.returncode}) before {what}: the sweep is too small for "
+                "the kill moments\n" + (tmp_path / f"launch{k}.log").read_text()[-3000:]
+            )
+
+        try:
+            if k == 0:  # while the first driver runs, a second launch of the name is refused
+                while not (run / "plan.json").exists():
+                    alive("its plan")
+                    time.sleep(0.1)
+                second = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=120)
+                assert second.returncode == 2 and "already being driven" in second.stderr, second.stderr
+            while progress() < at:
+                alive(f"progress {at}")
+                time.sleep(0.1)
+            t_end = time.time() + delay
+            while time.time() < t_end:
+                alive(f"its kill {delay:.1f} s after progress {at}")
+                time.sleep(0.1)
+            state = {
+                d.name: "finished" if (d / "result.json").exists() else f"epoch {ckpt_epoch(d)}"
+                for d in (trial_dirs(run) if (run / "plan.json").exists() else [])
+            }
+            finished = {d: starts(run / "trials" / d) for d, s in state.items() if s == "finished"}
+            os.kill(proc.pid, signal.SIGKILL)  # the driver only: Ray's processes follow it down
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        deadline = time.time() + 30
+        while ranks_of(run) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not ranks_of(run), f"DDP ranks of killed launch {k} still running 30 s later"
+        kills.append({"at": at, "delay": round(delay, 1), "state": state, "finished": finished})
+        print(f"kill {k + 1}: {delay:.1f} s after progress {at} of {total} in launch {k}; {state}")
+    assert 0 < len(kills[-1]["finished"]) < 3, f"the last kill came before a finish or after all: {kills}"
 
     r = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "restoring experiment" in r.stdout + r.stderr
     assert "evaluating:" not in r.stdout + r.stderr  # -q: no progress lines
-    for d in trial_dirs(run):
+    plan = json.loads((run / "plan.json").read_text())
+    for cfg, name in zip(plan["trials"], plan["trial_dirs"]):
+        d = run / "trials" / name
         rec = json.loads((d / "result.json").read_text())
         assert rec["train"]["epochs"] == epochs and len(rec["train"]["history"]) == epochs
         assert rec["evaluation"]["world_size"] == 2  # both ranks evaluated
         masks = {k: torch.from_numpy(v) for k, v in read_points(d)[1].items()}
         assert_autoattack_at_every_informative_eps(rec, masks)
-        if d.name in finished_before:
-            assert starts(d) == starts_before[d.name] == 1, (
-                f"{d.name} finished before the kill but trained again"
-            )
-        else:
-            assert starts(d) <= starts_before[d.name] + 1
+        for kl in kills:  # finished before a kill: never trained again
+            if name in kl["finished"]:
+                assert starts(d) == kl["finished"][name], f"{name} finished before a kill but trained again"
+        reference_trial(cfg, tmp_path / "ref" / name)
+        assert_same_results(d, tmp_path / "ref" / name)
 
 
 @pytest.mark.slow
