@@ -132,7 +132,6 @@ class _Killed(Exception):
 
 def test_a_killed_evaluation_resumes_without_re_attacking_finished_chunks(std_model, tmp_path, monkeypatch):
     cfg = small()
-    full = evaluate(std_model, cfg)
     trial = TrialDir(tmp_path / "trial")
     real = engine_module.Runner._attack
     calls: list = []
@@ -145,7 +144,7 @@ def test_a_killed_evaluation_resumes_without_re_attacking_finished_chunks(std_mo
 
     monkeypatch.setattr(engine_module.Runner, "_attack", counting)
     kill_after = None
-    evaluate(std_model, cfg)  # count the chunk-steps of a whole evaluation
+    full = evaluate(std_model, cfg)  # uninterrupted, no state: counts the chunk-steps of a whole evaluation
     total = len(calls)
     calls.clear()
     kill_after = total // 2
