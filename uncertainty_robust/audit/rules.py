@@ -253,20 +253,17 @@ def fgsm_gap(record: dict, standard: Optional[dict], rules: AuditRules) -> Check
     )
 
 
-def more_steps_help(record: dict, rules: AuditRules) -> Check:
+def _probe_attack_check(name: str, key: str, tol: float, record: dict, rules: AuditRules) -> Check:
+    """The probe's attack ``key`` (one eps) against the white-box reference, paired per point."""
     probe = _probe(record)
-    s = probe.get("strong")
+    s = probe.get(key)
     if s is None:
-        return Check(
-            "more_steps_help", "not tested", probe.get("not_tested", "no masking_probe in the record")
-        )
-    return _paired_check(
-        "more_steps_help",
-        [(probe["eps"], s["label"], s)],
-        _whitebox_label(probe),
-        rules.more_steps_tol,
-        rules,
-    )
+        return Check(name, "not tested", probe.get("not_tested", "no masking_probe in the record"))
+    return _paired_check(name, [(probe["eps"], s["label"], s)], _whitebox_label(probe), tol, rules)
+
+
+def more_steps_help(record: dict, rules: AuditRules) -> Check:
+    return _probe_attack_check("more_steps_help", "strong", rules.more_steps_tol, record, rules)
 
 
 def margin_beats_ce(record: dict, rules: AuditRules) -> Check:
@@ -286,15 +283,7 @@ def margin_beats_ce(record: dict, rules: AuditRules) -> Check:
 
 
 def square_beats_pgd(record: dict, rules: AuditRules) -> Check:
-    probe = _probe(record)
-    s = probe.get("square")
-    if s is None:
-        return Check(
-            "square_beats_pgd", "not tested", probe.get("not_tested", "no masking_probe in the record")
-        )
-    return _paired_check(
-        "square_beats_pgd", [(probe["eps"], s["label"], s)], _whitebox_label(probe), rules.square_tol, rules
-    )
+    return _probe_attack_check("square_beats_pgd", "square", rules.square_tol, record, rules)
 
 
 def transfer_beats_whitebox(record: dict, rules: AuditRules) -> Check:
