@@ -134,6 +134,13 @@ def _stable(x):
     return x
 
 
+def assert_same_weights(got: dict, want: dict, what: str = "tensors differ after resume:") -> None:
+    """Two state dicts hold the same tensors, bit for bit (``what`` starts the failure message)."""
+    assert got.keys() == want.keys()
+    different = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not different, f"{what} {different}"
+
+
 def assert_same_results(trial_dir, ref_dir) -> None:
     """The trial's final weights (tensor for tensor), per-point outcomes (every attack, eps and
     checkpoint) and result record (less timings, host and versions) equal the reference's."""
@@ -146,9 +153,10 @@ def assert_same_results(trial_dir, ref_dir) -> None:
     from uncertainty_robust.trial import read_points
 
     d, r = Path(trial_dir), Path(ref_dir)
-    got, want = checkpoint.load(d / "model.pt")["model"], checkpoint.load(r / "model.pt")["model"]
-    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), (
-        f"{d.name}: final weights differ from the uninterrupted run's"
+    assert_same_weights(
+        checkpoint.load(d / "model.pt")["model"],
+        checkpoint.load(r / "model.pt")["model"],
+        f"{d.name}: final weights differ from the uninterrupted run's in",
     )
     with np.load(d / "points.npz") as a, np.load(r / "points.npz") as b:
         assert sorted(a.files) == sorted(b.files), f"{d.name}: {sorted(a.files)} vs {sorted(b.files)}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from common import scripted_validation
+from common import assert_same_results, reference_trial, scripted_validation
 
 from uncertainty_robust import checkpoint, train, trial
 from uncertainty_robust.attacks import AttackSpec
@@ -131,7 +131,7 @@ def test_ddp_ranks_resume_from_the_previous_checkpoint_when_the_last_is_damaged(
             raise Stop
 
     kw = dict(workers=2, threads=1, use_gpu=False, retries=0)
-    assert run_ranks(cfg, tmp_path / "ref", on_epoch=ack, **kw) == 0
+    reference_trial(cfg, tmp_path / "ref" / "t")  # the same directory name: the record names it
     d = tmp_path / "t"
     with pytest.raises(Stop):
         run_ranks(cfg, d, on_epoch=stop_at_2, **kw)
@@ -139,9 +139,7 @@ def test_ddp_ranks_resume_from_the_previous_checkpoint_when_the_last_is_damaged(
     assert checkpoint.load(ck)["epoch"] == 2
     ck.write_bytes(ck.read_bytes()[:1000])
     assert run_ranks(cfg, d, on_epoch=ack, **kw) == 0  # retries=0: any failure would raise
-    ref = checkpoint.load(tmp_path / "ref" / "model.pt")["model"]
-    final = checkpoint.load(d / "model.pt")["model"]
-    assert all(torch.equal(final[k], v) for k, v in ref.items())
+    assert_same_results(d, tmp_path / "ref" / "t")
     events = [(e["event"], e.get("resumed_from"), e.get("epoch")) for e in _events(d)]
     assert events == [
         ("train_start", None, None),

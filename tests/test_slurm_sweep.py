@@ -106,15 +106,27 @@ def _kill_leftovers(job_id: str, wait_s: float = 30) -> None:
     deadline = time.time() + wait_s
     while _squeue(job_id)[0] not in ("", "?") and time.time() < deadline:
         time.sleep(0.5)
-    needle = f"SLURM_JOB_ID={job_id}".encode()
+    for pid in _job_pids(job_id):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _job_pids(job_id: str, node: str | None = None) -> list[int]:
+    """PIDs of the processes of SLURM job ``job_id`` (``SLURM_JOB_ID`` in their environment: the
+    tasks, Ray's processes, the DDP ranks), only those started on ``node`` when given."""
+    wanted = {f"SLURM_JOB_ID={job_id}".encode()} | ({f"SLURMD_NODENAME={node}".encode()} if node else set())
+    found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
         try:
-            if needle in (d / "environ").read_bytes().split(b"\0"):
-                os.kill(int(d.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
+            if wanted <= set((d / "environ").read_bytes().split(b"\0")):
+                found.append(int(d.name))
+        except OSError:
             pass
+    return found
 
 
 def _env(**extra) -> dict:
@@ -784,27 +796,16 @@ def test_one_minute_time_limit_requeues_more_than_3_times_and_finishes(slurm_clu
 # ------------------------------------------------------------------------ 7. a lost node
 def _node_processes(node: str, job_id: str) -> list[int]:
     """PIDs of what runs on virtual node ``node``: its ``slurmd``, its ``slurmstepd`` s (they hold
-    the node's own log or spool files open) and every process of job ``job_id`` started there
-    (``SLURMD_NODENAME`` in the environment: the task, Ray's processes, the DDP ranks)."""
-    mine = f"slurmd-{node}"
-    job, name = f"SLURM_JOB_ID={job_id}".encode(), f"SLURMD_NODENAME={node}".encode()
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            comm = (d / "comm").read_text().strip()
-            if comm in ("slurmd", "slurmstepd"):
-                links = [os.readlink(f) for f in (d / "fd").iterdir()]
-                if any(mine in link for link in links):
-                    found.append(int(d.name))
-                continue
-            env = (d / "environ").read_bytes().split(b"\0")
-            if job in env and name in env:
-                found.append(int(d.name))
-        except OSError:
-            pass
-    return found
+    the node's own log file open) and every process of job ``job_id`` started there."""
+    daemons = []
+    for name in ("slurmd", "slurmstepd"):
+        for p in subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split():
+            try:
+                if any(f"slurmd-{node}" in os.readlink(f) for f in Path(f"/proc/{p}/fd").iterdir()):
+                    daemons.append(int(p))
+            except OSError:
+                pass
+    return daemons + _job_pids(job_id, node)
 
 
 def _revive_node(node: str) -> None:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from common import AT_EPS, AT_STEPS, STD, acc, fit_quiet
+from common import AT_EPS, AT_STEPS, STD, acc, assert_same_weights, fit_quiet
 
 from uncertainty_robust import checkpoint, resume, trial
 from uncertainty_robust.attacks import AttackSpec, run_suite
@@ -67,12 +67,6 @@ def resume_reference(tmp_path_factory):
     return cfg, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def _assert_same_weights(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"tensors differ after resume: {different}"
-
-
 def test_resume_in_process_gives_identical_weights(resume_reference, tmp_path, monkeypatch):
     cfg, ref = resume_reference
     d = tmp_path / "b"
@@ -83,7 +77,7 @@ def test_resume_in_process_gives_identical_weights(resume_reference, tmp_path, m
     model, second = fit_quiet(cfg, d)
     assert second["completed"] and second["epochs"] == cfg.epochs
     assert second["history"][0] == first["history"][0]  # epoch 1 restored (its wall time too), not redone
-    _assert_same_weights(model.state_dict(), ref)
+    assert_same_weights(model.state_dict(), ref)
     # control: the same resume without restoring the RNG (PGD's random start draws from it) must
     # not give the same weights, or this test would not see a broken RNG restore
     monkeypatch.setattr(checkpoint, "set_rng_state", lambda state: None)
@@ -117,7 +111,7 @@ def test_damaged_checkpoint_resumes_from_the_previous_one(damage, resume_referen
     ck.write_bytes(bad)
     with caplog.at_level(logging.WARNING, logger="uncertainty_robust"):
         model, summary = fit_quiet(cfg, d)
-    _assert_same_weights(model.state_dict(), ref)
+    assert_same_weights(model.state_dict(), ref)
     assert summary["completed"] and [h["epoch"] for h in summary["history"]] == [1, 2, 3]
     (line,) = _warnings(caplog)
     assert str(ck) in line and "resuming from checkpoint.prev.pt (epoch 1)" in line, line
@@ -136,7 +130,7 @@ def test_damaged_checkpoint_resumes_from_the_previous_one(damage, resume_referen
     with caplog.at_level(logging.WARNING, logger="uncertainty_robust"):
         model, _ = fit_quiet(cfg, d)  # finished: nothing to redo, nothing damaged read again
     assert _warnings(caplog) == [] and len(_events(d)) == 1
-    _assert_same_weights(model.state_dict(), ref)
+    assert_same_weights(model.state_dict(), ref)
 
 
 def test_both_checkpoints_damaged_start_from_scratch_recorded(resume_reference, tmp_path, caplog):
@@ -148,7 +142,7 @@ def test_both_checkpoints_damaged_start_from_scratch_recorded(resume_reference, 
     prev.write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="uncertainty_robust"):
         model, summary = fit_quiet(cfg, d)
-    _assert_same_weights(model.state_dict(), ref)  # from scratch, with the same seed
+    assert_same_weights(model.state_dict(), ref)  # from scratch, with the same seed
     lines = _warnings(caplog)
     assert len(lines) == 2 and all("starting from scratch" in ln for ln in lines), lines
     assert str(ck) in lines[0] and str(prev) in lines[1]
@@ -175,7 +169,7 @@ def test_checkpoint_damaged_during_training_is_not_kept_as_the_previous_one(resu
     (moved,) = d.glob("checkpoint.pt.unreadable-*")
     assert [(e["event"], e["moved_to"]) for e in _events(d)] == [("checkpoint_unreadable", moved.name)]
     model, _ = fit_quiet(cfg, d)
-    _assert_same_weights(model.state_dict(), ref)
+    assert_same_weights(model.state_dict(), ref)
     assert checkpoint.load(d / "checkpoint.prev.pt")["epoch"] == 2
 
 
@@ -215,7 +209,7 @@ def test_resume_after_sigkill_gives_identical_weights(resume_reference, train_cl
     assert rerun.returncode == 0, rerun.stderr
     assert f"from epoch {killed_at['epoch']}" in rerun.stderr  # it resumed rather than started over
     final = checkpoint.load(d / "model.pt")["model"]
-    _assert_same_weights(final, ref)
+    assert_same_weights(final, ref)
     hist = json.loads((d / "result.json").read_text())["train"]["history"]
     assert len(hist) == cfg.epochs and hist[0] == json.loads(killed_at["history"])[0]
 
