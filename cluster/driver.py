@@ -156,6 +156,25 @@ def _trial_name(trial) -> str:
 
 
 PARAMETER_COLUMNS = {"trial/defense": "defense", "trial/lam": "lam", "trial/eps": "eps", "trial/seed": "seed"}
+
+
+def parameter_columns(trials: list) -> dict:
+    """Tune's status table columns: defense, lambda, eps and seed, and before the seed every other
+    field that tells the plan's rows apart (``epochs`` in a budget ladder), so no two rows look alike."""
+    import json
+
+    from uncertainty_robust.config import row_fields
+
+    varying = {
+        f"trial/{k}": k
+        for k in row_fields()
+        if f"trial/{k}" not in PARAMETER_COLUMNS
+        and len({json.dumps(t.get(k), sort_keys=True) for t in trials}) > 1
+    }
+    cols = {k: v for k, v in PARAMETER_COLUMNS.items() if k != "trial/seed"}
+    return {**cols, **varying, "trial/seed": "seed"}
+
+
 METRIC_COLUMNS = {
     "training_iteration": "iter",
     "val_clean_acc": "val clean",
@@ -228,7 +247,7 @@ def run_sweep(run_dir: os.PathLike, verbosity: int = 1) -> dict:
                 name=rd.tune.name,
                 storage_path=str(run_dir),
                 verbose=3 if verbosity >= 2 else verbosity,
-                progress_reporter=console.table_reporter(PARAMETER_COLUMNS, METRIC_COLUMNS),
+                progress_reporter=console.table_reporter(parameter_columns(plan["trials"]), METRIC_COLUMNS),
                 callbacks=[JsonLoggerCallback(), CSVLoggerCallback(), console.EpochLines()],
                 failure_config=FailureConfig(max_failures=int(search.get("trial_retries", 2))),
                 checkpoint_config=CheckpointConfig(num_to_keep=1),  # the trial dir has the real one

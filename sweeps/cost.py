@@ -78,7 +78,7 @@ def breakdown(c: TrialConfig, robust: Optional[Callable[[float, str], float]] = 
     once per evaluated checkpoint (an upper bound: the best checkpoint is often the last)."""
     size = dataset_info(c.dataset).train_size or 50000
     n_train = min(c.n_train or size, max(0, size - c.val_points))
-    per_example = 1 + (c.pgd_steps * c.adv_fraction if c.is_adversarial else 0)
+    per_example = 1 + (c.train_attack_steps * c.adv_fraction if c.is_adversarial else 0)
     train = c.epochs * n_train * per_example
     validation = c.epochs * (
         c.val_points * (1 + c.val_pgd_steps) + min(c.val_points, 128) * 2 * c.jacobian_projections

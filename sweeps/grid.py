@@ -228,6 +228,7 @@ def _expand(text: str, data: dict) -> Grid:
             raise GridError(f"defenses[{i}]", f"{d!r} is not one of {', '.join(DEFENSES)}")
     seeds = _list("seeds", data.get("seeds", [0]), int, unique=True)
     eps_list = _list("train_eps", data.get("train_eps", [TrialConfig().eps]), (int, float), unique=True)
+    epochs_list = _list("epochs", data.get("epochs", [TrialConfig().epochs]), int, unique=True)
     lambdas = data.get("lambdas", [0.0])
     with_lam = [d for d, spec in DEFENSES.items() if spec.takes_lam]
     if isinstance(lambdas, dict):
@@ -267,6 +268,7 @@ def _expand(text: str, data: dict) -> Grid:
     n = sum(
         len(lam_of.get(d, [0.0]) if DEFENSES[d].takes_lam else [0.0])
         * (len(eps_list) if DEFENSES[d].adversarial else 1)
+        * len(epochs_list)
         * len(seeds)
         for d in defenses
     )
@@ -281,10 +283,17 @@ def _expand(text: str, data: dict) -> Grid:
         if spec.takes_lam and d not in lam_of:
             raise GridError(f"lambdas.{d}", f"defense {d!r} is in the grid but has no lambda values")
         epss = eps_list if spec.adversarial else [base.get("eps", TrialConfig().eps)]
-        for lam, eps, seed in itertools.product(lams, epss, seeds):
+        for lam, eps, epochs, seed in itertools.product(lams, epss, epochs_list, seeds):
             try:
                 cfg = TrialConfig(
-                    **{**base, "defense": d, "lam": float(lam), "eps": float(eps), "seed": int(seed)}
+                    **{
+                        **base,
+                        "defense": d,
+                        "lam": float(lam),
+                        "eps": float(eps),
+                        "epochs": int(epochs),
+                        "seed": int(seed),
+                    }
                 )
                 validate(cfg)
             except ConfigError as e:

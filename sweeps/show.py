@@ -93,6 +93,7 @@ AXIS_HELP = {
     "defenses": "the defenses to train, each a trial family (required)",
     "lambdas": "LS alpha / EntM lambda / TRADES beta for the defenses that take one; or {defense: [...]}",
     "train_eps": "training eps of the adversarial defenses",
+    "epochs": "training epochs; a list makes a training-budget ladder (one trial per value, its own schedule)",
     "seeds": "one trial per seed",
 }
 

@@ -117,7 +117,7 @@ def test_every_defense_takes_a_step(name, batch):
     assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert cost.forward >= len(x)
     if cfg.is_adversarial:
-        assert cost.backward == cfg.pgd_steps * len(x)  # the training adversary's input gradients
+        assert cost.backward == cfg.train_attack_steps * len(x)  # the training adversary's input gradients
         assert 0 <= stats["acc"] <= 1 and 0 <= stats["clean_acc"] <= 1
 
 
@@ -166,3 +166,42 @@ def test_at_ls_loss_equals_its_formula(std_model, batch, form):
     t[torch.arange(len(y)), y] = 1 - a + a / k if form == "uniform" else 1 - a
     assert torch.allclose(loss, -(t * logp).sum(1).mean(), atol=1e-5)
     assert stats["acc"] == pytest.approx(float((logp.argmax(1) == y).float().mean()))
+
+
+def test_fast_at_is_one_fgsm_step_from_a_uniform_start(std_model, batch):
+    """Fast-AT (Wong et al. 2020): x_adv = clip_[0,1](x + clip_eps(d0 + fast_step * eps * sign(grad CE at
+    x + d0))), d0 uniform in the eps-ball (clipped to [0,1]), recomputed from the same seed; one input
+    gradient per example whatever pgd_steps / eps_step / random_start say, and the loss is CE on it."""
+    x, y = batch
+    eps, seed = 0.2, 3
+    cfg = validate(
+        TrialConfig(
+            defense="fast_at", eps=eps, pgd_steps=7, eps_step=0.01, random_start=False, fast_step=1.25
+        )
+    )
+    assert cfg.train_attack_steps == 1
+    torch.manual_seed(seed)
+    cost = Cost()
+    loss, stats = DEFENSES["fast_at"].loss(std_model, x, y, cfg, cost)
+    assert cost.backward == len(x)
+
+    torch.manual_seed(seed)
+    d0 = torch.empty_like(x).uniform_(-eps, eps)
+    d0 = (x + d0).clamp(0, 1) - x
+    xs = (x + d0).requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(std_model(xs), y, reduction="none").sum(), xs)
+    d = (d0 + 1.25 * eps * g.sign()).clamp(-eps, eps)
+    x_ref = (x + d).clamp(0, 1)
+    with torch.no_grad():
+        z = std_model(x_ref)
+    assert torch.allclose(loss, F.cross_entropy(z, y), atol=1e-5)
+    assert stats["acc"] == pytest.approx(float((z.argmax(1) == y).float().mean()))
+    # the step is really 1.25 eps: most coordinates end on the ball's surface, not inside it
+    on_surface = ((x_ref - x).abs() >= eps - 1e-6) | (x_ref == 0) | (x_ref == 1)
+    assert float(on_surface.float().mean()) > 0.9
+    # and it is not PGD: AT with the same seed and pgd_steps 7 gives another adversary and loss
+    torch.manual_seed(seed)
+    loss_at, _ = DEFENSES["at"].loss(
+        std_model, x, y, validate(TrialConfig(defense="at", eps=eps, pgd_steps=7)), Cost()
+    )
+    assert not torch.allclose(loss, loss_at, atol=1e-4)

@@ -241,6 +241,51 @@ def test_step_schedule_follows_its_milestones_formula():
     assert lrs == [0.1] * 5 + [0.01] * 3 + [0.001] * 2
 
 
+def test_cyclic_schedule_is_one_triangle_over_every_batch():
+    """``schedule: cyclic`` (Wong et al. 2020): stepped per batch, the lr at batch i is lr x t / peak
+    up to the peak and lr x (T - t) / (T - peak) after it, t = i + 0.5, T = epochs x batches,
+    peak = cyclic_peak x T: it rises from near 0 to lr and falls back, never reaching 0."""
+    from uncertainty_robust import train
+
+    for epochs, per_epoch, peak in ((3, 7, 0.4), (1, 10, 0.5), (5, 3, 0.2)):
+        cfg = validate(TrialConfig(epochs=epochs, schedule="cyclic", cyclic_peak=peak, lr=0.2))
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        sched = train.make_scheduler(cfg, opt, batches_per_epoch=per_epoch)
+        total, got = epochs * per_epoch, []
+        for _ in range(total):
+            got.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        p = peak * total
+        want = [
+            0.2 * ((i + 0.5) / p if i + 0.5 <= p else (total - i - 0.5) / (total - p)) for i in range(total)
+        ]
+        assert got == pytest.approx(want), (epochs, per_epoch, peak)
+        assert max(got) <= 0.2 and min(got) > 0
+
+
+def test_cyclic_schedule_steps_per_batch_and_resumes_bit_identical(tmp_path):
+    """A cyclic-lr trial's lr moves within an epoch (logged lr after epoch 1 is the value at its last
+    batch, not at epoch 1 of a per-epoch schedule), and a resume after epoch 1 ends with the weights
+    of the uninterrupted run: the scheduler's batch count is restored with the checkpoint."""
+
+    cfg = validate(
+        TrialConfig(**{**RESUME, "defense": "fast_at", "lam": 0.0, "schedule": "cyclic", "lr": 0.004})
+    )
+    model, ref = fit_quiet(cfg, tmp_path / "ref")
+    per_epoch = -(-(1000) // cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    t = per_epoch - 0.5  # the next batch's midpoint after epoch 1: the lr the history logs
+    want = (
+        0.004 * (t + 1) / (0.4 * total) if t + 1 <= 0.4 * total else 0.004 * (total - t - 1) / (0.6 * total)
+    )
+    assert ref["history"][0]["lr"] == pytest.approx(want)
+    d = tmp_path / "b"
+    fit_quiet(cfg, d, stop_after_epochs=1)
+    resumed, _ = fit_quiet(cfg, d)
+    assert_same_weights(resumed.state_dict(), model.state_dict())
+
+
 def test_best_epoch_is_the_earliest_of_equal_validation_values(monkeypatch):
     """The best checkpoint is the epoch with the highest val/robust_acc, the earliest on ties; a
     NaN (no validation split) never wins."""

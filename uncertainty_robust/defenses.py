@@ -15,6 +15,9 @@ Standard forms (none could be confirmed from the paper's body; see ``docs/paper.
 - entm     : CE(f(x), y) - lam * H(softmax f(x)), H(p) = -sum_k p_k log p_k
              (confidence penalty, Pereyra et al. 2017)
 - at       : CE(f(x_adv), y), x_adv = PGD-Linf(eps, step, steps, random start) (Madry et al. 2018)
+- fast_at  : CE(f(x_adv), y), x_adv = one FGSM step of ``fast_step`` * eps from a uniform random start
+             in the eps-ball, projected back ("fast is better than free", Wong et al. 2020; their
+             cyclic learning rate is ``optimizer.schedule: cyclic``)
 - at_ls    : LS loss on x_adv
 - at_entm  : CE(f(x_adv), y) - lam * H(softmax f(x_?)), ``entropy_on`` in {"adv", "clean"}
 - trades   : CE(f(x), y) + beta * KL(p(x) || p(x_adv)), x_adv = PGD-Linf on that KL, beta = ``cfg.lam``
@@ -70,6 +73,9 @@ class Defense:
     paper: str
     check: Optional[Callable[[object, int], None]] = (
         None  # extra validation: (cfg, num_classes) -> raises ConfigError
+    )
+    attack_steps: Optional[int] = (
+        None  # the training adversary's steps when the defense fixes them (None: pgd_steps)
     )
 
     @property
@@ -135,20 +141,25 @@ def _entm(z, y, cfg) -> torch.Tensor:
     return F.cross_entropy(z, y, reduction="none") - cfg.lam * entropy(z)
 
 
-def make_adversary(model, x, y, cfg, loss_fn, cost: Cost) -> torch.Tensor:
+def make_adversary(model, x, y, cfg, loss_fn, cost: Cost, fast: bool = False) -> torch.Tensor:
     """PGD-Linf training adversary, with BatchNorm in ``cfg.attack_bn_mode`` during generation.
-    ``loss_fn``: (logits, y) -> per-example loss that PGD maximises."""
+    ``loss_fn``: (logits, y) -> per-example loss that PGD maximises. ``fast``: FGSM with a random
+    start instead (one step of ``cfg.fast_step * eps`` from a uniform point of the ball)."""
     was = model.training
     model.train(cfg.attack_bn_mode == "train")
+    if fast:
+        steps, step, start = cfg.train_attack_steps, cfg.fast_step * cfg.eps, True
+    else:
+        steps, step, start = cfg.pgd_steps, cfg.train_step_size, cfg.random_start
     try:
         return pgd(
             model,
             x,
             y,
             cfg.eps,
-            steps=cfg.pgd_steps,
-            step_size=cfg.train_step_size,
-            random_start=cfg.random_start,
+            steps=steps,
+            step_size=step,
+            random_start=start,
             loss=loss_fn,
             track_best=False,
             cost=cost,
@@ -175,11 +186,12 @@ def natural(per_example: PerExample) -> LossFn:
     return loss
 
 
-def adversarial(per_example: PerExample, entropy_term: bool = False) -> LossFn:
+def adversarial(per_example: PerExample, entropy_term: bool = False, fast: bool = False) -> LossFn:
     """Madry-style AT: ``per_example`` on the adversarial logits. With ``entropy_term`` (AT+EntM)
     the loss is CE - lam * H, H on the adversarial or, with ``entropy_on="clean"``, the clean
     logits (one forward pass of the concatenated batch). ``cfg.inner_loss="regularized"`` makes
-    PGD maximise the training loss on the iterate itself instead of plain CE."""
+    PGD maximise the training loss on the iterate itself instead of plain CE. ``fast``: the
+    adversary is FGSM with a random start (:func:`make_adversary`)."""
 
     def loss(model, x, y, cfg, cost: Cost, attack_model=None):
         reg = (lambda z, t: _entm(z, t, cfg)) if entropy_term else (lambda z, t: per_example(z, t, cfg))
@@ -187,7 +199,7 @@ def adversarial(per_example: PerExample, entropy_term: bool = False) -> LossFn:
         x_in = x
         if n_adv > 0:
             inner = reg if cfg.inner_loss == "regularized" else "ce"
-            x_adv = make_adversary(attack_model or model, x[:n_adv], y[:n_adv], cfg, inner, cost)
+            x_adv = make_adversary(attack_model or model, x[:n_adv], y[:n_adv], cfg, inner, cost, fast)
             x_in = torch.cat([x_adv, x[n_adv:]]) if n_adv < len(x) else x_adv
         clean_too = entropy_term and cfg.entropy_on == "clean" and n_adv > 0
         z_all = model(torch.cat([x_in, x[:n_adv]]) if clean_too else x_in)
@@ -305,6 +317,19 @@ register(
     )
 )
 register(Defense("at", "AT", "Standard/AT", True, None, "standard", adversarial(_ce), _MADRY))
+register(
+    Defense(
+        "fast_at",
+        "Fast-AT",
+        "Fast-AT",
+        True,
+        None,
+        "at",  # compared with PGD-AT of the same eps and schedule: the cheap recipe must match it first
+        adversarial(_ce, fast=True),
+        "Wong, Rice & Kolter 2020, Fast is better than free: Revisiting adversarial training",
+        attack_steps=1,
+    )
+)
 register(Defense("at_ls", "AT+LS", "LS/AT+LS", True, _ALPHA, "at", adversarial(_ls), _MADRY, _ls_check))
 register(Defense("at_entm", "AT+EntM", "EntM/AT+EntM", True, _LAMBDA, "at", adversarial(_ce, True), _MADRY))
 

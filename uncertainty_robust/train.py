@@ -73,8 +73,20 @@ def make_optimizer(cfg: TrialConfig, params):
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(cfg: TrialConfig, opt):
-    """Stepped once per epoch."""
+def make_scheduler(cfg: TrialConfig, opt, batches_per_epoch: int = 1):
+    """Stepped once per epoch, or once per batch for ``cyclic`` (:data:`PER_BATCH`), whose one cycle
+    spans ``epochs * batches_per_epoch`` batches: the lr rises linearly from 0 to ``lr`` until the
+    fraction ``cyclic_peak`` of them, then falls linearly to 0 (each batch takes the value at its
+    midpoint, so none trains at lr 0)."""
+    if cfg.schedule == "cyclic":
+        total = max(1, cfg.epochs * batches_per_epoch)
+        peak = cfg.cyclic_peak * total
+
+        def one_cycle(i: int) -> float:
+            t = min(i + 0.5, total)
+            return t / peak if t <= peak else (total - t) / (total - peak)
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, one_cycle)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     if cfg.schedule == "step":
@@ -102,12 +114,16 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
+PER_BATCH = ("cyclic",)  # schedules stepped after every optimizer step, not at the end of an epoch
 BEST_METRIC = "val/robust_acc"  # what the best checkpoint (and ASHA by default) selects on
 
 
-def train_epoch(net, model, opt, cfg: TrialConfig, x_tr, y_tr, idx, device, cost: Cost, epoch: int) -> dict:
+def train_epoch(
+    net, model, opt, cfg: TrialConfig, x_tr, y_tr, idx, device, cost: Cost, epoch: int, sched=None
+) -> dict:
     """One pass over the shard ``idx`` of the training set; returns per-example sums of the
-    defense's statistics, ``{name: [sum, count]}`` (acc: on what the loss saw)."""
+    defense's statistics, ``{name: [sum, count]}`` (acc: on what the loss saw). ``sched``: a
+    per-batch schedule (:data:`PER_BATCH`), stepped after each optimizer step."""
     rank, _ = rank_world()
     loss_of = get_defense(cfg.defense).loss
     adversary = accel.attack_model(model, cfg)  # the model itself, or in the adversary's own precision
@@ -124,6 +140,8 @@ def train_epoch(net, model, opt, cfg: TrialConfig, x_tr, y_tr, idx, device, cost
         loss.backward()
         cost.backward += len(x)
         opt.step()
+        if sched is not None:
+            sched.step()
         for k in sums:
             if not math.isnan(stats[k]):
                 sums[k][0] += stats[k] * len(x)
@@ -210,14 +228,15 @@ def fit(
     _seed_all(cfg.seed)
     model = make_model(cfg, device)
     opt = make_optimizer(cfg, model.parameters())
-    sched = make_scheduler(cfg, opt)
+    (x_tr, y_tr), (x_val, y_val), val_info = load_train_val(
+        cfg.dataset, cfg.data_root, cfg.n_train, cfg.val_points, cfg.val_seed, download=cfg.download
+    )
+    per_rank = -(-len(x_tr) // world)  # DistributedSampler (drop_last=False): ceil(n / world) each
+    sched = make_scheduler(cfg, opt, batches_per_epoch=-(-per_rank // cfg.batch_size))
     st = restore_trial(trial, model, opt, sched, device, resume_from) or TrainState()
     if st.epoch and rank == 0:
         log.info("resumed %s from epoch %d", trial.root, st.epoch)
 
-    (x_tr, y_tr), (x_val, y_val), val_info = load_train_val(
-        cfg.dataset, cfg.data_root, cfg.n_train, cfg.val_points, cfg.val_seed, download=cfg.download
-    )
     x_tr, y_tr = accel.place_data(x_tr, y_tr, device)  # CUDA: on the GPU if small, else pinned
     x_val, y_val = x_val.to(device), y_val.to(device)
     net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
@@ -235,8 +254,12 @@ def fit(
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)  # order = f(seed, epoch): identical after a resume
         idx = torch.tensor(list(iter(sampler)))
-        sums = train_epoch(net, model, opt, cfg, x_tr, y_tr, idx, device, st.cost, epoch)
-        sched.step()
+        per_batch = cfg.schedule in PER_BATCH
+        sums = train_epoch(
+            net, model, opt, cfg, x_tr, y_tr, idx, device, st.cost, epoch, sched if per_batch else None
+        )
+        if not per_batch:
+            sched.step()
         epoch_seconds = time.perf_counter() - t0
         st.train_seconds += epoch_seconds
         st.epoch = epoch + 1

@@ -84,6 +84,11 @@ class TrialConfig(Evaluation, Training):
         return float(self.jacobian_eps) if self.jacobian_eps is not None else self.val_attack_eps
 
     @property
+    def train_attack_steps(self) -> int:
+        """Gradient steps of the training adversary per example: the defense's own (fast_at: 1), else ``pgd_steps``."""
+        return self.defense_record.attack_steps or self.pgd_steps
+
+    @property
     def train_step_size(self) -> float:
         from ..attacks import default_step_size
 

@@ -16,9 +16,9 @@ from ..attacks import AttackSpec
 from ..defenses import DEFENSES
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "cosine", "cyclic")
 CHECKPOINTS = ("last", "best")  # which weights the final evaluation reads (best: by val/robust_acc)
-AXES = ("defenses", "lambdas", "train_eps", "seeds")  # grid keys expanded into one trial per value
+AXES = ("defenses", "lambdas", "train_eps", "epochs", "seeds")  # grid keys expanded into one trial per value
 EPS = S.number(0.0, 1.0)  # an L-inf radius in pixel units ([0, 1] inputs)
 POS_EPS = S.number(0.0, 1.0, lo_open=True)
 
@@ -100,6 +100,14 @@ class Training:
         help="fractions of epochs",
     )
     gamma: float = _f(0.1, grid="optimizer.gamma", rule=S.number(0, 1, lo_open=True))
+    cyclic_peak: float = _f(
+        0.4,
+        grid="optimizer.cyclic_peak",
+        rule=S.number(0, 1, lo_open=True),
+        help='schedule "cyclic": the lr rises linearly from 0 to lr over this fraction of the batches, '
+        "then falls linearly to 0 (Wong et al. 2020's one cycle: 0.4); stepped per batch",
+        since=3,
+    )
     # adversarial training (Madry et al. 2018). Defaults: the MNIST convention eps=0.3 with 40 steps;
     # the step is 2.5 * eps / steps = 0.01875 unless eps_step is set (mnist_challenge uses 0.01).
     # For CIFAR-10 use eps=8/255, 10 steps of 2/255 (cifar10_challenge).
@@ -111,6 +119,14 @@ class Training:
         help="None: 2.5 * eps / pgd_steps",
     )
     pgd_steps: int = _f(40, grid="adversarial.pgd_steps", rule=S.integer(1, 1000))
+    fast_step: float = _f(
+        1.25,
+        grid="adversarial.fast_step",
+        rule=S.number(0, 10, lo_open=True),
+        help="fast_at: its one FGSM step, from a uniform random start in the eps-ball, is fast_step * eps "
+        "(Wong et al. 2020: 1.25); the other defenses do not read it, nor fast_at pgd_steps/eps_step",
+        since=3,
+    )
     random_start: bool = _f(True, grid="adversarial.random_start", rule=S.flag())
     # open choices of the paper, explicit (not found in the paper; see docs/paper.md)
     entropy_on: str = _f(
