@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the trials and a cost estimate; submit nothing"
     )
     p.add_argument(
+        "--pilot",
+        metavar="AGGREGATE",
+        help="with --dry-run: an aggregate (RUN/aggregate or results/<part>) whose seed-to-seed spread "
+        "sizes the grid: the smallest difference each row's paired test can detect (sweeps/power.py)",
+    )
+    p.add_argument(
         "--print-schema",
         action="store_true",
         help="print every key a grid may set (defaults, rules) and exit",
@@ -169,6 +175,8 @@ def main(argv=None) -> int:
         return print_status(storage / _check_name(args.status, "--status"))
     if not args.grid:
         raise LaunchError("--grid is required (a YAML file or a bare name in sweeps/)")
+    if args.pilot is not None and not args.dry_run:
+        raise LaunchError("--pilot sizes a grid before it runs: use it with --dry-run")
     grid_path = find_grid(args.grid, SWEEPS_DIR)
     grid = load_grid(grid_path)
     cluster = args.cluster
@@ -191,7 +199,7 @@ def main(argv=None) -> int:
             raise
         print(f"note: this grid cannot run here as it is: {e}", file=sys.stderr)
     if args.dry_run:
-        print_dry_run(grid, cluster)
+        print_dry_run(grid, cluster, pilot=args.pilot)
         return 0
     _check_storage(storage, run_dir, grid, cluster, args)
     _check_no_live_job(run_dir)

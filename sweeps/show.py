@@ -20,10 +20,14 @@ class NoRun(UserError, ValueError):
     """``--status`` of a name with no run directory."""
 
 
-def print_dry_run(grid: Grid, cluster: str) -> None:
+def print_dry_run(grid: Grid, cluster: str, pilot: str | None = None) -> None:
+    from sweeps import power
     from sweeps.cost import estimate
     from uncertainty_robust.evaluation import EvalPlan
 
+    sized = (
+        power.lines(grid.trials, Path(pilot)) if pilot is not None else None
+    )  # a bad pilot: before any output
     res = trial_resources(grid)
     print(
         f"grid {grid.name!r}: {len(grid.trials)} trials on {cluster}; each {res['workers']} DDP worker(s) x "
@@ -58,6 +62,20 @@ def print_dry_run(grid: Grid, cluster: str) -> None:
         f"iteration (what small batches of survivors pay); GPUs are typically 20-100x faster per example"
     )
     print(disk.summary_line(grid.trials, disk.concurrency(grid, cluster)))
+    if sized is not None:
+        for line in sized:
+            print(line)
+    else:
+        n = min(
+            len({c.seed for c in grid.trials if c.defense == d}) for d in {c.defense for c in grid.trials}
+        )
+        k = power.detectable(1.0, n)
+        print(
+            "smallest detectable difference: give --pilot AGGREGATE (e.g. results/combined) for the spread s of "
+            "per-seed paired differences; with "
+            + (f"{n} seeds it is {k:.2f} x s" if k else f"{n} seed no seed-level test is possible")
+            + " (seed-level paired t-test, alpha 0.05, power 0.8; sweeps/power.py)"
+        )
     print("dry run: nothing submitted")
 
 
