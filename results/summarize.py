@@ -101,29 +101,46 @@ def _autoattack_rows(entries: list[dict]) -> list[str]:
 
 def _correlation_rows(run_dir: Path) -> list[str]:
     """Spearman's rho of each Jacobian statistic with worst-case accuracy at the AutoAttack eps (the
-    training eps here), across all trials and within the adversarially trained / other trials."""
+    training eps here), across all trials and within the adversarially trained / other trials; then
+    the same over configuration means (one point per row), where the aggregate has them."""
     out = []
     for c in json.loads((run_dir / "aggregate" / "jacobian_correlation.json").read_text()):
-        subsets = {f"all {c['n_trials']} trials": c["correlation"]} | {
-            f"{label} ({sub['n_trials']})": sub["correlation"]
-            for label, sub in (c.get("within") or {}).items()
-        }
-        cols = [k for k in c["robust"] if k in CORRELATION_AT]
-        head = [f"{name}, {k}" for name in subsets for k in cols]
-        out += [
-            f"Spearman's ρ (p) with worst-case accuracy, {c['dataset']} · {c['model']}, each seed a point "
-            f"(adv_ = at PGD points of eps {'/'.join(f'{e:g}' for e in c['jacobian_adv_eps']) or '—'}):",
-            "",
-            "| statistic | " + " | ".join(head) + " |",
-            "|---|" + "---|" * len(head),
-        ]
-        for stat in c["correlation"]:
-            cells = []
-            for corr in subsets.values():
-                for k in cols:
-                    cells.append(fmt_rho((corr.get(stat) or {}).get(k), empty="—"))
-            out.append(f"| {stat} | " + " | ".join(cells) + " |")
-        out.append("")
+        out += _rho_rows(c, "each seed a point", c["n_trials"], "trials", c["correlation"], c.get("within"))
+        over = c.get("over_configurations")
+        if over:
+            out += _rho_rows(
+                c,
+                "one point per configuration (the mean over its seeds)",
+                over["n_configurations"],
+                "configurations",
+                over["correlation"],
+                over.get("within"),
+            )
+    return out
+
+
+def _rho_rows(c: dict, unit: str, n: int, what: str, correlation: dict, within) -> list[str]:
+    out = []
+    subsets = {f"all {n} {what}": correlation} | {
+        f"{label} ({sub.get('n_trials', sub.get('n_configurations'))})": sub["correlation"]
+        for label, sub in (within or {}).items()
+    }
+    cols = [k for k in c["robust"] if k in CORRELATION_AT]
+    head = [f"{name}, {k}" for name in subsets for k in cols]
+    out += [
+        f"Spearman's ρ (p) with worst-case accuracy, {c['dataset']} · {c['model']}, {unit} "
+        f"(adv_ = at PGD points of eps {'/'.join(f'{e:g}' for e in c['jacobian_adv_eps']) or '—'}):",
+        "",
+        "| statistic | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(head),
+    ]
+    for stat in correlation:
+        cells = []
+        for corr in subsets.values():
+            for k in cols:
+                cells.append(fmt_rho((corr.get(stat) or {}).get(k), empty="—"))
+        out.append(f"| {stat} | " + " | ".join(cells) + " |")
+    out.append("")
     return out
 
 

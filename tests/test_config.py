@@ -37,7 +37,8 @@ def test_trial_id_of_a_fixed_config_is_pinned():
 
 def test_reproduction_grids_name_the_committed_trial_directories():
     """Every trial of the committed reproduction grids expands to a directory name that the committed
-    results name: the grid -> config -> hash chain is unchanged for all 142 trials."""
+    results name: the grid -> config -> hash chain is unchanged for all 142 trials of v2, and for every
+    v3 part that has run (it has a results/<grid> directory; a part only planned has none)."""
     from sweeps.grid import load_grid
 
     names: set = set()
@@ -47,6 +48,8 @@ def test_reproduction_grids_name_the_committed_trial_directories():
     assert len(grids) >= 11
     total = 0
     for g in grids:
+        if g.name.startswith("repro_v3") and not (REPO / "results" / g.stem).is_dir():
+            continue
         dirs = [c.dirname() for c in load_grid(g).trials]
         missing = [d for d in dirs if d not in names]
         assert not missing, f"{g.name}: {missing[:3]} not among the committed trial directories"

@@ -365,6 +365,26 @@ def test_jacobian_correlation_within_the_adversarial_and_natural_subsets():
     assert c["within"] == {} and "Within" not in report.correlation_markdown(c)
 
 
+def test_jacobian_correlation_over_configuration_means():
+    """Seeds of one configuration are not independent points: the correlation over configurations
+    takes one point per row (the means over its seeds). Planted: across 5 configurations a larger
+    logit Jacobian goes with less robustness (rho -1 over the means), while within each the seeds
+    move both together; the per-trial rho over 15 points says something else."""
+    trials, i = [], 0
+    for k, lam in enumerate((0.1, 0.2, 0.3, 0.4, 0.5)):
+        for seed in range(3):
+            jac, acc = 1.0 + 0.1 * k + 0.5 * seed, 0.5 - 0.01 * k + 0.05 * seed
+            trials.append(report.Trial(Path(f"t{i}"), rec("entm", seed, 0.9, acc, lam=lam, jac_logits=jac)))
+            i += 1
+    (c,) = report.jacobian_correlations(report.group_trials(trials))
+    over = c["over_configurations"]
+    assert over["n_configurations"] == 5 and over["within"] == {}
+    r = over["correlation"]["logits_mean"]["worst@0.3"]
+    assert r["rho"] == pytest.approx(-1.0) and r["n"] == 5
+    assert c["correlation"]["logits_mean"]["worst@0.3"]["rho"] > 0  # per trial: the seeds dominate
+    assert "Over the 5 configurations" in report.correlation_markdown(c)
+
+
 def test_rerun_replaces_aggregate_and_reuses_transfers(sweep, aggregated, monkeypatch):
     out = aggregated.out
     tr = json.loads((out / "transfer.json").read_text())

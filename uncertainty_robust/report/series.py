@@ -132,6 +132,27 @@ def _spearman_block(trials: list, eps: list) -> dict:
     return {n: {f"worst@{e:g}": st.spearman([v.get(n) for v in jv], acc[e]) for e in eps} for n in names}
 
 
+def _mean(vals: list):
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _spearman_means(groups: list, eps: list) -> dict:
+    """Spearman's rho over configurations: one point per table row, the mean over its seeds of each
+    Jacobian statistic and of the worst-case accuracy (seeds of one configuration are not independent
+    points, so this is the correlation whose p-value means what it says)."""
+    jv = [[jacobian_values(t.record) for t in g.trials] for g in groups]
+    names = list(dict.fromkeys(k for vs in jv for v in vs for k in v))
+    acc = {
+        e: [_mean([cell(t.record, (f"worst@{e:g}", "worst", None, e)) for t in g.trials]) for g in groups]
+        for e in eps
+    }
+    return {
+        n: {f"worst@{e:g}": st.spearman([_mean([v.get(n) for v in vs]) for vs in jv], acc[e]) for e in eps}
+        for n in names
+    }
+
+
 def jacobian_correlations(groups: list) -> list:
     """Per (dataset, model): Spearman's rho across trials (every seed a point) between each Jacobian
     statistic (:func:`~.scan.jacobian_values`: logit, softmax and margin-gradient norms and the
@@ -139,9 +160,11 @@ def jacobian_correlations(groups: list) -> list:
     same within the adversarially trained trials and within the others (``within``, for subsets of
     at least :data:`MIN_SUBSET_TRIALS` trials when both subsets are present)."""
     by: dict = {}
+    rows: dict = {}
     for g in groups:
         adv = DEFENSES[g.cfg.defense].adversarial
         by.setdefault((g.cfg.dataset, g.cfg.model), []).extend((t, adv) for t in g.trials)
+        rows.setdefault((g.cfg.dataset, g.cfg.model), []).append((g, adv))
     out = []
     for (dataset, model), pairs in by.items():
         trials = [t for t, _ in pairs]
@@ -164,6 +187,19 @@ def jacobian_correlations(groups: list) -> list:
             if all(subsets.values())
             else {}
         )
+        gs = rows[(dataset, model)]
+        sub_rows = {label: [g for g, a in gs if a == flag] for label, flag in SUBSETS}
+        over = {
+            "n_configurations": len(gs),
+            "correlation": _spearman_means([g for g, _ in gs], eps),
+            "within": {
+                label: {"n_configurations": len(g2), "correlation": _spearman_means(g2, eps)}
+                for label, g2 in sub_rows.items()
+                if len(g2) >= MIN_SUBSET_TRIALS
+            }
+            if all(sub_rows.values())
+            else {},
+        }
         out.append(
             {
                 "dataset": dataset,
@@ -173,6 +209,7 @@ def jacobian_correlations(groups: list) -> list:
                 "jacobian_adv_eps": adv_eps,
                 "correlation": correlation,
                 "within": within,
+                "over_configurations": over,
             }
         )
     return out
@@ -198,6 +235,19 @@ def correlation_markdown(c: dict) -> str:
     for label, sub in (c.get("within") or {}).items():
         lines += ["", f"Within the {sub['n_trials']} {label} trials:", ""]
         lines += _rho_table(sub["correlation"], cols)
+    over = c.get("over_configurations")
+    if over:
+        lines += [
+            "",
+            f"Over the {over['n_configurations']} configurations (one point per table row: the mean over its "
+            "seeds; the seeds of one configuration are not independent points, so these p-values are the "
+            "ones to read):",
+            "",
+        ]
+        lines += _rho_table(over["correlation"], cols)
+        for label, sub in (over.get("within") or {}).items():
+            lines += ["", f"Within the {sub['n_configurations']} {label} configurations:", ""]
+            lines += _rho_table(sub["correlation"], cols)
     return "\n".join(lines) + "\n"
 
 
