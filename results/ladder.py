@@ -47,7 +47,7 @@ def _paired(a, b) -> str:
         return "—"
     common, (pa, pb) = st.align([(a[0], None), (b[0], None)])
     d = st.paired_difference(b[1][pb][None], a[1][pa][None])
-    return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] p={st.fmt_p(d['p_mcnemar'])}"
+    return f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] p{st.fmt_p(d['p_mcnemar'], '=')}"
 
 
 def main(run: str) -> int:
@@ -72,9 +72,11 @@ def main(run: str) -> int:
         f"one seed ({c0.seed}) per rung; checkpoint: last epoch.\n"
     )
     print(
-        "| defense | epochs | budget (images x epochs) | " + " | ".join(h for h, _ in cols) + " | train s |"
+        "| defense | epochs | budget (images x epochs) | "
+        + " | ".join(h for h, _ in cols)
+        + " | train s | evaluation s |"
     )
-    print("|---|---:|---:|" + "---:|" * len(cols) + "---:|")
+    print("|---|---:|---:|" + "---:|" * len(cols) + "---:|---:|")
     for rungs in by.values():
         for e in sorted(rungs):
             t = rungs[e]
@@ -82,8 +84,8 @@ def main(run: str) -> int:
             for _, name in cols:
                 o = _outcome(t, name)
                 vals.append("—" if o is None else f"{100 * float(np.mean(o[1])):.1f}")
-            secs = t.record.get("train_seconds")
-            secs = f"{secs:.0f}" if isinstance(secs, (int, float)) else "—"
+            secs = [(t.record.get("train") or {}).get("train_seconds"), t.record.get("eval_seconds")]
+            secs = " | ".join(f"{s:.0f}" if isinstance(s, (int, float)) else "—" for s in secs)
             print(f"| {t.cfg.method_label()} | {e} | {n_img * e:,} | " + " | ".join(vals) + f" | {secs} |")
     print(
         "\nEach doubling of the budget: the later rung minus the earlier one, in points, on the same test points.\n"

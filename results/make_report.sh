@@ -12,13 +12,16 @@ shift || true
 parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(repro_fmnist repro_fmnist_lambdas repro_fmnist_at_lambdas repro_fmnist_entropy_on repro_fmnist_inner_loss
   repro_fmnist_adv_fraction repro_fmnist_adv_fraction_at repro_mnist
-  repro_fmnist_seeds5 repro_fmnist_adv_fraction_seeds5 repro_mnist_seeds5)
+  repro_fmnist_seeds5 repro_fmnist_adv_fraction_seeds5 repro_mnist_seeds5
+  repro_v3_ladder)
 # publish RUN OUT: RUN's aggregate (tables, figures, JSON) into results/OUT, with its compact summary
 publish() {
   local run=$1 out=$2 a=$1/aggregate
   rm -rf "results/$out" && mkdir -p "results/$out"
   cp -r "$a/figures" "$a/tables.md" "$a/summary.json" "$a"/table_*.csv "$a"/table_*.json \
     "$a/jacobian_correlation.json" "results/$out/"
+  # the seed-level data every seed-level test is recomputed from (aggregates since v3)
+  if [ -f "$a/trials.csv" ]; then cp "$a/trials.csv" "results/$out/"; fi
   "$PY" results/summarize.py "$run" > "results/$out/summary.md"
 }
 for g in "${parts[@]}"; do
@@ -29,6 +32,7 @@ for g in "${parts[@]}"; do
   "$PY" sweeps/aggregate.py "runs/$g"
   publish "runs/$g" "$g"
   if [ -d "runs/$g/aggregate/examples" ]; then cp -r "runs/$g/aggregate/examples" "results/$g/"; fi
+  if [[ $g == repro_v3_ladder* ]]; then "$PY" results/ladder.py "runs/$g" > "results/$g/ladder.md"; fi
 done
 # every part of one dataset together (the open choices, strengths and extra seeds are paired with the
 # same AT / standard trials on the same points and seeds); hard links, so nothing is copied or retrained.
