@@ -64,8 +64,8 @@ def main(run: str) -> int:
     n_img = trials[0].record.get("validation", {}).get("n_train") or c0.n_train
     pts = sorted({len(t.points[0]) for t in trials if t.points is not None})
     print(
-        f"Fashion-MNIST ({c0.dataset}), training split less a {c0.val_points}-point validation split "
-        f"({n_img} training images); {c0.model} width {c0.width:g}; eps_train {eps:g}; official test split, "
+        f"{c0.dataset}: the training split less a {c0.val_points}-point validation split "
+        f"({n_img:,} training images); {c0.model} width {c0.width:g}; eps_train {eps:g}; the test split, "
         f"{'/'.join(map(str, pts))} points; ours = worst case of "
         f"{', '.join(a.label() for a in c0.attacks)}; AA = ours + AutoAttack "
         f"({', '.join(a.label() for a in c0.autoattack)}, pyautoattack) on the points ours leave robust; "

@@ -13,7 +13,7 @@ parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(repro_fmnist repro_fmnist_lambdas repro_fmnist_at_lambdas repro_fmnist_entropy_on repro_fmnist_inner_loss
   repro_fmnist_adv_fraction repro_fmnist_adv_fraction_at repro_mnist
   repro_fmnist_seeds5 repro_fmnist_adv_fraction_seeds5 repro_mnist_seeds5
-  repro_v3_ladder)
+  repro_v3_ladder repro_v3_ladder_16)
 # publish RUN OUT: RUN's aggregate (tables, figures, JSON) into results/OUT, with its compact summary
 publish() {
   local run=$1 out=$2 a=$1/aggregate
@@ -29,10 +29,10 @@ for g in "${parts[@]}"; do
   # the *_seeds5 parts only add seeds 3-4 to their parent's rows: reported through the combined
   # aggregates below, not alone (2 seeds)
   [[ $g == *_seeds5 ]] && continue
+  [[ $g == repro_v3_ladder* ]] && continue  # v3 part 1: its two runs are reported together, below
   "$PY" sweeps/aggregate.py "runs/$g"
   publish "runs/$g" "$g"
   if [ -d "runs/$g/aggregate/examples" ]; then cp -r "runs/$g/aggregate/examples" "results/$g/"; fi
-  if [[ $g == repro_v3_ladder* ]]; then "$PY" results/ladder.py "runs/$g" > "results/$g/ladder.md"; fi
 done
 # every part of one dataset together (the open choices, strengths and extra seeds are paired with the
 # same AT / standard trials on the same points and seeds); hard links, so nothing is copied or retrained.
@@ -47,3 +47,8 @@ combine() {
 }
 combine combined repro_fmnist
 combine mnist_combined repro_mnist
+# v3 part 1, the AT baseline's budget ladder: its two runs (repro_v3_ladder, repro_v3_ladder_16) together
+if [ -d runs/repro_v3_ladder ]; then
+  combine repro_v3_ladder repro_v3_ladder
+  "$PY" results/ladder.py runs/_repro_v3_ladder > results/repro_v3_ladder/ladder.md
+fi
