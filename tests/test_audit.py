@@ -305,6 +305,25 @@ def test_large_eps_rule_and_not_tested():
     assert large_eps({"dataset": "mnist_embedded"}, "L2", AuditRules()) == pytest.approx(0.5 * 28)
 
 
+def test_probe_checks_also_read_the_probe_eps():
+    """``probe_eps``: the strong PGD and Square also ran where a claim is decided (``extra``); a gap
+    there flags the check and names that eps, Holm over all the probe's eps; none there passes and
+    lists every eps it compared at."""
+    base = dict(eps=0.2, whitebox_acc=0.5, zero_grad_frac=0.0)
+    quiet = {
+        "strong": pair(0.5, 0.5, 0, 0, label="pgd80x4"),
+        "square": pair(0.5, 0.5, 0, 0, label="square1000"),
+    }
+    loud = {"eps": 0.1, "whitebox_acc": 0.7, "strong": pair(0.7, 0.55, 15, 0, label="pgd80x4"),
+            "square": pair(0.7, 0.7, 1, 1, label="square1000")}  # fmt: skip
+    rec = record([0.9, 0.7, 0.5, 0.3], probe={**base, **quiet, "extra": [loud]})
+    ch = status(rec, "more_steps_help")
+    assert ch.status == "flagged" and "eps 0.1" in ch.detail, ch.detail
+    ch = status(rec, "square_beats_pgd")
+    assert ch.status == "passed" and "eps 0.2, 0.1" in ch.detail, ch.detail
+    assert status(record([0.9, 0.7, 0.5, 0.3], probe={**base, **quiet}), "more_steps_help").status == "passed"
+
+
 def test_paired_checks_need_significance_and_size():
     base = dict(eps=0.2, whitebox_acc=0.5, zero_grad_frac=0.0)
     # 8 points broken only by the 4x longer PGD, none the other way: p = 1/256, drop 0.08 > 0.03

@@ -254,12 +254,16 @@ def fgsm_gap(record: dict, standard: Optional[dict], rules: AuditRules) -> Check
 
 
 def _probe_attack_check(name: str, key: str, tol: float, record: dict, rules: AuditRules) -> Check:
-    """The probe's attack ``key`` (one eps) against the white-box reference, paired per point."""
+    """The probe's attack ``key`` against the white-box reference, paired per point, at the probe's
+    eps and at every ``probe_eps`` where it ran (``extra``)."""
     probe = _probe(record)
     s = probe.get(key)
     if s is None:
         return Check(name, "not tested", probe.get("not_tested", "no masking_probe in the record"))
-    return _paired_check(name, [(probe["eps"], s["label"], s)], _whitebox_label(probe), tol, rules)
+    comps = [(probe["eps"], s["label"], s)] + [
+        (x["eps"], x[key]["label"], x[key]) for x in probe.get("extra", [])
+    ]
+    return _paired_check(name, comps, _whitebox_label(probe), tol, rules)
 
 
 def more_steps_help(record: dict, rules: AuditRules) -> Check:

@@ -113,14 +113,16 @@ class TrialConfig(Evaluation, Training):
         return [e for e in self.eval_eps() if e > 0 and any(abs(e - w) <= 1e-6 for w in want)]
 
     def eval_eps(self) -> list:
-        """Where our own attacks run: ``test_eps`` plus the AutoAttack eps (AutoAttack starts from the
-        points our attacks leave robust, so they must have run there too); with the default rule,
-        plus the headline eps (:meth:`headline_eps`)."""
+        """Where our own attacks run: ``test_eps`` plus the masking probe's extra eps (``probe_eps``)
+        and the AutoAttack eps (AutoAttack and the probe start from the points our attacks leave
+        robust, so they must have run there too); with the default rule, plus the headline eps
+        (:meth:`headline_eps`)."""
+        base = merge_eps(self.test_eps, [float(e) for e in self.probe_eps])
         if not self.autoattack:
-            return merge_eps(self.test_eps, [])
+            return base
         if self.autoattack_eps is None:
-            return merge_eps(self.test_eps, self.headline_eps())
-        return merge_eps(self.test_eps, [float(e) for e in self.autoattack_eps])
+            return merge_eps(base, self.headline_eps())
+        return merge_eps(base, [float(e) for e in self.autoattack_eps])
 
     def to_dict(self) -> dict:
         """The fields as plain data (what ``dataclasses.asdict`` gives, without its deep copy of every

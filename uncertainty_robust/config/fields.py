@@ -234,6 +234,14 @@ class Evaluation:
         help="the masking probe's strong CE-PGD and Square on a stratified subset of this many of the "
         "n_eval points (None: all)",
     )
+    probe_eps: list = _f(
+        grid="evaluation.probe_eps",
+        rule=S.list_of(POS_EPS, unique=True),
+        factory=list,
+        help="eps where the masking probe's strong CE-PGD and Square also run, besides the eps its rule "
+        "picks (e.g. the eps a claim is decided at); our attacks run there too",
+        since=3,
+    )
     jacobian_points: int = _f(500, grid="evaluation.jacobian_points", rule=S.integer(0, 10**7))
     jacobian_eps: Optional[float] = _f(
         None,

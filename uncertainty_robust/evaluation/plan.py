@@ -87,6 +87,7 @@ class EvalPlan:
     reference: Optional[AttackSpec]  # the white-box reference (masking probe, Jacobians' PGD points)
     jacobian_points: int
     seed: int
+    probe_eps: tuple = ()  # where the masking probe also runs (``cfg.probe_eps``)
 
     @classmethod
     def of(cls, cfg) -> EvalPlan:
@@ -124,6 +125,7 @@ class EvalPlan:
             reference=reference_attack(cfg.attacks),
             jacobian_points=min(cfg.jacobian_points, n),
             seed=cfg.seed,
+            probe_eps=tuple(float(e) for e in cfg.probe_eps),
         )
 
     # ------------------------------------------------------------------ points
@@ -234,23 +236,34 @@ class EvalPlan:
         return out
 
     def probe_work(self, robust: Callable[[float, str], float]) -> list:
-        """The masking probe at the eps where the reference is closest to 50 %: the strong CE-PGD
-        (4x steps, 4x restarts) and Square-1000 on the reference's survivors there."""
+        """The masking probe at the eps where the reference is closest to 50 % and at every
+        ``probe_eps`` it leaves at least 5 % robust: the strong CE-PGD (4x steps, 4x restarts) and
+        Square-1000 on the reference's survivors there."""
         from ..attacks import black_box_attack
-        from .probe import PROBE, PROBE_RESTARTS_FACTOR, PROBE_SQUARE_QUERIES, PROBE_STEPS_FACTOR
+        from .probe import (
+            INFORMATIVE_MIN_ACC,
+            PROBE,
+            PROBE_RESTARTS_FACTOR,
+            PROBE_SQUARE_QUERIES,
+            PROBE_STEPS_FACTOR,
+        )
 
         pos = [e for e in self.linf_eps if e > 0]
         if self.reference is None or not pos:
             return []
         eps = min(pos, key=lambda e: abs(robust(e, OURS) - 0.5))
-        left = self.n_points * robust(eps, OURS)
+        extra = [e for e in pos if e != eps and any(abs(e - p) <= 1e-6 for p in self.probe_eps)]
         ref = self.reference
         strong = AttackSpec(
             ref.name, ref.steps * PROBE_STEPS_FACTOR, ref.step_size, ref.restarts * PROBE_RESTARTS_FACTOR
         )
         square = AttackSpec(black_box_attack().name, PROBE_SQUARE_QUERIES)
-        # on the reference's survivors: the strong attack breaks few of them (full cost), Square some
-        return [self.step_work(Step(eps, spec, PROBE), left, left) for spec in (strong, square)]
+        out = []
+        for e in [eps] + [e for e in extra if robust(e, OURS) >= INFORMATIVE_MIN_ACC]:
+            left = self.n_points * robust(e, OURS)
+            # on the reference's survivors: the strong attack breaks few of them (full cost), Square some
+            out += [self.step_work(Step(e, spec, PROBE), left, left) for spec in (strong, square)]
+        return out
 
     def describe(self) -> list:
         """One line per eps: what runs there, for the dry run and docs."""

@@ -3,7 +3,8 @@ the attack grid, run as extra steps of the evaluation (sharded and resumable lik
 
 White-box reference: the strongest reference-role attack of ``cfg.attacks`` (CE-loss PGD, most
 steps x restarts). Probe eps: the eps > 0 where its accuracy is closest to 50 % (a stronger,
-transferred or gradient-free attack can show a gap only where something is left to break). There,
+transferred or gradient-free attack can show a gap only where something is left to break), and
+every eps of ``probe_eps`` (where a claim is decided) where its accuracy is at least 5 %. There,
 on the points the reference left robust (within ``probe_points``), the reference with 4x the
 steps and 4x the restarts (``strong``) and the black-box attack (Square) with 1000 queries on the
 AutoAttack points: the points each breaks beyond the reference, paired with it (by construction
@@ -77,18 +78,22 @@ def run(runner: Runner, cfg) -> dict:
                 before = chain if plan.reuse_eps else runner.masks["clean"]
                 chain = before & ~runner.run(Step(e, twin, PROBE), before & runner.mine)
                 runner.masks[f"probe/margin/{e:g}"] = chain
-    if accs[eps] < INFORMATIVE_MIN_ACC:
+    wanted = [e for e in eps_list if any(abs(e - p) <= 1e-6 for p in cfg.probe_eps) and e != eps]
+    meta["extra_eps"] = [e for e in wanted if accs[e] >= INFORMATIVE_MIN_ACC]
+    if accs[eps] < INFORMATIVE_MIN_ACC and not meta["extra_eps"]:
         return meta
-    wb = runner.masks[f"attack/{label}/{eps:g}"]
     sub = subset_mask(runner.y, cfg.probe_points)  # every point unless probe_points
     strong = AttackSpec(ref.name, ref.steps * PROBE_STEPS_FACTOR, ref.step_size,
                         ref.restarts * PROBE_RESTARTS_FACTOR, ref.random_start)  # fmt: skip
-    runner.masks["probe/strong"] = wb & ~runner.run(Step(eps, strong, PROBE), wb & sub & runner.mine)
     on = sub & runner.aa_pts  # Square on the AutoAttack points within probe_points (nested subsets)
     square = AttackSpec(black_box_attack().name, PROBE_SQUARE_QUERIES)
-    runner.masks["probe/square"] = wb & ~runner.run(Step(eps, square, PROBE), wb & on & runner.mine)
     runner.masks["probe/strong_points"], runner.masks["probe/square_points"] = sub, on
     meta["strong"], meta["square"] = strong, square
+    for e in ([eps] if accs[eps] >= INFORMATIVE_MIN_ACC else []) + meta["extra_eps"]:
+        at = "" if e == eps else f"/{e:g}"  # the rule's eps keeps the keys it always had
+        wb = runner.masks[f"attack/{label}/{e:g}"]
+        runner.masks[f"probe/strong{at}"] = wb & ~runner.run(Step(e, strong, PROBE), wb & sub & runner.mine)
+        runner.masks[f"probe/square{at}"] = wb & ~runner.run(Step(e, square, PROBE), wb & on & runner.mine)
     return meta
 
 
@@ -162,5 +167,21 @@ def record(meta: dict, masks: dict, zero_grad: torch.Tensor, cfg, cost: dict) ->
             "on": survivors,
             **paired(wb[on], masks["probe/square"][on]),
         }
+        out["extra"] = []  # the probe_eps: the same two attacks where a claim is decided
+        for e in meta.get("extra_eps", []):
+            w = ref(e)
+            out["extra"].append(
+                {
+                    "eps": e,
+                    "whitebox_acc": accs[e],
+                    "strong": {"label": strong.label(), **paired(w[sub], masks[f"probe/strong/{e:g}"][sub])},
+                    "square": {"label": square.label(), **paired(w[on], masks[f"probe/square/{e:g}"][on])},
+                }
+            )
+        low = [e for e in cfg.probe_eps if e in accs and e != eps and accs[e] < INFORMATIVE_MIN_ACC]
+        if low:
+            out["extra_not_tested"] = [
+                {"eps": e, "why": f"{label} accuracy {accs[e]:.3f} < {INFORMATIVE_MIN_ACC:g}"} for e in low
+            ]
     out["cost"] = cost
     return out
