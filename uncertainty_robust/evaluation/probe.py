@@ -178,7 +178,8 @@ def record(meta: dict, masks: dict, zero_grad: torch.Tensor, cfg, cost: dict) ->
                     "square": {"label": square.label(), **paired(w[on], masks[f"probe/square/{e:g}"][on])},
                 }
             )
-        low = [e for e in cfg.probe_eps if e in accs and e != eps and accs[e] < INFORMATIVE_MIN_ACC]
+        asked = [e for e in accs if e != eps and any(abs(e - p) <= 1e-6 for p in cfg.probe_eps)]
+        low = [e for e in asked if accs[e] < INFORMATIVE_MIN_ACC]
         if low:
             out["extra_not_tested"] = [
                 {"eps": e, "why": f"{label} accuracy {accs[e]:.3f} < {INFORMATIVE_MIN_ACC:g}"} for e in low
