@@ -19,26 +19,18 @@ import numpy as np
 
 from uncertainty_robust import stats as st
 from uncertainty_robust.report import scan_run
+from uncertainty_robust.report.paired import trial_mask as _outcome
 
 
 def _columns(eps_train: float) -> list:
-    """[(header, outcome name in points.npz)]."""
-    out = [("clean", "clean")]
+    """[(header, table column (key, kind, label, eps) as uncertainty_robust.report.columns)]."""
+    out = [("clean", ("clean", "clean", None, 0.0))]
     for e in (eps_train, 2 * eps_train):
-        out += [(f"ours@{e:g}", f"worst/{e:g}"), (f"AA@{e:g}", f"autoattack/{e:g}")]
+        out += [
+            (f"ours@{e:g}", (f"worst@{e:g}", "worst", None, e)),
+            (f"AA@{e:g}", (f"AA@{e:g}", "autoattack", None, e)),
+        ]
     return out
-
-
-def _outcome(t, name: str):
-    """(indices, bool array) of one outcome of a trial on the points it was measured on, or None."""
-    pts = t.points
-    if pts is None or name not in pts[1]:
-        return None
-    idx, masks = pts
-    if name.startswith("autoattack/"):
-        on = masks.get("autoattack/points")
-        return (idx[on], masks[name][on]) if on is not None and len(on) == len(idx) else None
-    return idx, masks[name]
 
 
 def _paired(a, b) -> str:

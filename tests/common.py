@@ -121,7 +121,7 @@ def reference_trial(cfg: dict, trial_dir, workers: int = 2) -> None:
 
 
 # result.json keys that differ between two runs of one trial by design: timings, dates, host, versions
-_VOLATILE = ("second", "time", "host", "pid", "versions", "git_commit", "restart")
+_VOLATILE = ("second", "time", "host", "pid", "versions", "git_", "restart")
 
 
 def _stable(x):

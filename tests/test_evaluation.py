@@ -113,6 +113,28 @@ def test_probe_eps_runs_the_masking_probe_where_asked(std_model):
         assert x["strong"]["acc"] <= x["strong"]["ref_acc"] and x["square"]["label"] == "square1000"
     plain = EvalPlan.of(small(autoattack=[])).probe_work(lambda e, stage: 0.5)
     assert len(EvalPlan.of(cfg).probe_work(lambda e, stage: 0.5)) == len(plain) * 3  # rule eps + 2 others
+    # a value within 1e-6 of an evaluated eps is that eps (merged into eval_eps, then probed)
+    near = small(probe_eps=[0.2 + 1e-7], autoattack=[])
+    assert near.probe_at() == [0.2] and 0.2 + 1e-7 not in near.eval_eps()
+
+
+def test_the_dry_run_prices_the_probe_on_its_points():
+    """``probe_points`` (and ``autoattack_points`` for Square, whose points are nested in both): the
+    plan prices the probe's attacks on those points, not on all n_eval."""
+    half = lambda e, stage: 0.5  # noqa: E731
+    n = small(autoattack=[]).n_eval
+    every = {w.attack: w.passes for w in EvalPlan.of(small(autoattack=[])).probe_work(half)}
+    sub = {
+        w.attack: w.passes for w in EvalPlan.of(small(autoattack=[], probe_points=n // 4)).probe_work(half)
+    }
+    both = EvalPlan.of(small(autoattack=[], probe_points=n // 2, autoattack_points=n // 4)).probe_work(half)
+    assert len(every) == 2 and set(sub) == set(every)
+    for name in every:
+        assert sub[name] == pytest.approx(every[name] / 4, rel=0.05), (name, sub, every)
+    square = {w.attack: w.passes for w in both}
+    strong = next(a for a in every if a != "square")
+    assert square[strong] == pytest.approx(every[strong] / 2, rel=0.05)
+    assert square["square"] == pytest.approx(every["square"] / 4, rel=0.05)
 
 
 # ------------------------------------------------------------------------------ sharding

@@ -395,3 +395,26 @@ def test_git_commit_is_none_without_a_commit(monkeypatch):
     assert provenance.git_commit() is None
     monkeypatch.setattr(provenance.subprocess, "run", fake_git(0, "a" * 40 + "\n"))
     assert provenance.git_commit() == "a" * 40
+
+
+def test_a_record_names_the_commit_its_process_started_from(monkeypatch):
+    """``git_state`` is read once per process (a trial reads it when it starts): a commit made while
+    the trial runs does not change what its record names; a dirty tree is said."""
+    from uncertainty_robust import provenance
+
+    answers = {
+        ("rev-parse", "HEAD"): "a" * 40 + "\n",
+        ("status", "--porcelain", "--untracked-files=no"): " M x.py\n",
+    }
+
+    def fake_git(cmd, **k):
+        return subprocess.CompletedProcess(cmd, 0, stdout=answers[tuple(cmd[1:])], stderr="")
+
+    monkeypatch.setattr(provenance, "_STATE", {})
+    monkeypatch.setattr(provenance.subprocess, "run", fake_git)
+    assert provenance.git_state() == {"git_commit": "a" * 40, "git_dirty": True}
+    answers[("rev-parse", "HEAD")], answers[("status", "--porcelain", "--untracked-files=no")] = "b" * 40, ""
+    assert provenance.git_commit() == "b" * 40  # HEAD moved ...
+    assert provenance.git_state() == {"git_commit": "a" * 40, "git_dirty": True}  # ... the record's did not
+    monkeypatch.setattr(provenance, "_STATE", {})
+    assert provenance.git_state() == {"git_commit": "b" * 40, "git_dirty": False}

@@ -34,6 +34,7 @@ from . import checkpoint as ckpt
 from .accel import rank_world
 from .config import TrialConfig
 from .evaluation import evaluate, read_result, result_record
+from .provenance import git_state
 from .rundir import TrialDir
 from .train import EpochCallback, fit, make_model
 
@@ -53,6 +54,7 @@ def run_trial(
     Every rank of the trial evaluates its chunks of the test points (the evaluation is sharded);
     rank 0 writes the files. ``progress``: where rank 0's evaluation progress goes (default: one
     line in the trial's log and ``TrialDir.progress``, which a sweep's console prints)."""
+    git_state()  # the code this process started from, named in the record (not a later HEAD)
     trial = TrialDir(workdir)
     done = read_result(trial.root)
     if done is not None:

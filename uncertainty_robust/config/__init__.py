@@ -109,8 +109,12 @@ class TrialConfig(Evaluation, Training):
             return []
         if self.autoattack_eps is None:
             return None
-        want = [float(e) for e in self.autoattack_eps]
-        return [e for e in self.eval_eps() if e > 0 and any(abs(e - w) <= 1e-6 for w in want)]
+        return listed_eps(self.eval_eps(), self.autoattack_eps)
+
+    def probe_at(self) -> list:
+        """The evaluated eps the masking probe is asked to run at besides its own rule's:
+        ``probe_eps``, each value within 1e-6 of an evaluated eps being that eps (as :meth:`aa_eps`)."""
+        return listed_eps(self.eval_eps(), self.probe_eps)
 
     def eval_eps(self) -> list:
         """Where our own attacks run: ``test_eps`` plus the masking probe's extra eps (``probe_eps``)
@@ -193,6 +197,12 @@ def _num(v) -> bool:
 
 def _default(f):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def listed_eps(evaluated: list, want) -> list:
+    """The eps > 0 of ``evaluated`` that ``want`` lists, a value within 1e-6 being that eps (what
+    :func:`merge_eps` merged): callers then test membership exactly."""
+    return [e for e in evaluated if e > 0 and any(abs(e - float(w)) <= 1e-6 for w in want)]
 
 
 def merge_eps(base: list, extra: list) -> list:

@@ -87,7 +87,8 @@ class EvalPlan:
     reference: Optional[AttackSpec]  # the white-box reference (masking probe, Jacobians' PGD points)
     jacobian_points: int
     seed: int
-    probe_eps: tuple = ()  # where the masking probe also runs (``cfg.probe_eps``)
+    probe_eps: tuple = ()  # the evaluated eps the masking probe also runs at (``cfg.probe_at()``)
+    probe_points: Optional[int] = None  # the probe's subset (``cfg.probe_points``; None: every point)
 
     @classmethod
     def of(cls, cfg) -> EvalPlan:
@@ -125,7 +126,8 @@ class EvalPlan:
             reference=reference_attack(cfg.attacks),
             jacobian_points=min(cfg.jacobian_points, n),
             seed=cfg.seed,
-            probe_eps=tuple(float(e) for e in cfg.probe_eps),
+            probe_eps=tuple(cfg.probe_at()),
+            probe_points=cfg.probe_points,
         )
 
     # ------------------------------------------------------------------ points
@@ -252,17 +254,21 @@ class EvalPlan:
         if self.reference is None or not pos:
             return []
         eps = min(pos, key=lambda e: abs(robust(e, OURS) - 0.5))
-        extra = [e for e in pos if e != eps and any(abs(e - p) <= 1e-6 for p in self.probe_eps)]
+        extra = [e for e in pos if e != eps and e in self.probe_eps]
         ref = self.reference
         strong = AttackSpec(
             ref.name, ref.steps * PROBE_STEPS_FACTOR, ref.step_size, ref.restarts * PROBE_RESTARTS_FACTOR
         )
         square = AttackSpec(black_box_attack().name, PROBE_SQUARE_QUERIES)
         out = []
+        # the strong attack on the probe's points, Square on those of them AutoAttack has (nested)
+        k_strong = min(self.n_points, self.probe_points or self.n_points)
+        on = [(strong, k_strong), (square, min(k_strong, self.aa_points or self.n_points))]
         for e in [eps] + [e for e in extra if robust(e, OURS) >= INFORMATIVE_MIN_ACC]:
-            left = self.n_points * robust(e, OURS)
-            # on the reference's survivors: the strong attack breaks few of them (full cost), Square some
-            out += [self.step_work(Step(e, spec, PROBE), left, left) for spec in (strong, square)]
+            for spec, k in on:
+                # on the reference's survivors: the strong attack breaks few of them (full cost), Square some
+                left = k * robust(e, OURS)
+                out.append(self.step_work(Step(e, spec, PROBE), left, left, k))
         return out
 
     def describe(self) -> list:

@@ -78,7 +78,7 @@ def run(runner: Runner, cfg) -> dict:
                 before = chain if plan.reuse_eps else runner.masks["clean"]
                 chain = before & ~runner.run(Step(e, twin, PROBE), before & runner.mine)
                 runner.masks[f"probe/margin/{e:g}"] = chain
-    wanted = [e for e in eps_list if any(abs(e - p) <= 1e-6 for p in cfg.probe_eps) and e != eps]
+    wanted = [e for e in eps_list if e in plan.probe_eps and e != eps]
     meta["extra_eps"] = [e for e in wanted if accs[e] >= INFORMATIVE_MIN_ACC]
     if accs[eps] < INFORMATIVE_MIN_ACC and not meta["extra_eps"]:
         return meta
@@ -178,7 +178,7 @@ def record(meta: dict, masks: dict, zero_grad: torch.Tensor, cfg, cost: dict) ->
                     "square": {"label": square.label(), **paired(w[on], masks[f"probe/square/{e:g}"][on])},
                 }
             )
-        asked = [e for e in accs if e != eps and any(abs(e - p) <= 1e-6 for p in cfg.probe_eps)]
+        asked = [e for e in accs if e != eps and e in cfg.probe_at()]
         low = [e for e in asked if accs[e] < INFORMATIVE_MIN_ACC]
         if low:
             out["extra_not_tested"] = [

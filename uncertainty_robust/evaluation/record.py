@@ -17,7 +17,7 @@ import torch
 from ..attacks import LINF, Cost, black_box_attack
 from ..attacks.autoattack import captured_warnings, check_flag
 from ..jacobian import summarize
-from ..provenance import git_commit, versions
+from ..provenance import git_state, versions
 from .plan import AUTOATTACK, OTHER_NORM, OURS, EvalPlan, Step
 
 SCHEMA = "uncertainty-robust/result/v1"
@@ -208,7 +208,7 @@ def result_record(cfg, train_summary: dict, evaluation: dict, trial_dir: os.Path
             },
         },
         "versions": versions(),
-        "git_commit": git_commit(),
+        **git_state(),
         "host": platform.node(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "trial_dir": str(Path(trial_dir).name),

@@ -33,7 +33,7 @@ def find_baseline(g, groups: list):
     return cands[0] if len(cands) == 1 else None
 
 
-def _trial_mask(t, col) -> tuple | None:
+def trial_mask(t, col) -> tuple | None:
     """(indices, mask) of one trial and column, None when missing or inconsistent with the record."""
     pts = t.points
     if pts is None:
@@ -54,7 +54,7 @@ def _trial_mask(t, col) -> tuple | None:
 
 def _matrix(trials: list, col) -> np.ndarray | None:
     """(seeds, common points) bool matrix of the trials' outcomes in ``col``; None if any is missing."""
-    got = [_trial_mask(t, col) for t in trials]
+    got = [trial_mask(t, col) for t in trials]
     if not got or any(x is None for x in got):
         return None
     common, pos = st.align([(idx, None) for idx, _ in got])
@@ -69,7 +69,7 @@ def _paired(g, base, col) -> np.ndarray | None:
     pairs = [(t, by_seed[t.cfg.seed]) for t in g.trials if t.cfg.seed in by_seed]
     if not pairs:
         return None
-    got = [(_trial_mask(a, col), _trial_mask(b, col)) for a, b in pairs]
+    got = [(trial_mask(a, col), trial_mask(b, col)) for a, b in pairs]
     if any(x is None or y is None for x, y in got):
         return None
     flat = [x for pair in got for x in pair]
