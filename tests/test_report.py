@@ -557,3 +557,36 @@ def test_trials_csv_and_the_seed_level_test_let_a_reader_recompute_every_compari
     )
     entm = next(r for r in table if r["method"].startswith("EntM"))
     assert entm["worst@0.1_p_seed"] != "" and float(entm["worst@0.1_p_seed"]) == pytest.approx(ref.pvalue)
+
+
+def test_an_archived_run_aggregates_to_the_same_tables(sweep, aggregated, tmp_path):
+    """``sweeps/archive.py``: a run's finished trials, three small files each (no checkpoint, no
+    model), aggregate on their own to the same tables, per-trial rows and paired tests; the transfer
+    check, which needs the models, says "not tested"; unfinished trials are not archived; a trial
+    archived before with another config is refused (exit 2, one line)."""
+    from sweeps import archive
+
+    assert archive.main([str(sweep), "--out", str(tmp_path)]) == 0
+    dest = tmp_path / sweep.name
+    got = sorted(p.name for p in (dest / "trials").iterdir())
+    assert got == sorted(results(sweep)) and "ls_unfinished" not in got
+    assert all(
+        sorted(f.name for f in d.iterdir()) == sorted(archive.TRIAL_FILES)
+        for d in (dest / "trials").iterdir()
+    )
+    s = report.aggregate(dest, out=tmp_path / "agg", transfer=True)
+    a, b = AggregateDir(aggregated.out), AggregateDir(s.out)
+    table = ("mnist_embedded", "small_cnn", "json")
+    assert json.loads(b.table(*table).read_text()) == json.loads(a.table(*table).read_text())
+    assert b.trials_csv.read_text() == a.trials_csv.read_text()
+    checks = json.loads(b.summary.read_text())
+    assert "transfer_beats_whitebox: not tested" in json.dumps(checks)
+    # the same trial id with another config in the archive: refused, nothing overwritten
+    victim = next((dest / "trials").iterdir()) / "config.json"
+    victim.write_text(json.dumps({**json.loads(victim.read_text()), "seed": 99}))
+    out = subprocess.run(
+        [sys.executable, "sweeps/archive.py", str(sweep), "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "another trial's config" in out.stderr, out
+    assert json.loads(victim.read_text())["seed"] == 99
