@@ -81,7 +81,7 @@ def test_verdicts_follow_the_rule_at_its_edges(aggregate):
     assert got[("b", "AT+LS (α=0.1, ε=0.2)")] == "inconclusive"
     assert ("b", "AT+LS (α=0.2, ε=0.2)") not in got  # lam: [0.1] restricts the rows
     assert got[("weak", "LS (α=0.1)")] == "supported" and got[("weak", "LS (α=0.4)")] == "inconclusive"
-    assert got[("none", None)] == "inconclusive"  # no EntM row: said, not silently dropped
+    assert got[("none", None)] == "not tested"  # no EntM row: said, not silently dropped, not a finding
     md = (aggregate / "claims.md").read_text()
     assert (
         "| a | LS (α=0.1) − Standard | AA@0.05 | 3 | +3.0 [+1.0, +5.0] |" in md and "weak: FGSM alone" in md

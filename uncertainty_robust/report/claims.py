@@ -21,7 +21,9 @@ decides, in the claimed direction:
   difference is at least ``min_effect``;
 - **refuted**: the interval's upper end is below ``min_effect`` (no effect that matters, or the
   opposite one);
-- **inconclusive**: neither.
+- **inconclusive**: neither;
+- **not tested**: the aggregate has no row the claim names, or no paired difference for it (no
+  baseline row, no per-point outcomes): the claim was not put to the test, which is not a finding.
 
 A claim's verdict is per row (each λ, each training ε); the seed-level test is shown beside the
 point-level one. Weak evaluations are claims with ``column: fgsm`` or ``pgd10``: what a weaker
@@ -41,7 +43,7 @@ from ..defenses import DEFENSES
 from ..errors import UserError
 from ..stats import fmt_p as _fmt_p
 
-VERDICTS = ("supported", "refuted", "inconclusive")
+VERDICTS = ("supported", "refuted", "inconclusive", "not tested")
 
 
 class ClaimsError(UserError, ValueError):
@@ -148,7 +150,7 @@ def _as_list(v) -> list:
 def decide(d: Optional[dict], claim: Claim, alpha: float) -> tuple:
     """(verdict, why) of one paired difference (:func:`stats.paired_difference` + p_holm)."""
     if d is None:
-        return "inconclusive", "no paired difference (no baseline row, or no per-point outcomes)"
+        return "not tested", "no paired difference (no baseline row, or no per-point outcomes)"
     sign = 1.0 if claim.direction == "greater" else -1.0
     effect, lo, hi = (
         sign * d["diff"],
@@ -191,7 +193,7 @@ def verdicts(aggregate: Path, claims: Claims) -> list:
     for claim in claims.claims:
         rows = [(t, e) for t in tables for e in t["entries"] if _matches(e, claim)]
         if not rows:
-            out.append({"claim": claim.id, "says": claim.says, "row": None, "verdict": "inconclusive",
+            out.append({"claim": claim.id, "says": claim.says, "row": None, "verdict": "not tested",
                         "why": "no row of the aggregate matches the claim's method and baseline"})  # fmt: skip
             continue
         for t, e in rows:
@@ -226,7 +228,7 @@ def markdown(rows: list, claims: Claims) -> str:
     lines = [
         f"Verdicts of `{claims.source}` (α = {claims.alpha:g}; supported: the 95 % interval excludes 0, "
         "Holm-corrected p < α and the effect reaches the claim's smallest effect; refuted: the interval's "
-        "upper end is below it; else inconclusive). Differences in points, method − baseline, same seeds "
+        "upper end is below it; else inconclusive; not tested: no row or no paired difference). Differences in points, method − baseline, same seeds "
         "and points; `seeds p`: the paired t-test over seeds.",
         "",
         "| claim | row − baseline | column | seeds | difference [95 % CI] | p (Holm) | seeds p | verdict |",
