@@ -13,7 +13,7 @@ parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(repro_fmnist repro_fmnist_lambdas repro_fmnist_at_lambdas repro_fmnist_entropy_on repro_fmnist_inner_loss
   repro_fmnist_adv_fraction repro_fmnist_adv_fraction_at repro_mnist
   repro_fmnist_seeds5 repro_fmnist_adv_fraction_seeds5 repro_mnist_seeds5
-  repro_v3_ladder repro_v3_ladder_16)
+  repro_v3_ladder repro_v3_ladder_16 repro_v3_natural repro_v3_adversarial repro_v3_inner_loss)
 # publish RUN OUT: RUN's aggregate (tables, figures, JSON) into results/OUT, with its compact summary
 publish() {
   local run=$1 out=$2 a=$1/aggregate
@@ -22,10 +22,14 @@ publish() {
     "$a/jacobian_correlation.json" "results/$out/"
   # the seed-level data every seed-level test is recomputed from (aggregates since v3)
   if [ -f "$a/trials.csv" ]; then cp "$a/trials.csv" "results/$out/"; fi
+  if [ -f "$a/claims.md" ]; then cp "$a/claims.md" "$a/claims.json" "results/$out/"; fi
   "$PY" results/summarize.py "$run" > "results/$out/summary.md"
 }
 for g in "${parts[@]}"; do
   "$PY" sweeps/launch.py --grid "$g" --partition debug --cpus-per-node 2 --storage runs --no-aggregate --wait -q
+  # v3: every finished trial's config, record and per-point outcomes into the repository
+  # (results/archive/<part>), so parts run in other sessions or on other machines aggregate together
+  [[ $g == repro_v3_* ]] && "$PY" sweeps/archive.py "runs/$g" --out results/archive
   # the *_seeds5 parts only add seeds 3-4 to their parent's rows: reported through the combined
   # aggregates below, not alone (2 seeds)
   [[ $g == *_seeds5 ]] && continue
@@ -51,4 +55,16 @@ combine mnist_combined repro_mnist
 if [ -d runs/repro_v3_ladder ]; then
   combine repro_v3_ladder repro_v3_ladder
   "$PY" results/ladder.py runs/_repro_v3_ladder > results/repro_v3_ladder/ladder.md
+fi
+# v3 parts 2-4, the claims at the operating point, together (part 2's AT trials are the baseline of
+# part 4's rows), from their archives (results/archive: whichever parts have run, on whatever machine),
+# with the verdicts of results/claims.yaml. The transfer check needs the models, which archives do
+# not hold: it is in each part's own aggregate (results/<part>), "not tested" here.
+v3=(results/archive/repro_v3_natural results/archive/repro_v3_adversarial results/archive/repro_v3_inner_loss)
+tmp=runs/_repro_v3
+rm -rf "$tmp" && mkdir -p "$tmp"
+for d in "${v3[@]}"; do if [ -d "$d" ]; then cp -al "$d" "$tmp/$(basename "$d")"; fi; done
+if [ -n "$(ls -A "$tmp")" ]; then
+  "$PY" sweeps/aggregate.py "$tmp" --out "$tmp/aggregate" --claims results/claims.yaml
+  publish "$tmp" repro_v3
 fi

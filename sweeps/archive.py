@@ -1,6 +1,6 @@
 """Archive a sweep run's results into the repository, so they outlive the machine that ran them.
 
-    python sweeps/archive.py RUN_DIR [--out results/runs]
+    python sweeps/archive.py RUN_DIR [--out results/archive]
 
 Copies, for every finished trial, ``config.json``, ``result.json`` and ``points.npz`` (the per-point
 outcomes: about 40 kB a trial, no checkpoint and no model), and the run's ``grid.yaml``,
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sweeps/archive.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("run_dir", type=Path, help="the sweep's run directory (holds trials/<trial>/result.json)")
-    p.add_argument("--out", type=Path, default=Path("results/runs"), help="where OUT/<run name>/ goes")
+    p.add_argument("--out", type=Path, default=Path("results/archive"), help="where OUT/<run name>/ goes")
     return p
 
 

@@ -61,6 +61,14 @@ def test_reproduction_grids_name_the_committed_trial_directories():
         total += len(dirs)
     assert total == 142  # the v2 reproduction
     assert v3_names <= v3_trials, f"{sorted(v3_names - v3_trials)[:3]} are no trial of a v3 grid"
+    # every archived trial (sweeps/archive.py) is a trial of its run's grid, with that very config
+    archived = sorted((REPO / "results" / "archive").glob("*/trials/*/config.json"))
+    assert len(archived) >= 9  # the ladder's 9 trials at least
+    for p in archived:
+        grid = load_grid(REPO / "sweeps" / f"{p.parents[2].name}.yaml")
+        want = {c.dirname(): c for c in grid.trials}
+        assert p.parent.name in want, f"{p.parent.name} is no trial of {p.parents[2].name}"
+        assert TrialConfig.from_dict(json.loads(p.read_text()), check=False) == want[p.parent.name]
 
 
 @pytest.mark.parametrize("n", [1, 2])
