@@ -228,7 +228,8 @@ def markdown(rows: list, claims: Claims) -> str:
     lines = [
         f"Verdicts of `{claims.source}` (α = {claims.alpha:g}; supported: the 95 % interval excludes 0, "
         "Holm-corrected p < α and the effect reaches the claim's smallest effect; refuted: the interval's "
-        "upper end is below it; else inconclusive; not tested: no row or no paired difference). Differences in points, method − baseline, same seeds "
+        "upper end is below it; else inconclusive; not tested: no row or no paired difference). Differences "
+        "in points, method − baseline, same seeds "
         "and points; `seeds p`: the paired t-test over seeds.",
         "",
         "| claim | row − baseline | column | seeds | difference [95 % CI] | p (Holm) | seeds p | verdict |",
