@@ -123,3 +123,59 @@ def test_a_bad_claims_file_exits_2_with_one_line_before_any_work(text, words, tm
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
     assert not (tmp_path / "run" / "aggregate").exists()
+
+
+def test_a_jacobian_claim_is_decided_over_seeds_on_the_log_ratio(tmp_path):
+    """(c) as a claim: a Jacobian column of ``trials.csv``, row vs baseline paired by seed (not by
+    the order of the rows), the relative change from the log ratio's t interval. Planted: EntM's
+    norm is 0.5x standard's in every seed (supported at min_effect 0.1), LS's 0.98-1.02x (refuted:
+    below a 10 % change), and a row with one seed is not tested."""
+    import csv
+    import math
+
+    from scipy.stats import ttest_rel
+
+    trials = []  # (trial, defense, lam, seed, jacobian_logits_mean)
+    for s, base in enumerate([4.0, 6.0, 5.0, 7.0]):
+        trials += [
+            (f"standard_s{s}", "standard", 0.0, s, base),
+            (f"entm_s{s}", "entm", 0.3, s, base * (0.5 + 0.01 * s)),
+        ]
+        trials += [(f"ls_s{s}", "ls", 0.1, s, base * (0.98 + 0.01 * s))]
+    trials.append(("ls2_s0", "ls", 0.2, 0, 1.0))
+    trials.reverse()  # pairing is by seed, whatever the order
+    with open(tmp_path / "trials.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial", "defense", "lam", "seed", "jacobian_logits_mean"])
+        w.writerows(trials)
+
+    def entry(name, defense, lam, baseline):
+        e = _entry(name, defense, lam, baseline, {})
+        e["trials"] = [t[0] for t in trials if t[1] == defense and t[2] == lam]
+        return e
+
+    entries = [entry("Standard", "standard", 0.0, None), entry("EntM (λ=0.3)", "entm", 0.3, "Standard"),
+               entry("LS (α=0.1)", "ls", 0.1, "Standard"), entry("LS (α=0.2)", "ls", 0.2, "Standard")]  # fmt: skip
+    (tmp_path / "table_fmnist_small_cnn.json").write_text(
+        json.dumps({"dataset": "fmnist", "entries": entries})
+    )
+    (tmp_path / "c.yaml").write_text(
+        "claims:\n"
+        "  - {id: c-entm, method: {defense: entm}, baseline: standard, column: jacobian_logits_mean,"
+        " direction: less, min_effect: 0.1}\n"
+        "  - {id: c-ls, method: {defense: ls}, baseline: standard, column: jacobian_logits_mean,"
+        " direction: less, min_effect: 0.1}\n"
+    )
+    rows = {(r["claim"], r["row"]): r for r in cl.write(tmp_path, cl.load(tmp_path / "c.yaml"))}
+    entm = rows[("c-entm", "EntM (λ=0.3)")]
+    assert entm["verdict"] == "supported" and entm["seeds"] == [0, 1, 2, 3], entm
+    base = {t[3]: t[4] for t in trials if t[1] == "standard"}
+    ratios = [t[4] / base[t[3]] for t in sorted(trials) if t[1] == "entm"]
+    assert entm["diff"] == pytest.approx(math.exp(sum(map(math.log, ratios)) / 4) - 1)
+    ref = ttest_rel([math.log(r) for r in ratios], [0.0] * 4)
+    assert entm["p_seed"] == pytest.approx(ref.pvalue)
+    assert rows[("c-ls", "LS (α=0.1)")]["verdict"] == "refuted"
+    assert rows[("c-ls", "LS (α=0.2)")]["verdict"] == "not tested"
+    assert "1 seed(s)" in rows[("c-ls", "LS (α=0.2)")]["why"]
+    md = (tmp_path / "claims.md").read_text()
+    assert f"| c-entm | EntM (λ=0.3) − Standard | jacobian_logits_mean | 4 | {100 * entm['diff']:+.1f} % [" in md

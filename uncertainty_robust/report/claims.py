@@ -26,7 +26,14 @@ decides, in the claimed direction:
   baseline row, no per-point outcomes): the claim was not put to the test, which is not a finding.
 
 A claim's verdict is per row (each λ, each training ε); the seed-level test is shown beside the
-point-level one. Weak evaluations are claims with ``column: fgsm`` or ``pgd10``: what a weaker
+point-level one.
+
+A claim about a per-trial statistic, a Jacobian column of ``trials.csv`` (``column:
+jacobian_logits_mean``, ``adv_jacobian_softmax_mean``, ...: no ``eps``), is decided with the seed as
+the unit: per seed the row's trial and its baseline's (same seed) give the log ratio of the two
+values; the paired t-test over seeds gives its 95 % interval and p (no Holm: one test per row), and
+the difference is the relative change exp(mean log ratio) - 1, so ``min_effect: 0.1`` is a 10 %
+change. Fewer than 2 paired seeds: not tested. Weak evaluations are claims with ``column: fgsm`` or ``pgd10``: what a weaker
 attack would have concluded.
 """
 
@@ -46,6 +53,10 @@ from ..stats import fmt_p as _fmt_p
 VERDICTS = ("supported", "refuted", "inconclusive", "not tested")
 
 
+def is_per_trial(column: str) -> bool:
+    return column.startswith(("jacobian_", "adv_jacobian_"))
+
+
 class ClaimsError(UserError, ValueError):
     """A bad claims file (one line naming the claim and key)."""
 
@@ -63,9 +74,17 @@ class Claim:
     view: str = ""  # e.g. "weak: FGSM alone"
 
     @property
+    def per_trial(self) -> bool:
+        """A per-trial statistic of ``trials.csv`` (a Jacobian column), decided over seeds."""
+        return is_per_trial(self.column)
+
+    @property
     def key(self) -> str:
-        """The table column the claim reads: ``clean``, ``worst@eps``, ``AA@eps``, ``<label>@eps``."""
-        return "clean" if self.column == "clean" else f"{self.column}@{self.eps:g}"
+        """The table column the claim reads: ``clean``, ``worst@eps``, ``AA@eps``, ``<label>@eps``,
+        or a per-trial statistic's name."""
+        if self.column == "clean" or self.per_trial:
+            return self.column
+        return f"{self.column}@{self.eps:g}"
 
 
 @dataclass
@@ -103,7 +122,11 @@ def load(path: Path) -> Claims:
             raise ClaimsError(f"{where}.baseline: {c['baseline']!r} is not one of {', '.join(DEFENSES)}")
         if c.get("direction", "greater") not in ("greater", "less"):
             raise ClaimsError(f"{where}.direction: expected greater or less")
-        if c["column"] != "clean" and not isinstance(c.get("eps"), (int, float)):
+        if (
+            c["column"] != "clean"
+            and not is_per_trial(c["column"])
+            and not isinstance(c.get("eps"), (int, float))
+        ):
             raise ClaimsError(f"{where}.eps: expected a number (the column's eps)")
         me = c.get("min_effect", 0.01)
         if isinstance(me, bool) or not isinstance(me, (int, float)) or not 0 <= me <= 1:
@@ -147,8 +170,45 @@ def _as_list(v) -> list:
     return v if isinstance(v, list) else [v]
 
 
+def seed_level(csv_rows: list, entry: dict, base: Optional[dict], column: str) -> tuple:
+    """(difference dict or None, why not) of a per-trial statistic, row vs baseline, paired by seed:
+    ``diff``/``lo``/``hi`` the relative change (exp of the mean log ratio and its t interval, - 1),
+    ``p`` the paired t-test over seeds, ``seeds`` the seeds paired."""
+    import math
+
+    from scipy import stats as sps
+
+    if base is None:
+        return None, "no baseline row in the table"
+    if not csv_rows:
+        return None, "no per-trial values (the aggregate has no trials.csv: it predates them)"
+    by = {r["trial"]: r for r in csv_rows}
+
+    def values(e):
+        out = {}
+        for t in e.get("trials", []):
+            r = by.get(t)
+            if r is not None and r.get(column) not in (None, ""):
+                out[int(r["seed"])] = float(r[column])
+        return out
+
+    m, b = values(entry), values(base)
+    seeds = sorted(s for s in set(m) & set(b) if m[s] > 0 and b[s] > 0)
+    if len(seeds) < 2:
+        return None, f"{len(seeds)} seed(s) with {column} in both rows: a seed-level test needs 2"
+    d = [math.log(m[s] / b[s]) for s in seeds]
+    n, mean = len(d), sum(d) / len(d)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    half = sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    p = float(sps.ttest_1samp(d, 0.0).pvalue) if sd > 0 else (0.0 if mean != 0 else 1.0)
+    rel = lambda x: math.exp(x) - 1  # noqa: E731
+    return {"diff": rel(mean), "lo": rel(mean - half), "hi": rel(mean + half), "p": p, "p_seed": p,
+            "seeds": seeds}, ""  # fmt: skip
+
+
 def decide(d: Optional[dict], claim: Claim, alpha: float) -> tuple:
-    """(verdict, why) of one paired difference (:func:`stats.paired_difference` + p_holm)."""
+    """(verdict, why) of one paired difference (:func:`stats.paired_difference` + p_holm, or
+    :func:`seed_level` for a per-trial statistic: then relative, in %)."""
     if d is None:
         return "not tested", "no paired difference (no baseline row, or no per-point outcomes)"
     sign = 1.0 if claim.direction == "greater" else -1.0
@@ -159,16 +219,17 @@ def decide(d: Optional[dict], claim: Claim, alpha: float) -> tuple:
     )
     p = d.get("p_holm", d["p"])
     me = 100 * claim.min_effect
+    unit, test = ("%", "p_seed") if claim.per_trial else ("points", "p_holm")
     if lo > 0 and p < alpha and effect >= claim.min_effect:
         return (
             "supported",
-            f"above 0, p_holm {fmt_p(p)} < {alpha:g}, effect {100 * effect:+.1f} >= {me:g} points",
+            f"above 0, {test} {fmt_p(p)} < {alpha:g}, effect {100 * effect:+.1f} >= {me:g} {unit}",
         )
     if hi < claim.min_effect:
-        return "refuted", f"upper end {100 * hi:+.1f} below the smallest effect that matters ({me:g} points)"
+        return "refuted", f"upper end {100 * hi:+.1f} below the smallest effect that matters ({me:g} {unit})"
     return (
         "inconclusive",
-        f"interval [{100 * lo:+.1f}, {100 * hi:+.1f}] in the claimed direction, p_holm {fmt_p(p)}",
+        f"interval [{100 * lo:+.1f}, {100 * hi:+.1f}] in the claimed direction, {test} {fmt_p(p)}",
     )
 
 
@@ -188,7 +249,13 @@ def write(aggregate: Path, claims: Claims) -> list:
 
 def verdicts(aggregate: Path, claims: Claims) -> list:
     """One verdict per (claim, matching row) of the aggregate's tables (``table_*.json``)."""
+    import csv
+
+    from ..rundir import AggregateDir
+
     tables = [json.loads(p.read_text()) for p in sorted(Path(aggregate).glob("table_*.json"))]
+    csv_path = AggregateDir(aggregate).trials_csv
+    csv_rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
     out = []
     for claim in claims.claims:
         rows = [(t, e) for t in tables for e in t["entries"] if _matches(e, claim)]
@@ -197,9 +264,13 @@ def verdicts(aggregate: Path, claims: Claims) -> list:
                         "why": "no row of the aggregate matches the claim's method and baseline"})  # fmt: skip
             continue
         for t, e in rows:
-            cell = _cells(e).get(claim.key)
-            d = (cell or {}).get("diff")
+            if claim.per_trial:
+                base = next((b for b in t["entries"] if b["name"] == e.get("baseline")), None)
+                d, why_not = seed_level(csv_rows, e, base, claim.column)
+            else:
+                d, why_not = (_cells(e).get(claim.key) or {}).get("diff"), ""
             verdict, why = decide(d, claim, claims.alpha)
+            why = why_not or why
             out.append(
                 {
                     "claim": claim.id,
@@ -211,7 +282,8 @@ def verdicts(aggregate: Path, claims: Claims) -> list:
                     "column": claim.key,
                     "direction": claim.direction,
                     "min_effect": claim.min_effect,
-                    "seeds": e.get("paired_seeds", []),
+                    "seeds": (d or {}).get("seeds", []) if claim.per_trial else e.get("paired_seeds", []),
+                    "relative": claim.per_trial,
                     "diff": None if d is None else d["diff"],
                     "ci": None if d is None else [d["lo"], d["hi"]],
                     "p_holm": None if d is None else d.get("p_holm"),
@@ -229,8 +301,8 @@ def markdown(rows: list, claims: Claims) -> str:
         f"Verdicts of `{claims.source}` (α = {claims.alpha:g}; supported: the 95 % interval excludes 0, "
         "Holm-corrected p < α and the effect reaches the claim's smallest effect; refuted: the interval's "
         "upper end is below it; else inconclusive; not tested: no row or no paired difference). Differences "
-        "in points, method − baseline, same seeds "
-        "and points; `seeds p`: the paired t-test over seeds.",
+        "in points, method − baseline, same seeds and points (a Jacobian statistic: the relative change in %, "
+        "decided by the seeds' test); `seeds p`: the paired t-test over seeds.",
         "",
         "| claim | row − baseline | column | seeds | difference [95 % CI] | p (Holm) | seeds p | verdict |",
         "|---|---|---|---|---|---|---|---|",
@@ -239,15 +311,17 @@ def markdown(rows: list, claims: Claims) -> str:
         if r["row"] is None:
             lines.append(f"| {r['claim']} | — | — | — | — | — | — | {r['verdict']}: {r['why']} |")
             continue
+        pct = " %" if r.get("relative") else ""
         diff = (
             "—"
             if r["diff"] is None
-            else f"{100 * r['diff']:+.1f} [{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]"
+            else f"{100 * r['diff']:+.1f}{pct} [{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]"
         )
         view = f" ({r['view']})" if r["view"] else ""
+        why = f": {r['why']}" if r["verdict"] == "not tested" else ""
         lines.append(
             f"| {r['claim']}{view} | {r['row']} − {r['baseline']} | {r['column']} | {len(r['seeds'])} | {diff} | "
-            f"{fmt_p(r['p_holm'])} | {fmt_p(r['p_seed'])} | **{r['verdict']}** |"
+            f"{fmt_p(r['p_holm'])} | {fmt_p(r['p_seed'])} | **{r['verdict']}**{why} |"
         )
     return "\n".join(lines) + "\n"
 
