@@ -178,4 +178,6 @@ def test_a_jacobian_claim_is_decided_over_seeds_on_the_log_ratio(tmp_path):
     assert rows[("c-ls", "LS (α=0.2)")]["verdict"] == "not tested"
     assert "1 seed(s)" in rows[("c-ls", "LS (α=0.2)")]["why"]
     md = (tmp_path / "claims.md").read_text()
-    assert f"| c-entm | EntM (λ=0.3) − Standard | jacobian_logits_mean | 4 | {100 * entm['diff']:+.1f} % [" in md
+    assert (
+        f"| c-entm | EntM (λ=0.3) − Standard | jacobian_logits_mean | 4 | {100 * entm['diff']:+.1f} % [" in md
+    )
