@@ -67,4 +67,6 @@ for d in "${v3[@]}"; do if [ -d "$d" ]; then cp -al "$d" "$tmp/$(basename "$d")"
 if [ -n "$(ls -A "$tmp")" ]; then
   "$PY" sweeps/aggregate.py "$tmp" --out "$tmp/aggregate" --claims results/claims.yaml
   publish "$tmp" repro_v3
+  # results/README.md's v3 verdict table, generated from the verdict file (never edited by hand)
+  "$PY" -m uncertainty_robust.report.claims results/repro_v3 results/claims.yaml --readme results/README.md >/dev/null
 fi

@@ -181,3 +181,21 @@ def test_a_jacobian_claim_is_decided_over_seeds_on_the_log_ratio(tmp_path):
     assert (
         f"| c-entm | EntM (λ=0.3) − Standard | jacobian_logits_mean | 4 | {100 * entm['diff']:+.1f} % [" in md
     )
+
+
+def test_the_verdict_table_is_generated_into_the_readme_block(aggregate, tmp_path, capsys):
+    """``--readme``: the verdict table replaces exactly the marked block (twice gives the same file);
+    a README without the block: one line, exit 2, the file untouched."""
+    readme = tmp_path / "README.md"
+    mark = f"<!-- verdicts: {aggregate.as_posix()} -->"
+    readme.write_text(f"# before\n{mark}\nstale table\n<!-- /verdicts -->\nafter\n")
+    argv = [str(aggregate), str(aggregate / "claims.yaml"), "--readme", str(readme)]
+    assert cl.main(argv) == 0
+    once = readme.read_text()
+    assert "stale table" not in once and once.startswith(f"# before\n{mark}\nVerdicts of ")
+    assert once.endswith("<!-- /verdicts -->\nafter\n") and "| a | LS (α=0.1) − Standard |" in once
+    assert cl.main(argv) == 0 and readme.read_text() == once
+    readme.write_text("no block\n")
+    capsys.readouterr()
+    assert cl.main(argv) == 2 and readme.read_text() == "no block\n"
+    assert "no '<!-- verdicts:" in capsys.readouterr().err

@@ -326,6 +326,21 @@ def markdown(rows: list, claims: Claims) -> str:
     return "\n".join(lines) + "\n"
 
 
+def into_readme(readme: Path, aggregate: Path, text: str) -> None:
+    """Replace the block of ``readme`` between ``<!-- verdicts: <aggregate> -->`` and the next
+    ``<!-- /verdicts -->`` with ``text`` (a report's verdict table is generated, never edited by hand)."""
+    begin, end = f"<!-- verdicts: {Path(aggregate).as_posix().rstrip('/')} -->", "<!-- /verdicts -->"
+    try:
+        old = Path(readme).read_text()
+    except OSError as e:
+        raise ClaimsError(f"--readme {readme}: cannot read it ({e.strerror})") from None
+    i = old.find(begin)
+    j = old.find(end, i + len(begin)) if i >= 0 else -1
+    if i < 0 or j < 0:
+        raise ClaimsError(f"--readme {readme}: no '{begin}' ... '{end}' block to fill")
+    Path(readme).write_text(old[: i + len(begin)] + "\n" + text + old[j:])
+
+
 def main(argv=None) -> int:
     """``python -m uncertainty_robust.report.claims AGGREGATE CLAIMS``: the verdicts of a claims file
     on an aggregate that exists already (a committed one, e.g. ``results/combined``), without
@@ -338,13 +353,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m uncertainty_robust.report.claims", description=main.__doc__)
     p.add_argument("aggregate", type=Path, help="an aggregate directory (table_*.json)")
     p.add_argument("claims", type=Path, help="a claims file")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        metavar="FILE",
+        help="also put the verdict table into FILE, between the lines '<!-- verdicts: AGGREGATE -->' and "
+        "'<!-- /verdicts -->' (what is between them is replaced; nothing else is touched)",
+    )
 
     @exit_on_user_error
     def run(args) -> int:
         if not list(args.aggregate.glob("table_*.json")):
             raise ClaimsError(f"{args.aggregate}: no table_*.json (not an aggregate directory)")
         claims = load(args.claims)
-        print(markdown(write(args.aggregate, claims), claims), end="")
+        text = markdown(write(args.aggregate, claims), claims)
+        if args.readme is not None:
+            into_readme(args.readme, args.aggregate, text)
+        print(text, end="")
         return 0
 
     return run(p.parse_args(argv if argv is not None else sys.argv[1:]))
