@@ -60,10 +60,15 @@ fi
 # part 4's rows), from their archives (results/archive: whichever parts have run, on whatever machine),
 # with the verdicts of results/claims.yaml. The transfer check needs the models, which archives do
 # not hold: it is in each part's own aggregate (results/<part>), "not tested" here.
-v3=(results/archive/repro_v3_natural results/archive/repro_v3_adversarial results/archive/repro_v3_inner_loss)
+# A part may be archived whole (repro_v3_adversarial) or by seed (repro_v3_adversarial_s0, ...: the same
+# trials, one sweep each); a trial archived twice stops the report.
 tmp=runs/_repro_v3
 rm -rf "$tmp" && mkdir -p "$tmp"
-for d in "${v3[@]}"; do if [ -d "$d" ]; then cp -al "$d" "$tmp/$(basename "$d")"; fi; done
+for d in results/archive/repro_v3_{natural,adversarial,inner_loss}*/; do
+  if [ -d "$d" ]; then cp -al "$d" "$tmp/$(basename "$d")"; fi
+done
+twice=$(find "$tmp" -mindepth 3 -maxdepth 3 -path '*/trials/*' -type d -printf '%f\n' | sort | uniq -d)
+if [ -n "$twice" ]; then echo "make_report: archived twice: $twice" >&2; exit 2; fi
 if [ -n "$(ls -A "$tmp")" ]; then
   "$PY" sweeps/aggregate.py "$tmp" --out "$tmp/aggregate" --claims results/claims.yaml
   publish "$tmp" repro_v3

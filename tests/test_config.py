@@ -61,6 +61,16 @@ def test_reproduction_grids_name_the_committed_trial_directories():
         total += len(dirs)
     assert total == 142  # the v2 reproduction
     assert v3_names <= v3_trials, f"{sorted(v3_names - v3_trials)[:3]} are no trial of a v3 grid"
+    # a part split by seed (repro_v3_<part>_s<k>, one sweep each) is exactly the part's trials
+    for part in ("repro_v3_adversarial", "repro_v3_inner_loss"):
+        split = [
+            c.dirname()
+            for g in sorted((REPO / "sweeps").glob(f"{part}_s*.yaml"))
+            for c in load_grid(g).trials
+        ]
+        assert sorted(split) == sorted(
+            c.dirname() for c in load_grid(REPO / "sweeps" / f"{part}.yaml").trials
+        )
     # every archived trial (sweeps/archive.py) is a trial of its run's grid, with that very config
     archived = sorted((REPO / "results" / "archive").glob("*/trials/*/config.json"))
     assert len(archived) >= 9  # the ladder's 9 trials at least
