@@ -247,6 +247,26 @@ def test_progress_reports_step_points_left_and_eta_at_most_every_10_s(std_model,
     got: list = []
     evaluate(std_model, small(), progress=got.append)
     assert got and all("evaluating: eps" in x["line"] for x in got)
+    # the ETA's passes leave out AutoAttack where autoattack_eps does not list it: at AutoAttack's
+    # last step at eps 0.05 only our attacks at the larger eps are left (at most on every point)
+    seen: list = []
+    monkeypatch.setattr(
+        progress_module.Progress, "update", lambda self, what, *a, **k: seen.append((what, a))
+    )
+    cfg = small(autoattack_eps=[0.05])
+    plan = EvalPlan.of(cfg)
+    ours_after = sum(
+        cfg.n_eval * s.spec.passes_per_point(10) for s in plan.steps if s.stage == OURS and s.eps > 0.05
+    )
+    evaluate(std_model, cfg)
+    square = next(s for s in plan.steps if s.eps == 0.05 and s.label.startswith("square")).spec
+    # (left, of, remaining): remaining = the current step on the points it has left + every later step
+    at = [
+        r - left * square.passes_per_point(10)
+        for what, (left, of, r) in seen
+        if what.startswith("eps 0.05 square")
+    ]
+    assert at and all(0 < r <= ours_after for r in at), (at, ours_after)
 
 
 def test_ur_train_prints_evaluation_progress_by_default_and_not_with_q(train_cli, tmp_path):

@@ -209,10 +209,14 @@ class Runner:
             self.masks[f"attack/{s.label}/{s.eps:g}"] = rob
 
     def _remaining(self, step: Step, chain: dict, final: torch.Tensor) -> float:
-        """Passes the plan still expects on this rank after ``step``, with the points standing now."""
+        """Passes the plan still expects on this rank after ``step``, with the points standing now (an
+        upper bound: no point falls any more; AutoAttack counted wherever it may still run, not at
+        the eps ``autoattack_eps`` leaves out)."""
         later = self.plan.steps[self.plan.steps.index(step) + 1 :]
         total = 0.0
         for s in later:
+            if s.stage == AUTOATTACK and self.plan.aa_listed(s.eps) is False:
+                continue
             alive = chain.get(s.label, final) if s.stage == OURS else final & self.aa_pts
             total += float((alive & self.mine).sum()) * self._per(s)
         return total

@@ -2,7 +2,8 @@
 with the step (eps, attack), the points left in it and an ETA.
 
 The ETA is the passes the plan still expects (every remaining step on the points still standing,
-an upper bound that shrinks as points fall) divided by the passes per second measured so far.
+AutoAttack only at the eps where it may still run: an upper bound that shrinks as points fall)
+divided by the passes per second measured so far.
 Where the line goes is the caller's choice (``run_trial`` writes it to the trial's log and to
 ``TrialDir.progress``, which a sweep's console prints; ``ur-train`` logs it)."""
 
