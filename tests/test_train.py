@@ -404,7 +404,7 @@ def test_a_record_names_the_commit_its_process_started_from(monkeypatch):
 
     answers = {
         ("rev-parse", "HEAD"): "a" * 40 + "\n",
-        ("status", "--porcelain", "--untracked-files=no"): " M x.py\n",
+        ("--no-optional-locks", "status", "--porcelain", "--untracked-files=no"): " M x.py\n",
     }
 
     def fake_git(cmd, **k):
@@ -413,7 +413,10 @@ def test_a_record_names_the_commit_its_process_started_from(monkeypatch):
     monkeypatch.setattr(provenance, "_STATE", {})
     monkeypatch.setattr(provenance.subprocess, "run", fake_git)
     assert provenance.git_state() == {"git_commit": "a" * 40, "git_dirty": True}
-    answers[("rev-parse", "HEAD")], answers[("status", "--porcelain", "--untracked-files=no")] = "b" * 40, ""
+    (
+        answers[("rev-parse", "HEAD")],
+        answers[("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")],
+    ) = "b" * 40, ""
     assert provenance.git_commit() == "b" * 40  # HEAD moved ...
     assert provenance.git_state() == {"git_commit": "a" * 40, "git_dirty": True}  # ... the record's did not
     monkeypatch.setattr(provenance, "_STATE", {})

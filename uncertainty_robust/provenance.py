@@ -33,7 +33,9 @@ def git_state() -> dict:
     tracked files differed from that commit (the record's code is the commit plus edits; None when
     unknown)."""
     if not _STATE:
-        status = _git("status", "--porcelain", "--untracked-files=no")
+        # --no-optional-locks: status would otherwise take .git/index.lock to refresh the index, and
+        # a trial starting during the user's own `git commit` would make it fail
+        status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
         _STATE.update(git_commit=git_commit(), git_dirty=None if status is None else bool(status.strip()))
     return dict(_STATE)
 
