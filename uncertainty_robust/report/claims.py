@@ -33,8 +33,10 @@ jacobian_logits_mean``, ``adv_jacobian_softmax_mean``, ...: no ``eps``), is deci
 the unit: per seed the row's trial and its baseline's (same seed) give the log ratio of the two
 values; the paired t-test over seeds gives its 95 % interval and p (no Holm: one test per row), and
 the difference is the relative change exp(mean log ratio) - 1, so ``min_effect: 0.1`` is a 10 %
-change. Fewer than 2 paired seeds: not tested. Weak evaluations are claims with ``column: fgsm`` or ``pgd10``: what a weaker
-attack would have concluded.
+change. Fewer than 2 paired seeds: not tested.
+
+Weak evaluations are claims with ``column: fgsm`` or ``pgd10``: what a weaker attack would have
+concluded.
 """
 
 from __future__ import annotations
