@@ -40,10 +40,10 @@ def test_breakdown_counts_training_and_the_plan_by_hand():
     assert b["autoattack"] == pytest.approx(20 * per_point)
     # ours at 0.1 and 0.3 (PGD-10 and its final forward) on the 50 points, the clean pass with its
     # gradient (1 + 1/3), the probe at the eps closest to 50 % robust (all robust here: 0.1): the
-    # reference with 4x steps and 4x restarts (and each restart's final forward) and Square-1000 on
-    # its survivors
+    # reference with 4x steps and 4x restarts (and each restart's final forward) on the 50 points and
+    # Square-1000 on its survivors among the 20 AutoAttack points (where the probe runs it)
     ours = 2 * 50 * (10 + 1 / 3)
-    probe = 50 * (10 * 16 + 4 / 3 + 1000 / 3)
+    probe = 50 * (10 * 16 + 4 / 3) + 20 * 1000 / 3
     assert b["evaluation"] == pytest.approx(ours + 50 * (1 + 1 / 3) + probe)
     none = validate(TrialConfig(**{**CFG, "autoattack": []}))
     assert breakdown(none, robust=lambda eps, stage: 1.0)["autoattack"] == 0
