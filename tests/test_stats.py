@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest, bootstrap, spearmanr
+from scipy.stats import binomtest, bootstrap, permutation_test, spearmanr
 
 from uncertainty_robust import stats
 
@@ -130,10 +130,19 @@ def test_spearman_against_scipy():
     x, y = [0.3, 0.1, 0.7, 0.5, 0.9], [2.0, 1.0, 2.5, 4.0, 3.0]
     r = stats.spearman(x, y)
     ref = spearmanr(x, y)
-    assert r["rho"] == pytest.approx(ref.statistic) and r["p"] == pytest.approx(ref.pvalue) and r["n"] == 5
+    exact = permutation_test(
+        (y,), lambda v: spearmanr(x, v).statistic, permutation_type="pairings", alternative="two-sided"
+    )  # 5! pairings: scipy enumerates them all
+    assert r["rho"] == pytest.approx(ref.statistic) and r["p"] == pytest.approx(exact.pvalue) and r["n"] == 5
+    many = np.random.default_rng(0).normal(size=(2, 12))  # above the exact range: scipy's p
+    assert stats.spearman(*many)["p"] == pytest.approx(spearmanr(*many).pvalue)
     assert stats.spearman([1, 2, 3, 4], [40, 30, 20, 10])["rho"] == pytest.approx(-1.0)
     assert stats.spearman([1, 2, None, 4], [1, 2, 3, 4])["n"] == 3
     assert stats.spearman([1, 2], [1, 2])["rho"] is None
+    # few points: the exact permutation p (rho = 1 over 3 points is 2 of the 6 pairings), not the t
+    # approximation's p ~ 0
+    assert stats.spearman([1, 2, 3], [1, 2, 3])["p"] == pytest.approx(2 / 6)
+    assert stats.spearman([1, 2, 3, 4], [40, 30, 20, 10])["p"] == pytest.approx(2 / 24)
     assert stats.spearman([1, 2, 3], [5, 5, 5])["rho"] is None
 
 
