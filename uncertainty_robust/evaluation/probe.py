@@ -178,7 +178,8 @@ def record(meta: dict, masks: dict, zero_grad: torch.Tensor, cfg, cost: dict) ->
                     "square": {"label": square.label(), **paired(w[on], masks[f"probe/square/{e:g}"][on])},
                 }
             )
-        asked = [e for e in accs if e != eps and e in cfg.probe_at()]
+        probe_at = cfg.probe_at()
+        asked = [e for e in accs if e != eps and e in probe_at]
         low = [e for e in asked if accs[e] < INFORMATIVE_MIN_ACC]
         if low:
             out["extra_not_tested"] = [

@@ -172,13 +172,16 @@ def _as_list(v) -> list:
     return v if isinstance(v, list) else [v]
 
 
-def seed_level(csv_rows: list, entry: dict, base: Optional[dict], column: str) -> tuple:
+def per_trial_difference(csv_rows: list, entry: dict, base: Optional[dict], column: str) -> tuple:
     """(difference dict or None, why not) of a per-trial statistic, row vs baseline, paired by seed:
     ``diff``/``lo``/``hi`` the relative change (exp of the mean log ratio and its t interval, - 1),
-    ``p`` the paired t-test over seeds, ``seeds`` the seeds paired."""
+    ``p`` the paired t-test over seeds (:func:`stats.seed_level` on the logs), ``seeds`` the seeds
+    paired."""
     import math
 
-    from scipy import stats as sps
+    import numpy as np
+
+    from ..stats import seed_level
 
     if base is None:
         return None, "no baseline row in the table"
@@ -198,19 +201,16 @@ def seed_level(csv_rows: list, entry: dict, base: Optional[dict], column: str) -
     seeds = sorted(s for s in set(m) & set(b) if m[s] > 0 and b[s] > 0)
     if len(seeds) < 2:
         return None, f"{len(seeds)} seed(s) with {column} in both rows: a seed-level test needs 2"
-    d = [math.log(m[s] / b[s]) for s in seeds]
-    n, mean = len(d), sum(d) / len(d)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-    half = sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    p = float(sps.ttest_1samp(d, 0.0).pvalue) if sd > 0 else (0.0 if mean != 0 else 1.0)
+    t = seed_level(np.log([[m[s]] for s in seeds]), np.log([[b[s]] for s in seeds]))
+    mean = float(np.mean(t["seed_diffs"]))
     rel = lambda x: math.exp(x) - 1  # noqa: E731
-    return {"diff": rel(mean), "lo": rel(mean - half), "hi": rel(mean + half), "p": p, "p_seed": p,
-            "seeds": seeds}, ""  # fmt: skip
+    return {"diff": rel(mean), "lo": rel(t["seed_lo"]), "hi": rel(t["seed_hi"]), "p": t["p_seed"],
+            "p_seed": t["p_seed"], "seeds": seeds}, ""  # fmt: skip
 
 
 def decide(d: Optional[dict], claim: Claim, alpha: float) -> tuple:
     """(verdict, why) of one paired difference (:func:`stats.paired_difference` + p_holm, or
-    :func:`seed_level` for a per-trial statistic: then relative, in %)."""
+    :func:`per_trial_difference` for a per-trial statistic: then relative, in %)."""
     if d is None:
         return "not tested", "no paired difference (no baseline row, or no per-point outcomes)"
     sign = 1.0 if claim.direction == "greater" else -1.0
@@ -268,7 +268,7 @@ def verdicts(aggregate: Path, claims: Claims) -> list:
         for t, e in rows:
             if claim.per_trial:
                 base = next((b for b in t["entries"] if b["name"] == e.get("baseline")), None)
-                d, why_not = seed_level(csv_rows, e, base, claim.column)
+                d, why_not = per_trial_difference(csv_rows, e, base, claim.column)
             else:
                 d, why_not = (_cells(e).get(claim.key) or {}).get("diff"), ""
             verdict, why = decide(d, claim, claims.alpha)
