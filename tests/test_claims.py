@@ -92,6 +92,24 @@ def test_verdicts_follow_the_rule_at_its_edges(aggregate):
     assert cl.decide(_diff(-0.03, -0.05, -0.01, 0.01), less, 0.05)[0] == "supported"
 
 
+def test_a_row_with_fewer_seeds_than_the_file_asks_for_is_shown_not_decided(aggregate):
+    """``seeds: N``: a row whose paired seeds are fewer (a part run seed by seed, not all of it yet)
+    keeps its difference in the table but gets no verdict; with enough seeds the rule decides as before."""
+    text = (aggregate / "claims.yaml").read_text()
+    rows = {}
+    for need in (3, 4):
+        (aggregate / "c.yaml").write_text(f"seeds: {need}\n{text}")
+        rows[need] = {(r["claim"], r["row"]): r for r in cl.write(aggregate, cl.load(aggregate / "c.yaml"))}
+    assert rows[3][("a", "LS (α=0.1)")]["verdict"] == "supported"  # 3 paired seeds, 3 asked for
+    short = rows[4][("a", "LS (α=0.1)")]
+    assert short["verdict"] == "not tested" and "3 of the 4 seeds" in short["why"], short
+    assert short["diff"] == 0.03 and short["ci"] == [0.01, 0.05]  # shown, not decided
+    assert {r["verdict"] for r in rows[4].values()} == {"not tested"}
+    md = (aggregate / "claims.md").read_text()
+    assert "| a | LS (α=0.1) − Standard | AA@0.05 | 3 | +3.0 [+1.0, +5.0] |" in md
+    assert "**not tested**: 3 of the 4 seeds" in md and "fewer paired seeds than the 4" in md
+
+
 @pytest.mark.parametrize(
     "text, words",
     [
@@ -109,6 +127,11 @@ def test_verdicts_follow_the_rule_at_its_edges(aggregate):
             "claims:\n  - {id: a, method: {defense: ls}, baseline: standard, column: clean, min_effect: 5}\n",
             "min_effect",
         ),
+        (
+            "seeds: 0\nclaims:\n  - {id: a, method: {defense: ls}, baseline: standard, column: clean}\n",
+            "seeds",
+        ),
+        ("seed: 5\nclaims:\n  - {id: a, method: {defense: ls}, baseline: standard, column: clean}\n", "seed"),
     ],
 )
 def test_a_bad_claims_file_exits_2_with_one_line_before_any_work(text, words, tmp_path, capsys):

@@ -4,6 +4,7 @@ A claims file (YAML; ``results/claims.yaml`` holds the paper's) states each clai
 the tables already make, decided before any result is seen::
 
     alpha: 0.05                      # family-wise level (Holm over the eps of each attack, per row)
+    seeds: 5                         # each row's paired seeds needed for a verdict (optional, default 1)
     claims:
       - id: a-ls
         says: "(a) LS improves robustness to small perturbations over standard training"
@@ -23,7 +24,9 @@ decides, in the claimed direction:
   opposite one);
 - **inconclusive**: neither;
 - **not tested**: the aggregate has no row the claim names, or no paired difference for it (no
-  baseline row, no per-point outcomes): the claim was not put to the test, which is not a finding.
+  baseline row, no per-point outcomes), or the row has fewer paired seeds than the file's ``seeds``
+  (a part run seed by seed, not all of it yet: its difference is shown, not decided): the claim was
+  not put to the test, which is not a finding.
 
 A claim's verdict is per row (each λ, each training ε); the seed-level test is shown beside the
 point-level one.
@@ -94,6 +97,7 @@ class Claims:
     claims: list
     alpha: float = 0.05
     source: str = field(default="")
+    seeds: int = 1  # the paired seeds a row needs for a verdict (the seed is the unit of inference)
 
 
 def load(path: Path) -> Claims:
@@ -137,7 +141,13 @@ def load(path: Path) -> Claims:
     alpha = data.get("alpha", 0.05)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise ClaimsError(f"{path}: alpha: expected a number in (0, 1)")
-    return Claims(out, float(alpha), str(path))
+    seeds = data.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ClaimsError(f"{path}: seeds: expected a whole number >= 1 (the paired seeds a verdict needs)")
+    unknown = sorted(set(data) - {"alpha", "seeds", "claims"})
+    if unknown:
+        raise ClaimsError(f"{path}: {unknown[0]}: unknown key (expected alpha, seeds, claims)")
+    return Claims(out, float(alpha), str(path), seeds)
 
 
 def _cells(entry: dict) -> dict:
@@ -273,6 +283,10 @@ def verdicts(aggregate: Path, claims: Claims) -> list:
                 d, why_not = (_cells(e).get(claim.key) or {}).get("diff"), ""
             verdict, why = decide(d, claim, claims.alpha)
             why = why_not or why
+            seeds = (d or {}).get("seeds", []) if claim.per_trial else e.get("paired_seeds", [])
+            if d is not None and len(seeds) < claims.seeds:
+                verdict = "not tested"
+                why = f"{len(seeds)} of the {claims.seeds} seeds the claims file asks for: shown, not decided"
             out.append(
                 {
                     "claim": claim.id,
@@ -284,7 +298,7 @@ def verdicts(aggregate: Path, claims: Claims) -> list:
                     "column": claim.key,
                     "direction": claim.direction,
                     "min_effect": claim.min_effect,
-                    "seeds": (d or {}).get("seeds", []) if claim.per_trial else e.get("paired_seeds", []),
+                    "seeds": seeds,
                     "relative": claim.per_trial,
                     "diff": None if d is None else d["diff"],
                     "ci": None if d is None else [d["lo"], d["hi"]],
@@ -299,10 +313,11 @@ def verdicts(aggregate: Path, claims: Claims) -> list:
 
 def markdown(rows: list, claims: Claims) -> str:
     """The verdict table (what the README's verdict table is generated from)."""
+    few = f" or fewer paired seeds than the {claims.seeds} the file asks for" if claims.seeds > 1 else ""
     lines = [
         f"Verdicts of `{claims.source}` (α = {claims.alpha:g}; supported: the 95 % interval excludes 0, "
         "Holm-corrected p < α and the effect reaches the claim's smallest effect; refuted: the interval's "
-        "upper end is below it; else inconclusive; not tested: no row or no paired difference). Differences "
+        f"upper end is below it; else inconclusive; not tested: no row or no paired difference{few}). Differences "
         "in points, method − baseline, same seeds and points (a Jacobian statistic: the relative change in %, "
         "decided by the seeds' test); `seeds p`: the paired t-test over seeds.",
         "",
