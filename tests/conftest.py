@@ -43,6 +43,58 @@ def train_cli():
     return [sys.executable, "-m", "uncertainty_robust"], env
 
 
+# ----------------------------------------------------------------------------- pytest-xdist groups
+# .ci/run runs the suite on 2 xdist workers with --dist loadgroup: the tests of one group run in
+# collection order on one worker, every other test goes to whichever worker is free. Without xdist,
+# or without loadgroup, the marks do nothing.
+#
+# "cluster": the real local SLURM cluster is one shared thing (its jobs requeued and preempted, a
+# node's slurmd killed and revived, `ray start` on a job's second node binding Ray's fixed agent
+# port 52365), and the local-Ray sweeps run 4-6 processes on the 2 cores; all of them run one at a
+# time, as in a serial run, with the timings their deadlines were set for.
+CLUSTER_FILES = ("test_slurm_local.py", "test_slurm_sweep.py", "test_sweeps.py")
+# tests that share an expensive session (or module) fixture stay on one worker, which trains it once
+SHARED_FIXTURE_GROUPS = (
+    ("trained", "audit-trained"),  # test_audit: 3 trials, ~100 s
+    ("sweep", "report-sweep"),  # test_report: 7 trials, 60-80 s
+    ("at_model", "at-model"),  # test_accel, test_train: PGD-7 adversarial training
+    ("std_suite", "at-model"),  # test_attacks, test_train (whose test takes both)
+    ("resume_reference", "train-resume"),  # test_train (module-scoped)
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks (on its workers)
+def pytest_collection_modifyitems(config, items):
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        group = (
+            "cluster"
+            if item.path.name in CLUSTER_FILES
+            else next((g for name, g in SHARED_FIXTURE_GROUPS if name in fixtures), None)
+        )
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: on its controller, once per worker
+def pytest_xdist_node_collection_finished(node, ids):
+    """xdist groups a test by the "@<group>" it appends to the test's node id on the worker. A pytest
+    whose node ids it cannot extend (9.2 with pytest-xdist 3.8: pytest-xdist issue 1386) loses the
+    groups without a word, and the SLURM tests would run side by side: stop before any test runs."""
+    if node.config.getoption("dist") != "loadgroup":
+        return
+    lost = [i for i in ids if Path(i.split("::")[0]).name in CLUSTER_FILES and i.rfind("@") <= i.rfind("]")]
+    if lost:
+        pytest.exit(
+            f"--dist loadgroup: pytest-xdist did not group {len(lost)} cluster tests (e.g. {lost[0]}) under "
+            f"pytest {pytest.__version__} (pytest-xdist issue 1386); run without -n, or with the pytest "
+            "that pyproject.toml asks for",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With UR_REQUIRE_SLURM=1 (set by .ci/run, which brings the cluster up) a SLURM test that

@@ -220,13 +220,14 @@ def test_a_killed_evaluation_resumes_without_re_attacking_finished_chunks(std_mo
     other = dataclasses.replace(cfg)
     with torch.no_grad():
         p = next(std_model.parameters())
+        saved = p.clone()  # the session's model, restored bit for bit (adding and subtracting 1e-3 is not)
         p.add_(1e-3)
     try:
         evaluate(std_model, other, state=trial)
         assert len(calls) > 0
     finally:
         with torch.no_grad():
-            p.sub_(1e-3)
+            p.copy_(saved)
 
 
 # ------------------------------------------------------------------------------ progress
