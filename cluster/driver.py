@@ -155,7 +155,17 @@ def _trial_name(trial) -> str:
     return f"{TrialConfig(**trial.config['trial']).short_name()}_{trial.trial_id[-5:]}"
 
 
-PARAMETER_COLUMNS = {"trial/defense": "defense", "trial/lam": "lam", "trial/eps": "eps", "trial/seed": "seed"}
+# lam and eps from config["shown"] (resolved per trial by Tune from its config["trial"]): "-" where the
+# defense does not use them, not the config's default (standard training's eps 0.3)
+PARAMETER_COLUMNS = {"trial/defense": "defense", "shown/lam": "lam", "shown/eps": "eps", "trial/seed": "seed"}
+
+
+def shown(spec) -> dict:
+    """``config["shown"]`` of a trial (a ``tune.sample_from`` of its resolved ``config["trial"]``):
+    what the status table shows of lam and eps (:meth:`TrialConfig.shown`)."""
+    from uncertainty_robust.config import TrialConfig
+
+    return TrialConfig.from_dict(dict(spec.config["trial"]), check=False).shown()
 
 
 def parameter_columns(trials: list) -> dict:
@@ -168,7 +178,7 @@ def parameter_columns(trials: list) -> dict:
     varying = {
         f"trial/{k}": k
         for k in row_fields()
-        if f"trial/{k}" not in PARAMETER_COLUMNS
+        if k not in PARAMETER_COLUMNS.values()
         and len({json.dumps(t.get(k), sort_keys=True) for t in trials}) > 1
     }
     cols = {k: v for k, v in PARAMETER_COLUMNS.items() if k != "trial/seed"}
@@ -220,6 +230,7 @@ def run_sweep(run_dir: os.PathLike, verbosity: int = 1) -> dict:
     else:
         param_space = {
             "trial": tune.grid_search(plan["trials"]),
+            "shown": tune.sample_from(shown),
             "run_dir": str(run_dir),
             "resources": resources,
             "worker_retries": int(search.get("worker_retries", 2)),

@@ -39,10 +39,9 @@ def print_dry_run(grid: Grid, cluster: str, pilot: str | None = None) -> None:
     )
     est = estimate(grid.trials)
     for i, (c, e) in enumerate(zip(grid.trials, est["per_trial"])):
-        lam = f"{c.lam:g}" if c.defense_record.takes_lam else "-"
-        eps = f"{c.eps:g}" if c.is_adversarial else "-"
+        shown = c.shown()
         print(
-            f"{i:>3} {c.defense:<9} {lam:>7} {eps:>7} {c.seed:>4} {c.epochs:>6} {res['workers']:>7} "
+            f"{i:>3} {c.defense:<9} {shown['lam']:>7} {shown['eps']:>7} {c.seed:>4} {c.epochs:>6} {res['workers']:>7} "
             f"{e['grad_evals']:>11.3g} {e['cpu_hours']:>7.3f}"
         )
     c0 = grid.trials[0]

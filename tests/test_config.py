@@ -134,6 +134,31 @@ def test_an_epochs_list_is_a_budget_ladder_one_trial_per_value():
     assert list(parameter_columns([c.to_dict() for c in one]).values()) == ["defense", "lam", "eps", "seed"]
 
 
+def test_tunes_table_shows_lam_and_eps_only_where_the_defense_uses_them():
+    """The status table's lam and eps come from ``config["shown"]``, which Tune resolves per trial from
+    its ``config["trial"]`` (Tune's own variant generator here, no cluster): standard training shows
+    no eps (its config's 0.3 is a default it never uses), AT no lam; and no column appears twice when
+    lam and eps vary across the grid."""
+    from ray import tune
+    from ray.tune.search.variant_generator import generate_variants
+
+    from cluster.driver import parameter_columns, shown
+    from sweeps.grid import parse_grid
+
+    g = parse_grid("defenses: [standard, at, at_entm]\nlambdas: [0.5, 1]\ntrain_eps: [0.1, 0.2]\n")
+    trials = [c.to_dict() for c in g.trials]
+    got = {}
+    for _, cfg in generate_variants({"trial": tune.grid_search(trials), "shown": tune.sample_from(shown)}):
+        t = cfg["trial"]
+        got[(t["defense"], t["lam"], t["eps"])] = (cfg["shown"]["lam"], cfg["shown"]["eps"])
+    assert len(got) == len(trials) == 1 + 2 + 4
+    assert {v for (d, _, _), v in got.items() if d == "standard"} == {("-", "-")}
+    assert {v for (d, _, _), v in got.items() if d == "at"} == {("-", "0.1"), ("-", "0.2")}
+    assert got[("at_entm", 1.0, 0.2)] == ("1", "0.2")
+    cols = parameter_columns(trials)
+    assert list(cols.values()) == ["defense", "lam", "eps", "seed"] and cols["shown/eps"] == "eps"
+
+
 def test_a_grid_above_the_trial_cap_is_refused_before_it_is_expanded():
     import time
 

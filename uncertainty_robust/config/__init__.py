@@ -158,6 +158,14 @@ class TrialConfig(Evaluation, Training):
         """The trial's directory name in a run: ``<short name>_<trial id>``."""
         return f"{self.short_name()}_{self.trial_id()}"
 
+    def shown(self) -> dict:
+        """``lam`` and ``eps`` as a table shows them: "-" where the defense does not use the field
+        (a config default, such as standard training's eps, is not a setting of the trial)."""
+        return {
+            "lam": f"{self.lam:g}" if self.defense_record.takes_lam else "-",
+            "eps": f"{self.eps:g}" if self.is_adversarial else "-",
+        }
+
     def short_name(self) -> str:
         parts = [self.defense]
         if self.defense_record.takes_lam:
