@@ -180,7 +180,14 @@ class SweepJob(submitit.helpers.Checkpointable):
         return None
 
     def checkpoint(self, *args, **kwargs):
-        RunDir(self.run_dir).event({"event": "checkpoint_requeue", "job": os.environ.get("SLURM_JOB_ID")})
+        RunDir(self.run_dir).event(
+            {
+                "event": "checkpoint_requeue",
+                "job": os.environ.get("SLURM_JOB_ID"),
+                # the incarnation that got the signal: SLURM and a user (or a test) may both signal one run
+                "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+            }
+        )
         return super().checkpoint(*args, **kwargs)  # DelayedSubmission(self): same job, requeued
 
 
