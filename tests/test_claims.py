@@ -199,7 +199,7 @@ def test_a_jacobian_claim_is_decided_over_seeds_on_the_log_ratio(tmp_path):
     assert entm["p_seed"] == pytest.approx(ref.pvalue)
     assert rows[("c-ls", "LS (α=0.1)")]["verdict"] == "refuted"
     assert rows[("c-ls", "LS (α=0.2)")]["verdict"] == "not tested"
-    assert "1 seed(s)" in rows[("c-ls", "LS (α=0.2)")]["why"]
+    assert "1 seed(s)" in rows[("c-ls", "LS (α=0.2)")]["why"] and rows[("c-ls", "LS (α=0.2)")]["seeds"] == [0]
     md = (tmp_path / "claims.md").read_text()
     assert (
         f"| c-entm | EntM (λ=0.3) − Standard | jacobian_logits_mean | 4 | {100 * entm['diff']:+.1f} % [" in md

@@ -183,7 +183,7 @@ def _as_list(v) -> list:
 
 
 def per_trial_difference(csv_rows: list, entry: dict, base: Optional[dict], column: str) -> tuple:
-    """(difference dict or None, why not) of a per-trial statistic, row vs baseline, paired by seed:
+    """(difference dict or None, why not, the seeds paired) of a per-trial statistic, row vs baseline:
     ``diff``/``lo``/``hi`` the relative change (exp of the mean log ratio and its t interval, - 1),
     ``p`` the paired t-test over seeds (:func:`stats.seed_level` on the logs), ``seeds`` the seeds
     paired."""
@@ -194,9 +194,9 @@ def per_trial_difference(csv_rows: list, entry: dict, base: Optional[dict], colu
     from ..stats import seed_level
 
     if base is None:
-        return None, "no baseline row in the table"
+        return None, "no baseline row in the table", []
     if not csv_rows:
-        return None, "no per-trial values (the aggregate has no trials.csv: it predates them)"
+        return None, "no per-trial values (the aggregate has no trials.csv: it predates them)", []
     by = {r["trial"]: r for r in csv_rows}
 
     def values(e):
@@ -210,12 +210,12 @@ def per_trial_difference(csv_rows: list, entry: dict, base: Optional[dict], colu
     m, b = values(entry), values(base)
     seeds = sorted(s for s in set(m) & set(b) if m[s] > 0 and b[s] > 0)
     if len(seeds) < 2:
-        return None, f"{len(seeds)} seed(s) with {column} in both rows: a seed-level test needs 2"
+        return None, f"{len(seeds)} seed(s) with {column} in both rows: a seed-level test needs 2", seeds
     t = seed_level(np.log([[m[s]] for s in seeds]), np.log([[b[s]] for s in seeds]))
     mean = float(np.mean(t["seed_diffs"]))
     rel = lambda x: math.exp(x) - 1  # noqa: E731
     return {"diff": rel(mean), "lo": rel(t["seed_lo"]), "hi": rel(t["seed_hi"]), "p": t["p_seed"],
-            "p_seed": t["p_seed"], "seeds": seeds}, ""  # fmt: skip
+            "p_seed": t["p_seed"], "seeds": seeds}, "", seeds  # fmt: skip
 
 
 def decide(d: Optional[dict], claim: Claim, alpha: float) -> tuple:
@@ -278,12 +278,12 @@ def verdicts(aggregate: Path, claims: Claims) -> list:
         for t, e in rows:
             if claim.per_trial:
                 base = next((b for b in t["entries"] if b["name"] == e.get("baseline")), None)
-                d, why_not = per_trial_difference(csv_rows, e, base, claim.column)
+                d, why_not, seeds = per_trial_difference(csv_rows, e, base, claim.column)
             else:
                 d, why_not = (_cells(e).get(claim.key) or {}).get("diff"), ""
+                seeds = e.get("paired_seeds", [])
             verdict, why = decide(d, claim, claims.alpha)
             why = why_not or why
-            seeds = (d or {}).get("seeds", []) if claim.per_trial else e.get("paired_seeds", [])
             if d is not None and len(seeds) < claims.seeds:
                 verdict = "not tested"
                 why = f"{len(seeds)} of the {claims.seeds} seeds the claims file asks for: shown, not decided"
