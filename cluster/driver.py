@@ -186,7 +186,7 @@ def parameter_columns(trials: list) -> dict:
 
 
 METRIC_COLUMNS = {
-    "training_iteration": "iter",
+    "epoch": "epoch",  # not Tune's iteration: the final evaluation is one more report
     "val_clean_acc": "val clean",
     "val_robust_acc": "val robust",
     "clean_acc": "clean",

@@ -159,6 +159,22 @@ def test_tunes_table_shows_lam_and_eps_only_where_the_defense_uses_them():
     assert list(cols.values()) == ["defense", "lam", "eps", "seed"] and cols["shown/eps"] == "eps"
 
 
+def test_tunes_table_shows_the_epoch_not_tunes_iteration():
+    """A 2-epoch trial reports 3 times (2 epochs, then its final evaluation): Tune's table, drawn by
+    Tune's own code with the driver's columns, says epoch 2, not iteration 3."""
+    from ray.tune.experiment import Trial
+    from ray.tune.progress_reporter import _trial_progress_table
+
+    from cluster.driver import METRIC_COLUMNS
+
+    t = Trial("ur_trial", config={"shown": {"defense": "at"}}, stub=True)
+    t.run_metadata.last_result = {"epoch": 2, "training_iteration": 3, "clean_acc": 0.9, "done": True}
+    head, row = [ln for ln in _trial_progress_table([t], METRIC_COLUMNS, {"shown/defense": "defense"})[0]
+                 .splitlines() if ln.startswith("| ")]  # fmt: skip
+    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["epoch"] == "2" and "iter" not in cells and cells["defense"] == "at", cells
+
+
 def test_a_grid_above_the_trial_cap_is_refused_before_it_is_expanded():
     import time
 
