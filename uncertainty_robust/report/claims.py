@@ -185,8 +185,7 @@ def _as_list(v) -> list:
 def per_trial_difference(csv_rows: list, entry: dict, base: Optional[dict], column: str) -> tuple:
     """(difference dict or None, why not, the seeds paired) of a per-trial statistic, row vs baseline:
     ``diff``/``lo``/``hi`` the relative change (exp of the mean log ratio and its t interval, - 1),
-    ``p`` the paired t-test over seeds (:func:`stats.seed_level` on the logs), ``seeds`` the seeds
-    paired."""
+    ``p`` the paired t-test over seeds (:func:`stats.seed_level` on the logs)."""
     import math
 
     import numpy as np
@@ -215,7 +214,7 @@ def per_trial_difference(csv_rows: list, entry: dict, base: Optional[dict], colu
     mean = float(np.mean(t["seed_diffs"]))
     rel = lambda x: math.exp(x) - 1  # noqa: E731
     return {"diff": rel(mean), "lo": rel(t["seed_lo"]), "hi": rel(t["seed_hi"]), "p": t["p_seed"],
-            "p_seed": t["p_seed"], "seeds": seeds}, "", seeds  # fmt: skip
+            "p_seed": t["p_seed"]}, "", seeds  # fmt: skip
 
 
 def decide(d: Optional[dict], claim: Claim, alpha: float) -> tuple:
