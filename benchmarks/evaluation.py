@@ -2,6 +2,7 @@
 
     python -m benchmarks.evaluation            # ~15-25 min on a 2-core CPU (the four models are trained first)
     python -m benchmarks.evaluation --render   # evaluation.md again from evaluation.json
+    python -m benchmarks.evaluation --points 100,50,25   # + evaluation time against points (~15 min)
 
 On the quickstart's four models (``sweeps/quickstart.yaml``: standard, EntM, AT, AT+EntM, trained
 here with ``fit`` exactly as the grid says) and its 100 test points:
@@ -15,7 +16,10 @@ here with ``fit`` exactly as the grid says) and its 100 test points:
 3. **passes saved** by the survivor filter (AutoAttack on ours' survivors vs on every clean point,
    as run_standard_evaluation does) and by the eps reuse (``reuse_eps`` on vs off), per defense;
 4. **the dry run's estimate** of each evaluation (``sweeps/cost.py``: its prior, and the measured
-   shares) against what it took.
+   shares) against what it took;
+5. with ``--points``: each model's whole evaluation (1 rank, the grid otherwise unchanged; the points
+   in 2 chunks as the grid has them) on fewer points: CPU time by stage, and the CPU time the whole
+   quickstart's evaluation needs at each size, a floor under its wall time on 2 cores.
 
 Every number is from one run on one machine (stated in the file), the machine otherwise idle.
 """
@@ -246,6 +250,79 @@ def run(partial: Path) -> dict:
     return R
 
 
+def points(sizes: list) -> dict:
+    """Evaluation CPU time against the number of points, per model (one rank, one thread)."""
+    from benchmarks.harness import machine_info
+
+    torch.set_num_threads(1)
+    out = {"sizes": sizes, "machine": machine_info(1), "load_start": os.getloadavg(), "rows": []}
+    models = quickstart_models()
+    for n in sizes:
+        for defense, cfg, model in models:
+            c = dataclasses.replace(
+                cfg, n_eval=n, chunk_points=-(-n // 2), jacobian_points=min(cfg.jacobian_points, n)
+            )
+            log(f"points: {defense} on {n} points")
+            a = ours(c, model)
+            out["rows"].append(
+                {
+                    "defense": defense,
+                    "points": n,
+                    "cpu_s": a["cpu_s"],
+                    "seconds_by_stage": a["seconds_by_stage"],
+                    "aa_eps": a["aa_eps"],
+                }
+            )
+    out["load_end"] = os.getloadavg()
+    out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return out
+
+
+def render_points(P: dict) -> list:
+    from benchmarks.harness import machine_line
+
+    sizes, rows = P["sizes"], P["rows"]
+    total = {n: sum(r["cpu_s"] for r in rows if r["points"] == n) for n in sizes}
+    lines = [
+        "",
+        "## Evaluation time against points",
+        "",
+        f"Written by `python -m benchmarks.evaluation --points` ({P['finished']}). Machine: "
+        f"{machine_line(P['machine'])}; load average {P['load_start'][0]:.2f} at the start, "
+        f"{P['load_end'][0]:.2f} at the end (process CPU time; a load above 1: another process ran on "
+        "the other core). The quickstart's four models; each whole evaluation on 1 rank with `n_eval` points "
+        "in 2 chunks, the grid otherwise unchanged (its ε, attacks, AutoAttack rule, probe). "
+        "CPU seconds:",
+        "",
+        "| defense | " + " | ".join(f"{n} points (AutoAttack)" for n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for d in dict.fromkeys(r["defense"] for r in rows):
+        cells = []
+        for n in sizes:
+            r = next(r for r in rows if r["defense"] == d and r["points"] == n)
+            cells.append(f"{r['cpu_s']:.1f} ({r['seconds_by_stage']['autoattack']:.1f})")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    lines.append("| **all four** | " + " | ".join(f"**{total[n]:.0f}**" for n in sizes) + " |")
+    big = sizes[0]
+    lines += [
+        "",
+        "- Fewer points: "
+        + ", ".join(f"{n} points {total[n] / total[big]:.2f}×" for n in sizes[1:])
+        + f" the CPU time of {big} points. AutoAttack's cost is partly per robust point (Square's 5,000 "
+        "queries and the 9 targets of APGD-T and FAB-T are passes of every survivor) and partly a "
+        "per-iteration floor that every chunk pays (this grid's 2 chunks: 2 calls per component and ε), "
+        "which grows in share as the points shrink.",
+        "- The evaluation alone therefore needs "
+        + ", ".join(f"{total[n]:.0f} CPU-s at {n} points" for n in sizes)
+        + ": on 2 cores at least "
+        + ", ".join(f"{total[n] / 2:.0f} s" for n in sizes)
+        + " of wall time, before the training, Ray's start and stop, the aggregation and the DDP ranks' "
+        "overhead.",
+    ]
+    return lines
+
+
 def render(R: dict) -> str:
     from benchmarks.harness import machine_line
     from sweeps.cost import CLEAN_ACC
@@ -371,6 +448,8 @@ def render(R: dict) -> str:
                 f"| {d['defense']} | {w['eps']:g} | {100 * (w['ours'] or w)['acc']:.1f} | {100 * w['acc']:.1f} | "
                 f"{100 * alone[w['eps']]['acc']:.1f} | {ran} |"
             )
+    if R.get("points"):
+        lines += render_points(R["points"])
     return "\n".join(lines) + "\n"
 
 
@@ -382,9 +461,18 @@ def main(argv=None) -> int:
         action="store_true",
         help="measure the dry run's estimates again (for evaluation.json's measured evaluations) and render",
     )
+    p.add_argument(
+        "--points",
+        metavar="N,N,...",
+        help="measure the evaluation's CPU time at these numbers of points (into evaluation.json) and render",
+    )
     args = p.parse_args(argv)
     js = RESULTS / "evaluation.json"
-    if args.estimates:
+    if args.points:
+        R = json.loads(js.read_text())
+        R["points"] = points([int(n) for n in args.points.split(",")])
+        js.write_text(json.dumps(R, indent=1, default=float))
+    elif args.estimates:
         R = json.loads(js.read_text())
         torch.set_num_threads(1)
         by = {d: cfg for d, cfg, _ in quickstart_models()}
