@@ -201,7 +201,7 @@ def summarize(run_dir: Path) -> str:
             )
         else:
             out += [
-                "| Method − baseline | paired seeds | " + " | ".join(cols) + " |",
+                "| Method − baseline | paired seed ids | " + " | ".join(cols) + " |",
                 "|---|---|" + "---|" * len(cols),
             ]
         for e in paired:

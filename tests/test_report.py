@@ -260,6 +260,7 @@ def test_table_statistics_match_the_per_point_outcomes(sweep, aggregated):
     assert e["worst_case_acc"]["0.1"]["diff"]["p"] == pytest.approx(d["p"]) and e["baseline"] == "Standard"
     assert doc["statistics"]["n_boot"] == stats.N_BOOT
     md = (aggregated.out / "tables.md").read_text()
+    assert "| Method − baseline | paired seed ids |" in md  # the seeds themselves, not a count
     assert "| EntM (λ=0.5) − Standard | 0 1 |" in md and "Holm" in md
     corr = json.loads((aggregated.out / "jacobian_correlation.json").read_text())
     (c,) = corr

@@ -245,7 +245,7 @@ def table_markdown(tab: dict) -> str:
     if any(v < r["n_seeds"] for r in tab["rows"] for v in r.get("autoattack_ran", {}).values()):
         lines += ["", NOT_RUN_NOTE]
     if any(r.get("diff") for r in tab["rows"]):
-        head = ["Method − baseline", "paired seeds"] + [c[0].replace("clean", "Clean") for c in cols]
+        head = ["Method − baseline", "paired seed ids"] + [c[0].replace("clean", "Clean") for c in cols]
         lines += [
             "",
             "Paired differences with the baseline (method − baseline, percentage points): difference "
