@@ -21,7 +21,8 @@ here with ``fit`` exactly as the grid says) and its 100 test points:
    in 2 chunks as the grid has them) on fewer points: CPU time by stage, and the CPU time the whole
    quickstart's evaluation needs at each size, a floor under its wall time on 2 cores.
 
-Every number is from one run on one machine (stated in the file), the machine otherwise idle.
+Every number is from one run on one machine (stated in the file), the machine otherwise idle; the
+``--points`` section states its own load (its figures are process CPU time).
 """
 
 from __future__ import annotations
