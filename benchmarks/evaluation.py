@@ -454,16 +454,29 @@ def render(R: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _point_counts(text: str) -> list:
+    """``--points``: distinct positive numbers of points, comma-separated (else an argparse error, exit 2)."""
+    try:
+        sizes = [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if any(n < 1 for n in sizes) or len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(f"the numbers of points must be distinct and positive: {text!r}")
+    return sizes
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.evaluation", description=__doc__)
-    p.add_argument("--render", action="store_true", help="write evaluation.md from evaluation.json")
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--render", action="store_true", help="write evaluation.md from evaluation.json")
+    mode.add_argument(
         "--estimates",
         action="store_true",
         help="measure the dry run's estimates again (for evaluation.json's measured evaluations) and render",
     )
-    p.add_argument(
+    mode.add_argument(
         "--points",
+        type=_point_counts,
         metavar="N,N,...",
         help="measure the evaluation's CPU time at these numbers of points (into evaluation.json) and render",
     )
@@ -471,7 +484,7 @@ def main(argv=None) -> int:
     js = RESULTS / "evaluation.json"
     if args.points:
         R = json.loads(js.read_text())
-        R["points"] = points([int(n) for n in args.points.split(",")])
+        R["points"] = points(args.points)
         js.write_text(json.dumps(R, indent=1, default=float))
     elif args.estimates:
         R = json.loads(js.read_text())

@@ -283,3 +283,28 @@ def test_ur_train_prints_evaluation_progress_by_default_and_not_with_q(train_cli
     assert loud.returncode == 0 and quiet.returncode == 0, loud.stderr[-2000:] + quiet.stderr[-2000:]
     assert "evaluating: eps 0.1" in loud.stderr + loud.stdout
     assert "evaluating:" not in quiet.stderr + quiet.stdout and "clean acc" in quiet.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--points", "50,abc"],
+        ["--points", "100,0"],
+        ["--points", "50,50"],
+        ["--points", "50", "--estimates"],
+    ],
+)
+def test_the_benchmark_refuses_bad_points_and_two_modes_with_exit_2(argv, monkeypatch, capsys):
+    """Bad ``--points`` or two modes at once: argparse's one-line error and exit 2, before anything runs."""
+    import benchmarks.evaluation as bench
+
+    def started(*a, **k):
+        raise AssertionError("the benchmark started on bad input")
+
+    for name in ("points", "run", "quickstart_models", "estimate"):
+        monkeypatch.setattr(bench, name, started)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("python -m benchmarks.evaluation: error:"), err
