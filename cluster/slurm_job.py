@@ -50,8 +50,32 @@ def shielded_children():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _block_requeue_signals() -> None:  # preexec_fn of `ray start` on the other nodes
+def _block_requeue_signals() -> None:  # preexec_fn of `ray start` and of `scontrol requeue`
     signal.pthread_sigmask(signal.SIG_BLOCK, _requeue_signals())
+
+
+def _requeue_shielded(env, countdown: int) -> None:
+    """``scontrol requeue`` for submitit's requeue handler, run with SIGTERM and the requeue signal
+    blocked (submitit's own ``SlurmJobEnvironment._requeue`` runs it bare).
+
+    The requeue makes SLURM signal every process of the step, ``scontrol`` included, and slurmstepd
+    can send that SIGTERM before ``scontrol`` has exited: it then "died with SIGTERM" although the
+    requeue went through, submitit raised ``CalledProcessError`` from the handler, and the head
+    ended the job FAILED instead of requeued (seen in CI: job 56 after ``_interrupt()``). The job's
+    end still kills ``scontrol`` with SIGKILL should it hang; the 60-s timeout is submitit's."""
+    jid = env.job_id
+    subprocess.run(["scontrol", "requeue", jid], check=True, timeout=60, preexec_fn=_block_requeue_signals)
+    print(f"requeued job {jid} ({countdown} remaining timeouts)", file=sys.stderr, flush=True)
+
+
+def install_shielded_requeue() -> None:
+    """Route submitit's requeue (``SignalHandler.checkpoint_and_try_requeue`` calls
+    ``env._requeue``) through :func:`_requeue_shielded`, in the job's process only."""
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    if not callable(getattr(SlurmJobEnvironment, "_requeue", None)):  # submitit changed: fail loudly
+        raise RuntimeError("submitit.slurm.slurm.SlurmJobEnvironment has no _requeue to shield")
+    SlurmJobEnvironment._requeue = _requeue_shielded
 
 
 class SweepJob(submitit.helpers.Checkpointable):
@@ -63,6 +87,7 @@ class SweepJob(submitit.helpers.Checkpointable):
         self.verbosity = verbosity
 
     def __call__(self) -> Optional[dict]:
+        install_shielded_requeue()
         env = submitit.JobEnvironment()
         run_dir = RunDir(self.run_dir)
         restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))

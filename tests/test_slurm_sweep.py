@@ -650,6 +650,9 @@ def test_two_node_sweep_survives_preemption_interrupt_and_requeue(slurm_cluster,
     assert any("Bypassing signal SIGTERM" in t for t in logs), (
         "the Ray head did not leave SIGTERM to submitit"
     )
+    # b's requeue went through the shielded scontrol (cluster.slurm_job.install_shielded_requeue): bare, the
+    # requeue's own SIGTERM could kill scontrol first and fail the job (seen in CI)
+    assert any(f"requeued job {job_id} " in t for t in logs), "submitit's requeue did not run shielded"
     # and Ray's own processes (GCS, raylet: children of the head task, signalled by the step too) did not
     # die of b's SIGTERM before its USR2 (cluster.slurm_job.shielded_children); CI once saw the driver lose
     # its GCS and the job end FAILED instead of requeued

@@ -653,3 +653,42 @@ def test_ray_of_the_slurm_head_survives_the_steps_sigterm(tmp_path):
     assert "CALL True" in stdout, stdout
     # the control: the same signals without the shield take Ray's own processes down
     assert "gcs_server" in out["bare"][0].split(" OF ")[0], out["bare"][0]
+
+
+FAKE_SCONTROL = """#!{python}
+import os, signal, sys, time
+os.kill(os.getpid(), signal.SIGTERM)  # slurmstepd signals the step as soon as the requeue is accepted
+time.sleep(0.3)
+with open({log!r}, "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+"""
+
+
+def test_submitits_requeue_survives_the_sigterm_of_its_own_requeue(tmp_path, monkeypatch):
+    """The requeue makes SLURM SIGTERM every process of the step, ``scontrol`` included; CI once saw
+    ``scontrol requeue`` die of it before exiting, submitit raise CalledProcessError from its handler and
+    the job end FAILED instead of requeued. The job's requeue must run ``scontrol`` with SIGTERM blocked
+    (``cluster.slurm_job.install_shielded_requeue``); submitit's own ``_requeue`` is the control."""
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    from cluster.slurm_job import install_shielded_requeue
+
+    log = tmp_path / "scontrol.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "scontrol"
+    fake.write_text(FAKE_SCONTROL.format(python=sys.executable, log=str(log)))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setattr(SlurmJobEnvironment, "_requeue", SlurmJobEnvironment._requeue)  # restored after
+    env = SlurmJobEnvironment()
+
+    with pytest.raises(subprocess.CalledProcessError) as bare:  # the control: submitit's own call
+        env._requeue(3)
+    assert bare.value.returncode == -signal.SIGTERM
+    assert not log.exists()
+
+    install_shielded_requeue()
+    env._requeue(3)  # the same instance: the handler's env is patched through its class
+    assert log.read_text() == "requeue 4242\n"
