@@ -50,7 +50,7 @@ def shielded_children():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _block_requeue_signals() -> None:  # preexec_fn of `ray start` and of `scontrol requeue`
+def _block_requeue_signals() -> None:  # preexec_fn of `ray start` on the other nodes
     signal.pthread_sigmask(signal.SIG_BLOCK, _requeue_signals())
 
 
@@ -62,9 +62,12 @@ def _requeue_shielded(env, countdown: int) -> None:
     can send that SIGTERM before ``scontrol`` has exited: it then "died with SIGTERM" although the
     requeue went through, submitit raised ``CalledProcessError`` from the handler, and the head
     ended the job FAILED instead of requeued (seen in CI: job 56 after ``_interrupt()``). The job's
-    end still kills ``scontrol`` with SIGKILL should it hang; the 60-s timeout is submitit's."""
+    end still kills ``scontrol`` with SIGKILL should it hang; the 60-s timeout is submitit's.
+    ``shielded_children`` (the calling thread's mask, which the child inherits) rather than a
+    ``preexec_fn``: the head has Ray's threads, and code run between fork and exec can deadlock."""
     jid = env.job_id
-    subprocess.run(["scontrol", "requeue", jid], check=True, timeout=60, preexec_fn=_block_requeue_signals)
+    with shielded_children():
+        subprocess.run(["scontrol", "requeue", jid], check=True, timeout=60)
     print(f"requeued job {jid} ({countdown} remaining timeouts)", file=sys.stderr, flush=True)
 
 
