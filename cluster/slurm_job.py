@@ -50,17 +50,13 @@ def shielded_children():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _block_requeue_signals() -> None:  # preexec_fn of `ray start` on the other nodes
-    signal.pthread_sigmask(signal.SIG_BLOCK, _requeue_signals())
-
-
 def _requeue_shielded(env, countdown: int) -> None:
     """``scontrol requeue`` for submitit's requeue handler, run with SIGTERM and the requeue signal
     blocked (submitit's own ``SlurmJobEnvironment._requeue`` runs it bare).
 
-    The requeue makes SLURM signal every process of the step, ``scontrol`` included, and slurmstepd
-    can send that SIGTERM before ``scontrol`` has exited: it then "died with SIGTERM" although the
-    requeue went through, submitit raised ``CalledProcessError`` from the handler, and the head
+    ``scontrol`` is a process of the step, and a SIGTERM to the step while it runs (the requeue's
+    own, or ``_interrupt()``'s ``scancel --signal TERM`` delivered after its USR2) killed it:
+    submitit raised ``CalledProcessError`` ("died with SIGTERM") from the handler, and the head
     ended the job FAILED instead of requeued (seen in CI: job 56 after ``_interrupt()``). The job's
     end still kills ``scontrol`` with SIGKILL should it hang; the 60-s timeout is submitit's.
     ``shielded_children`` (the calling thread's mask, which the child inherits) rather than a
@@ -188,8 +184,8 @@ class SweepJob(submitit.helpers.Checkpointable):
         token = run_dir.auth_token(tag)
         if token.exists():
             env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-        # this node's Ray must outlive a step's SIGTERM as the head's does (shielded_children)
-        proc = subprocess.Popen(cmd, env=env, preexec_fn=_block_requeue_signals)
+        with shielded_children():  # this node's Ray must outlive a step's SIGTERM as the head's does
+            proc = subprocess.Popen(cmd, env=env)
         try:
             while not done.exists() and proc.poll() is None:
                 time.sleep(2)
