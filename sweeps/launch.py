@@ -179,10 +179,10 @@ def main(argv=None) -> int:
         raise LaunchError("--pilot sizes a grid before it runs: use it with --dry-run")
     grid_path = find_grid(args.grid, SWEEPS_DIR)
     grid = load_grid(grid_path)
-    cluster = args.cluster
-    if cluster is None:
-        cluster = "slurm" if shutil.which("sbatch") else "local"
-        if cluster == "local":
+    cluster = args.cluster or ("slurm" if shutil.which("sbatch") else "local")
+    if cluster == "local":
+        _check_no_slurm_flags(args)
+        if args.cluster is None:
             print("no sbatch on PATH: running on a local Ray cluster (--cluster local)", file=sys.stderr)
     name = _check_name(args.name or grid.name, "--name")
     run_dir = (storage / name).resolve()
@@ -278,6 +278,34 @@ def _check_data(grid: Grid) -> None:
                 load_arrays(ds, split, root, download=dl)
         except DatasetNotFound as e:
             raise LaunchError(f"dataset: {e}") from None
+
+
+# the options that only a SLURM job reads (dest, flag); a local run given one would drop it unread
+SLURM_ONLY = (
+    ("partition", "--partition"), ("nodes", "--nodes"), ("time_min", "--time"),
+    ("cpus_per_node", "--cpus-per-node"), ("gpus_per_node", "--gpus-per-node"), ("mem_gb", "--mem-gb"),
+    ("account", "--account"), ("qos", "--qos"), ("constraint", "--constraint"),
+    ("sbatch_opt", "--sbatch-opt"), ("wait", "--wait"), ("max_requeues", "--max-requeues"),
+)  # fmt: skip
+
+
+def _check_no_slurm_flags(args) -> None:
+    """A local run refuses SLURM's options instead of dropping them: ``--partition gpu`` on a machine
+    without sbatch would otherwise run the whole grid on this machine's CPUs. A dry run only notes it."""
+    given = [flag for dest, flag in SLURM_ONLY if getattr(args, dest, None) not in (None, False, [])]
+    if not given:
+        return
+    why = "--cluster local" if args.cluster == "local" else "sbatch is not on PATH, so the run would be local"
+    msg = (
+        f"{', '.join(given)}: SLURM option{'s' if len(given) > 1 else ''}, but {why}; "
+        + ("drop them" if len(given) > 1 else "drop it")
+        + " to run on a local Ray cluster"
+        + ("" if args.cluster == "local" else ", or launch where SLURM's sbatch is on PATH")
+    )
+    if args.dry_run:
+        print(f"note: {msg}", file=sys.stderr)
+        return
+    raise LaunchError(msg)
 
 
 def _check_local(grid: Grid, args) -> None:

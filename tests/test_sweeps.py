@@ -111,6 +111,31 @@ def test_malformed_grid_exits_2_with_one_line(case, tmp_path, capsys):
     assert not any(tmp_path.glob("*/plan.json")), "nothing may be written for a bad grid"
 
 
+@pytest.mark.parametrize(
+    "argv, flags",
+    [
+        (["--partition", "gpu"], "--partition"),
+        (["--cluster", "local", "--time", "30", "--wait"], "--time, --wait"),
+        (
+            ["--cluster", "local", "--sbatch-opt=--exclusive", "--max-requeues", "3"],
+            "--sbatch-opt, --max-requeues",
+        ),
+    ],
+)
+def test_slurm_options_on_a_local_run_exit_2_and_start_nothing(argv, flags, tmp_path, capsys, monkeypatch):
+    """`--partition gpu` where sbatch is not on PATH used to run the whole grid on local CPUs,
+    dropping the option unread; now it is refused in one line (a dry run only notes it)."""
+    monkeypatch.setattr(launch.shutil, "which", lambda name: None)  # no sbatch here
+    base = ["--grid", "quickstart", "--storage", str(tmp_path / "runs")]
+    assert launch.main(base + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {flags}: SLURM option") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists(), "nothing may be written for refused options"
+    monkeypatch.setattr(launch, "print_dry_run", lambda *a, **k: None)
+    assert launch.main(base + argv + ["--dry-run"]) == 0
+    assert f"note: {flags}: SLURM option" in capsys.readouterr().err
+
+
 PARENT = """name: parent
 description: the parent's own words
 defenses: [at]
