@@ -243,6 +243,28 @@ def table_reporter(parameter_columns: dict, metric_columns: dict):
     )
 
 
+def trial_state(result) -> str:
+    """A Tune result's state in the summary: ERROR, done (evaluated), or stopped (before its
+    evaluation: interrupted, or ended early by the scheduler)."""
+    m = result.metrics or {}
+    if result.error:
+        return "ERROR"
+    return "done" if m.get("done") and "clean_acc" in m else "stopped"
+
+
+def headline(summary: dict, interrupted: str = "", planned: int = 0) -> str:
+    """The summary's first line, from its counts (``trials``, ``done``, ``errors``, ``seconds``); an
+    interrupted sweep counts its ``planned`` trials (Tune knows only those it has started)."""
+    line = f"{summary['done']} done, {summary['errors']} errored"
+    if not interrupted:
+        return f"sweep finished in {summary['seconds']:.1f} s: {summary['trials']} trials, {line}"
+    n = max(planned, summary["trials"])
+    return (
+        f"sweep interrupted ({interrupted}) after {summary['seconds']:.1f} s: {n} trials, {line}, "
+        f"{n - summary['done'] - summary['errors']} unfinished"
+    )
+
+
 def summary_lines(results, seconds: float) -> list[str]:
     """One line per trial (state, epochs, clean, worst, time), then the errors."""
     rows, errors = [], []
@@ -256,13 +278,9 @@ def summary_lines(results, seconds: float) -> list[str]:
             name = f"{TrialConfig(**cfg).short_name()}_{name[-5:]}"
         except TypeError:  # a config of another schema (a user's own Tune script): Tune's name stays
             pass
-        if r.error:
-            state = "ERROR"
+        state = trial_state(r)
+        if state == "ERROR":
             errors.append(f"{name}: {(str(r.error).strip().splitlines() or [''])[-1][:300]}")
-        elif m.get("done") and "clean_acc" in m:
-            state = "done"
-        else:
-            state = "stopped"
         rows.append(
             (
                 name,
@@ -274,9 +292,9 @@ def summary_lines(results, seconds: float) -> list[str]:
             )
         )
     w = max([len(r[0]) for r in rows] + [5])
+    counts = {"trials": len(rows), "done": sum(r[1] == "done" for r in rows), "errors": len(errors)}
     lines = [
-        f"sweep finished in {seconds:.1f} s: {len(rows)} trials, {sum(r[1] == 'done' for r in rows)} done, "
-        f"{len(errors)} errored",
+        headline({**counts, "seconds": seconds}),
         f"{'trial':<{w}}  {'state':<7} {'epochs':>6} {'clean':>6} {'worst(mean eps)':>15} {'time s':>7}",
     ]
     lines += [f"{n:<{w}}  {s:<7} {e:>6} {c:>6} {wm:>15} {t:>7}" for n, s, e, c, wm, t in rows]

@@ -223,18 +223,27 @@ def run_sweep(run_dir: os.PathLike, verbosity: int = 1) -> dict:
     trainable = trainables.with_resources(trainables.TRAINABLES[trainables.GENERIC])
     exp_path = rd.tune
     t0 = time.time()
+    param_space = {
+        "trial": tune.grid_search(plan["trials"]),
+        "shown": tune.sample_from(shown),
+        "run_dir": str(run_dir),
+        "resources": resources,
+        "worker_retries": int(search.get("worker_retries", 2)),
+    }
     if Tuner.can_restore(str(exp_path)):
         log.info("restoring experiment %s (finished trials are kept)", exp_path)
         console.out(f"restoring experiment {exp_path} (finished trials are kept)")
-        tuner = Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # param_space again: Tune saves a sample_from's function as a placeholder, and without it every
+        # trial first created after the restore gets config["shown"] == ("__fn_ph", hash), which made
+        # the status table (every 120 s) raise ValueError and end the driver
+        tuner = Tuner.restore(
+            str(exp_path),
+            trainable=trainable,
+            param_space=param_space,
+            resume_unfinished=True,
+            resume_errored=True,
+        )
     else:
-        param_space = {
-            "trial": tune.grid_search(plan["trials"]),
-            "shown": tune.sample_from(shown),
-            "run_dir": str(run_dir),
-            "resources": resources,
-            "worker_retries": int(search.get("worker_retries", 2)),
-        }
         scheduler = None
         if search.get("scheduler") == "asha":
             from ray.tune.schedulers import ASHAScheduler
@@ -266,11 +275,14 @@ def run_sweep(run_dir: os.PathLike, verbosity: int = 1) -> dict:
         )
     results = tuner.fit()
     errors = [_last_line(r.error) for r in results if r.error]
+    lines = console.summary_lines(results, time.time() - t0)
     summary = {
         "trials": len(results),
+        "done": sum(console.trial_state(r) == "done" for r in results),
         "errors": len(errors),
+        "seconds": round(time.time() - t0, 1),
         "error_messages": errors[:10],
-        "lines": console.summary_lines(results, time.time() - t0),
+        "lines": lines,
     }
     write_json(summary, rd.status)
     return summary

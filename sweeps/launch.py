@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -327,6 +328,53 @@ def _check_local(grid: Grid, args) -> None:
             )
 
 
+class _Interrupt:
+    """Ctrl-C (SIGINT) and SIGTERM on a local sweep. The first, while Tune runs, ends the run the way
+    Tune ends it on SIGINT: trials stop, the experiment's state is saved, and the same command resumes
+    it. Any other (a second one, or one before or after Tune's loop) raises KeyboardInterrupt at
+    once. Installed here rather than left to Tune and Ray: Tune's own SIGINT handler lets the launcher
+    report an interrupted sweep as finished (exit 0, then an aggregation of half a sweep), and the one
+    ``ray.init`` installs for SIGTERM exits the driver with no word (``sys.exit(15)``)."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self.in_tune = False
+
+    def __enter__(self) -> _Interrupt:
+        self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # the first Ctrl-C is ours, then Tune's stop
+        self._before = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if self._env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signals.append(signum)
+        tune_stop = signal.getsignal(signal.SIGUSR1)  # Tune's run loop stops on SIGUSR1 (ray/tune/tune.py)
+        if self.in_tune and len(self.signals) == 1 and callable(tune_stop):
+            os.write(
+                2,
+                f"{signal.Signals(signum).name}: stopping the sweep and saving its state; the same "
+                f"command resumes it ({signal.Signals(signum).name} again: quit at once)\n".encode(),
+            )
+            tune_stop(signal.SIGUSR1, frame)
+            return
+        raise KeyboardInterrupt
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signals[0]).name if self.signals else ""
+
+    def exit_code(self) -> int:
+        return 128 + self.signals[0]
+
+
 def run_local(run_dir: Path, args) -> int:
     import ray
 
@@ -337,18 +385,31 @@ def run_local(run_dir: Path, args) -> int:
     rd = RunDir(run_dir)
     tag = console.new_tag()
     t0 = time.time()
-    with DriverLock(run_dir):
-        console.setup_logging(rd, tag, v)
-        if v >= 1:
-            for line in console.header(rd, tag):
-                console.out(line)
-        init_ray(num_cpus=args.num_cpus or os.cpu_count(), verbosity=v)
-        logs = console.link_ray_logs(rd, tag)
-        try:
-            summary = run_sweep(run_dir, verbosity=v)
-        finally:
-            ray.shutdown()
-            console.keep_ray_logs(rd, tag, logs)
+    resume = f"run the same command again to resume (--name {run_dir.name}): finished trials are kept"
+    stop = _Interrupt()
+    try:
+        with stop, DriverLock(run_dir):
+            console.setup_logging(rd, tag, v)
+            if v >= 1:
+                for line in console.header(rd, tag):
+                    console.out(line)
+            init_ray(num_cpus=args.num_cpus or os.cpu_count(), verbosity=v)
+            signal.signal(signal.SIGTERM, stop._handle)  # ray.init put sys.exit there
+            logs = console.link_ray_logs(rd, tag)
+            try:
+                stop.in_tune = True
+                summary = run_sweep(run_dir, verbosity=v)
+            finally:
+                stop.in_tune = False
+                ray.shutdown()
+                console.keep_ray_logs(rd, tag, logs)
+    except KeyboardInterrupt:
+        name = stop.name or "SIGINT"
+        console.out(f"interrupted ({name}) after {time.time() - t0:.1f} s; {resume}")
+        return 128 + signal.Signals[name].value
+    if stop.signals:
+        planned = len(rd.read_plan().get("trial_ids", []))
+        summary["lines"][0] = console.headline(summary, interrupted=stop.name, planned=planned)
     for line in summary["lines"]:
         console.out(line)
     console.out(f"total {time.time() - t0:.1f} s with Ray's start and stop; logs in {rd.logs}")
@@ -359,6 +420,12 @@ def run_local(run_dir: Path, args) -> int:
             f"{run_dir.parent}; free space there and relaunch with --name {run_dir.name}: finished trials "
             "and checkpoints are kept"
         )
+    if stop.signals:
+        console.out(
+            f"interrupted ({stop.name}): {resume}; not aggregated (ur-aggregate {run_dir} aggregates the "
+            "finished trials)"
+        )
+        return stop.exit_code()
     failed = bool(summary["errors"])
     if not args.no_aggregate:
         failed |= aggregate(run_dir) != 0

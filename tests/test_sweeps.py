@@ -482,6 +482,73 @@ def test_chaos_driver_sigkilled_at_seeded_random_moments_ends_bit_identical(tmp_
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def test_interrupted_local_sweep_says_so_exits_128_plus_signal_and_resumes(tmp_path):
+    """Ctrl-C (SIGINT) and then SIGTERM to the local driver, each while trials train: the sweep stops
+    and saves its state, the summary says "interrupted" (not "finished"), nothing is aggregated, the
+    exit status is 128 + the signal, no traceback and no Ray fault dump; the same command then resumes
+    and finishes. Before, SIGINT ended in "sweep finished", an aggregation of half a sweep and exit
+    0, and SIGTERM in Ray's ``sys.exit(15)`` with no word. One trial at a time, so the second is first
+    created after a restore: Tune must resolve its ``config["shown"]`` (a ``sample_from``), not leave
+    its placeholder, which made the status table raise and end the resumed driver."""
+    g = tiny_grid(tmp_path, "intr", defenses=["standard", "at"], epochs=3)
+    run = tmp_path / "runs" / "i"
+    args = launch_cmd(
+        "--grid", str(g), "--cluster", "local", "--num-cpus", "2", "--storage", str(tmp_path / "runs"),
+        "--name", "i",
+    )  # fmt: skip
+
+    def progress() -> int:  # epochs checkpointed, trials finished: 2 x (3 + 1) in all
+        dirs = trial_dirs(run) if (run / "plan.json").exists() else []
+        return sum(ckpt_epoch(d) + (d / "result.json").exists() for d in dirs)
+
+    for k, (sig, at) in enumerate([(signal.SIGINT, 1), (signal.SIGTERM, 3)]):
+        log_path = tmp_path / f"launch{k}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
+            )
+        try:
+            while progress() < at:
+                assert proc.poll() is None, (
+                    f"launch {k} ended before progress {at}:\n" + log_path.read_text()[-3000:]
+                )
+                time.sleep(0.1)
+            assert progress() < 7, "the sweep is too small for the interrupt"
+            os.kill(proc.pid, sig)  # the driver only, as `kill PID` or a terminal's Ctrl-C on it
+            rc = proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        out = log_path.read_text()
+        name = sig.name
+        assert rc == 128 + sig, f"exit {rc}\n{out[-3000:]}"
+        assert re.search(rf"^sweep interrupted \({name}\) after [\d.]+ s: 2 trials, ", out, re.M), out[-3000:]
+        assert "sweep finished" not in out and "Traceback" not in out and "received at time" not in out, out[
+            -3000:
+        ]
+        assert f"interrupted ({name}): run the same command again to resume (--name i)" in out, out[-3000:]
+        assert not (run / "aggregate").exists(), "an interrupted sweep was aggregated"
+        deadline = time.time() + 30
+        while ranks_of(run) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not ranks_of(run), f"DDP ranks of interrupted launch {k} still running 30 s later"
+
+    r = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "restoring experiment" in r.stdout and "sweep finished" in r.stdout, r.stdout[-3000:]
+    for d in trial_dirs(run):
+        assert len(json.loads((d / "result.json").read_text())["train"]["history"]) == 3
+    assert (run / "aggregate").is_dir()
+    (state,) = sorted((run / "tune").glob("experiment_state*.json"))[-1:]
+    shown = {  # each trial's resolved config["shown"], as Tune saved it last
+        meta["config"]["trial"]["defense"]: meta["config"]["shown"]
+        for meta in (json.loads(t[0]) for t in json.loads(state.read_text())["trial_data"])
+    }
+    assert shown == {"standard": {"lam": "-", "eps": "-"}, "at": {"lam": "-", "eps": "0.2"}}, shown
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_killed_ddp_worker_is_retried_from_its_checkpoint(tmp_path):
     """A 2-rank trial whose rank 1 is SIGKILLed mid-training restarts both ranks from its last
     checkpoint and finishes; the default console says where the logs are, prints one line per epoch
