@@ -235,6 +235,14 @@ def table_reporter(parameter_columns: dict, metric_columns: dict):
                 return False
             return super().should_report(trials, done)
 
+        def report(self, trials, done, *sys_info):
+            # a status table is a view: one Tune cannot draw (e.g. a trial that a resume by an earlier
+            # version left with Tune's placeholder for config["shown"]) must not end the sweep
+            try:
+                super().report(trials, done, *sys_info)
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                logging.getLogger(__name__).warning("status table skipped: %s: %s", type(e).__name__, e)
+
     return PeriodicTable(
         parameter_columns=parameter_columns,
         metric_columns=metric_columns,

@@ -784,3 +784,21 @@ def test_submitits_requeue_survives_the_sigterm_of_its_own_requeue(tmp_path, mon
     install_shielded_requeue()
     env._requeue(3)  # the same instance: the handler's env is patched through its class
     assert log.read_text() == "requeue 4242\n"
+
+
+def test_a_status_table_tune_cannot_draw_does_not_end_the_sweep(monkeypatch, caplog):
+    """The error a resumed run's placeholder config raised inside Tune's table (every 120 s), which
+    ended the driver: now one warning in the driver's log, and the sweep goes on."""
+    from ray.tune import CLIReporter
+
+    from cluster import console
+    from cluster.driver import METRIC_COLUMNS, PARAMETER_COLUMNS
+
+    def broken(self, trials, done, *sys_info):
+        raise ValueError("invalid literal for int() with base 10: 'lam'")
+
+    monkeypatch.setattr(CLIReporter, "report", broken)
+    reporter = console.table_reporter(dict(PARAMETER_COLUMNS), METRIC_COLUMNS)
+    with caplog.at_level("WARNING"):
+        reporter.report([], False, "", "")
+    assert "status table skipped: ValueError: invalid literal" in caplog.text
