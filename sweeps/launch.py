@@ -410,6 +410,7 @@ def run_local(run_dir: Path, args) -> int:
     if stop.signals:
         planned = len(rd.read_plan().get("trial_ids", []))
         summary["lines"][0] = console.headline(summary, interrupted=stop.name, planned=planned)
+        write_json({**summary, "interrupted": stop.name}, rd.status)  # for --status
     for line in summary["lines"]:
         console.out(line)
     console.out(f"total {time.time() - t0:.1f} s with Ray's start and stop; logs in {rd.logs}")

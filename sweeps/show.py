@@ -89,7 +89,9 @@ def print_status(run_dir: Path) -> int:
     st = read_json(rd.status)
     if st is not None:
         print(
-            f"last driver exit: {st['trials']} trials, {st['errors']} errored"
+            "last driver exit: "
+            + (f"interrupted ({st['interrupted']}), " if st.get("interrupted") else "")
+            + f"{st['trials']} trials, {st['errors']} errored"
             + "".join(f"\n  error: {m}" for m in st.get("error_messages", []))
         )
         for line in st.get("lines", [])[1:]:  # the per-trial summary (its errors are above)

@@ -528,6 +528,13 @@ def test_interrupted_local_sweep_says_so_exits_128_plus_signal_and_resumes(tmp_p
         ]
         assert f"interrupted ({name}): run the same command again to resume (--name i)" in out, out[-3000:]
         assert not (run / "aggregate").exists(), "an interrupted sweep was aggregated"
+        status = subprocess.run(
+            launch_cmd("--status", "i", "--storage", str(tmp_path / "runs")),
+            capture_output=True,
+            text=True,
+            env=ENV,
+        )
+        assert f"last driver exit: interrupted ({name}), " in status.stdout, status.stdout + status.stderr
         deadline = time.time() + 30
         while ranks_of(run) and time.time() < deadline:
             time.sleep(0.5)
