@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -62,6 +63,68 @@ def measured(record: dict) -> Callable[[float, str], float]:
         return shares.get((round(eps, 9), stage), 0.0)
 
     return robust
+
+
+def pilot_key(defense: str, lam: float, eps: float) -> tuple:
+    """The row a pilot's trial prices: defense, and lam and eps where the defense uses them."""
+    shown = TrialConfig(defense=defense, lam=float(lam), eps=float(eps)).shown()
+    return (defense, shown["lam"], shown["eps"])
+
+
+def pilot_shares(path: Path) -> dict:
+    """{:func:`pilot_key`: robust(eps, stage)} from a pilot's ``trials.csv`` (an aggregate: RUN/aggregate
+    or results/<part>): per row, the mean over its trials (seeds, checkpoints) of the share of points
+    left robust by our attacks (``worst@eps``) and by ours + AutoAttack (``AA@eps``, ours where
+    AutoAttack did not run), clean at eps 0. Between two of the pilot's eps the shares are interpolated
+    linearly; outside them, and for a row the pilot lacks, the dry run keeps the prior."""
+    import csv
+    from collections import defaultdict
+
+    from sweeps.power import PilotError
+
+    f = Path(path) / "trials.csv"
+    if not f.is_file():
+        raise PilotError(
+            f"--pilot {path}: no trials.csv there (an aggregate written before per-trial values)"
+        )
+    rows = defaultdict(list)
+    with open(f, newline="") as fh:
+        for r in csv.DictReader(fh):
+            try:
+                key = pilot_key(r["defense"], float(r["lam"] or 0), float(r["eps"] or 0))
+            except (KeyError, ValueError, TypeError):
+                raise PilotError(
+                    f"--pilot {f}: a row without defense, lam and eps (not a trials.csv)"
+                ) from None
+            rows[key].append(r)
+
+    def curve(trials: list, stage: str) -> list:
+        pts = {0.0: [float(t["clean"]) for t in trials if t.get("clean")]}
+        for col in trials[0]:
+            if col.startswith("worst@"):
+                e = float(col.split("@", 1)[1])
+                for t in trials:
+                    v = t.get(f"AA@{col[6:]}") if stage == AUTOATTACK else None
+                    v = v or t.get(col)
+                    if v:
+                        pts.setdefault(e, []).append(float(v))
+        return sorted((e, sum(v) / len(v)) for e, v in pts.items() if v)
+
+    def robust_of(trials: list, fallback) -> Callable[[float, str], float]:
+        curves = {stage: curve(trials, stage) for stage in (OURS, AUTOATTACK)}
+
+        def robust(eps: float, stage: str) -> float:
+            pts = curves.get(stage) or curves[OURS]
+            for (e0, v0), (e1, v1) in zip(pts, pts[1:]):
+                if e0 <= eps <= e1:
+                    return v0 + (v1 - v0) * (eps - e0) / (e1 - e0) if e1 > e0 else v1
+            if pts and eps == pts[0][0]:
+                return pts[0][1]
+            return fallback(eps, stage)
+
+        return robust
+
+    return {k: (lambda trials: lambda c: robust_of(trials, prior(c)))(v) for k, v in rows.items()}
 
 
 def breakdown(c: TrialConfig, robust: Optional[Callable[[float, str], float]] = None) -> dict:
@@ -172,20 +235,29 @@ def evaluation_seconds(c: TrialConfig, robust=None, calibration: Optional[dict] 
     )
 
 
-def estimate(trials: list, robust: Optional[Callable] = None) -> dict:
+def estimate(trials: list, robust: Optional[Callable] = None, pilot: Optional[dict] = None) -> dict:
     """Per trial and in total: passes by part, and CPU-hours: training and validation at the measured
-    per-example cost, the evaluation by :func:`evaluation_seconds` (passes and iterations)."""
+    per-example cost, the evaluation by :func:`evaluation_seconds` (passes and iterations). The shares
+    of points each attack leaves: ``robust`` for every trial, else a ``pilot``'s (:func:`pilot_shares`)
+    for the rows it has, else the prior; ``priced_by_pilot`` counts the trials a pilot priced."""
     cache: dict = {}
     done: dict = {}
     per = []
+    by_pilot = 0
     for c in trials:
+        if robust is None and pilot is not None:
+            row = pilot.get(pilot_key(c.defense, c.lam, c.eps))
+            by_pilot += row is not None
+            trial_robust = row(c) if row is not None else None
+        else:
+            trial_robust = robust
         key = (c.dataset, c.model, c.width)
         if key not in cache:
             names = {w.attack for w in EvalPlan.of(c).expected_work(prior(c))}
             cache[key] = {"example": seconds_per_example(c), "iteration": iteration_seconds(c, names)}
         same = json.dumps({k: v for k, v in c.to_dict().items() if k != "seed"}, sort_keys=True, default=str)
         if same not in done:  # trials that differ only in their seed cost the same
-            done[same] = (breakdown(c, robust), evaluation_seconds(c, robust, cache[key]))
+            done[same] = (breakdown(c, trial_robust), evaluation_seconds(c, trial_robust, cache[key]))
         parts, eval_s = done[same]
         g = sum(parts.values())
         train_s = (parts["train"] + parts["validation"]) * cache[key]["example"]
@@ -208,4 +280,5 @@ def estimate(trials: list, robust: Optional[Callable] = None) -> dict:
         "cpu_hours": sum(p["cpu_hours"] for p in per),
         "sec_per_grad_eval": sec,
         "threads": 1,
+        "priced_by_pilot": by_pilot,
     }

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pilot",
         metavar="AGGREGATE",
         help="with --dry-run: an aggregate (RUN/aggregate or results/<part>) whose seed-to-seed spread "
-        "sizes the grid: the smallest difference each row's paired test can detect (sweeps/power.py)",
+        "sizes the grid: the smallest difference each row's paired test can detect (sweeps/power.py); "
+        "its trials.csv prices the evaluation of the rows it ran (sweeps/cost.py)",
     )
     p.add_argument(
         "--print-schema",

@@ -20,14 +20,27 @@ class NoRun(UserError, ValueError):
     """``--status`` of a name with no run directory."""
 
 
+def _shares_source(est: dict, pilot: str | None, n: int) -> str:
+    """Where the dry run took the shares of points each attack leaves standing."""
+    prior = "a prior of the points each attack leaves standing"
+    if pilot is None:
+        return prior
+    k = est["priced_by_pilot"]
+    return (
+        f"the points each attack left standing in the pilot {pilot} for {k} of the {n} trials (same "
+        f"defense, lambda and eps; between its eps interpolated), {prior} for "
+        + ("the rest" if k < n else "eps outside the pilot's")
+    )
+
+
 def print_dry_run(grid: Grid, cluster: str, pilot: str | None = None) -> None:
-    from sweeps import power
-    from sweeps.cost import estimate
+    from sweeps import cost, power
     from uncertainty_robust.evaluation import EvalPlan
 
     sized = (
         power.lines(grid.trials, Path(pilot)) if pilot is not None else None
     )  # a bad pilot: before any output
+    shares = cost.pilot_shares(Path(pilot)) if pilot is not None else None
     res = trial_resources(grid)
     print(
         f"grid {grid.name!r}: {len(grid.trials)} trials on {cluster}; each {res['workers']} DDP worker(s) x "
@@ -37,7 +50,7 @@ def print_dry_run(grid: Grid, cluster: str, pilot: str | None = None) -> None:
         f"{'#':>3} {'defense':<9} {'lambda':>7} {'eps':>7} {'seed':>4} {'epochs':>6} {'workers':>7} "
         f"{'grad evals':>11} {'CPU-h':>7}"
     )
-    est = estimate(grid.trials)
+    est = cost.estimate(grid.trials, pilot=shares)
     for i, (c, e) in enumerate(zip(grid.trials, est["per_trial"])):
         shown = c.shown()
         print(
@@ -55,7 +68,7 @@ def print_dry_run(grid: Grid, cluster: str, pilot: str | None = None) -> None:
     parts = ", ".join(f"{k} {v:.3g}" for k, v in est["parts"].items())
     print(
         f"total: {est['grad_evals']:.3g} gradient evaluations (forward+backward per example: {parts}; the "
-        f"evaluation's from a prior of the points each attack leaves standing, sweeps/cost.py), "
+        f"evaluation's from {_shares_source(est, pilot, len(grid.trials))}, sweeps/cost.py), "
         f"~{est['cpu_hours']:.2f} CPU-hours on this machine's CPU ({est['threads']} thread): passes at the measured "
         f"{est['sec_per_grad_eval'] * 1e3:.3f} ms per example, plus each attack's measured cost per loop "
         f"iteration (what small batches of survivors pay); GPUs are typically 20-100x faster per example"

@@ -71,3 +71,41 @@ def test_survivors_and_reuse_shrink_the_estimate_and_the_default_rule_prices_inf
         0.3, OURS
     )
     assert breakdown(cfg)["autoattack"] > 0
+
+
+PILOT_CSV = """trial,defense,lam,eps,seed,clean,worst@0.1,AA@0.1,AA_ran@0.1,worst@0.3,AA@0.3,AA_ran@0.3
+at_eps0.3_s0,at,0.0,0.3,0,0.50,0.40,0.30,True,0.10,,False
+at_eps0.3_s1,at,0.0,0.3,1,0.70,0.60,0.50,True,0.30,,False
+standard_s0,standard,0.0,0.3,0,0.99,0.0,,False,0.0,,False
+"""
+
+
+def test_a_pilot_prices_its_rows_with_the_shares_it_measured(tmp_path):
+    """``--dry-run --pilot``: a row the pilot ran is priced with the shares its trials left (mean over
+    seeds, interpolated between its eps, ours where AutoAttack did not run), the prior outside them
+    and for rows the pilot lacks."""
+    from sweeps.cost import estimate, pilot_key, pilot_shares
+
+    (tmp_path / "trials.csv").write_text(PILOT_CSV)
+    shares = pilot_shares(tmp_path)
+    assert set(shares) == {("at", "-", "0.3"), ("standard", "-", "-")}
+    at = validate(TrialConfig(**{**CFG, "autoattack_eps": None, "test_eps": [0.0, 0.1, 0.2, 0.3, 0.5]}))
+    robust = shares[pilot_key(at.defense, at.lam, at.eps)](at)
+    assert robust(0.0, OURS) == pytest.approx(0.60)  # clean, mean of the 2 seeds
+    assert robust(0.1, AUTOATTACK) == pytest.approx(0.40) and robust(0.1, OURS) == pytest.approx(0.50)
+    assert robust(0.2, OURS) == pytest.approx((0.50 + 0.20) / 2)  # halfway between 0.1 and 0.3
+    assert robust(0.3, AUTOATTACK) == pytest.approx(0.20)  # AutoAttack did not run there: ours
+    assert robust(0.5, OURS) == pytest.approx(prior(at)(0.5, OURS))  # beyond the pilot's eps
+    # a standard model the pilot saw broken at every eps: no AutoAttack to price (the rule skips 0 %)
+    std = validate(TrialConfig(**{**CFG, "defense": "standard", "autoattack_eps": None}))
+    assert breakdown(std, shares[("standard", "-", "-")](std))["autoattack"] == 0
+    assert breakdown(std)["autoattack"] > 0  # the prior's guess would have priced it
+    entm = validate(TrialConfig(**{**CFG, "defense": "entm", "lam": 0.5}))
+    est = estimate([std, entm], pilot=shares)
+    assert est["priced_by_pilot"] == 1
+    assert est["parts"]["autoattack"] == breakdown(entm)["autoattack"]  # entm: the prior's, std: 0
+    # an aggregate older than trials.csv: refused in one line (launch.py: exit 2)
+    from sweeps.power import PilotError
+
+    with pytest.raises(PilotError, match=r"^--pilot \S+: no trials.csv there"):
+        pilot_shares(tmp_path / "old")
