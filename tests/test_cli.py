@@ -198,3 +198,38 @@ def test_autoattack_eps_defaults():
 )
 def test_grid_refuses_bad_autoattack_settings_naming_the_key(evaluation, key):
     assert_grid_refused(f"defenses: [standard]\nevaluation: {evaluation}\n", key)
+
+
+def test_ctrl_c_on_ur_train_is_one_line_and_exit_130(train_cli, tmp_path):
+    """Ctrl-C used to print a traceback from inside autograd. Now one line that says whether the
+    same command resumes (a checkpoint exists) or starts over, exit 130."""
+    import signal
+    import time
+
+    prefix, env = train_cli
+    argv = prefix + [
+        "--defense", "standard", "--model", "small_cnn", "--width", "0.25", "--n-train", "200",
+        "--epochs", "200", "--val-points", "50", "--workdir", str(tmp_path / "t"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "t" / "checkpoint.pt").exists():
+            assert proc.poll() is None and time.time() < deadline, (
+                "no checkpoint: " + proc.communicate()[1][-2000:]
+            )
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"interrupted (SIGINT); the same command resumes from the last checkpoint in {tmp_path / 't'}"
+        )
+    ), err[-2000:]

@@ -95,6 +95,14 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback from inside autograd
+        where = (
+            f"resumes from the last checkpoint in {workdir} (the epoch or evaluation chunk in progress is redone)"
+            if (workdir / "checkpoint.pt").exists()
+            else f"starts over (no epoch had finished: {workdir} holds no checkpoint)"
+        )
+        print(f"interrupted (SIGINT); the same command {where}", file=sys.stderr)
+        return 130
     finally:
         if joined:
             import torch.distributed as dist
