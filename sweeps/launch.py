@@ -430,7 +430,11 @@ def run_local(run_dir: Path, args) -> int:
         return stop.exit_code()
     failed = bool(summary["errors"])
     if not args.no_aggregate:
-        failed |= aggregate(run_dir) != 0
+        try:
+            failed |= aggregate(run_dir) != 0
+        except KeyboardInterrupt:
+            console.out(f"interrupted (SIGINT) while aggregating; the sweep is over: ur-aggregate {run_dir}")
+            return 130
     return 1 if failed else 0
 
 
