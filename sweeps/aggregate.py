@@ -102,6 +102,12 @@ def main(argv=None) -> int:
             )
     except UserError:
         raise
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback from inside a bootstrap
+        print(
+            f"interrupted (SIGINT); {out} may be part written: the same command writes it anew",
+            file=sys.stderr,
+        )
+        return 130
     except (OSError, RuntimeError) as e:
         if is_disk_full(e):  # ENOSPC, or PyTorch's write failure under it
             raise DiskFull(getattr(e, "filename", None) or out, free_bytes(out)) from None

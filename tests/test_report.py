@@ -591,3 +591,22 @@ def test_an_archived_run_aggregates_to_the_same_tables(sweep, aggregated, tmp_pa
     )  # fmt: skip
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "another trial's config" in out.stderr, out
     assert json.loads(victim.read_text())["seed"] == 99
+
+
+def test_ctrl_c_on_ur_aggregate_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during an aggregation (its bootstraps can take minutes) used to print a traceback."""
+    import uncertainty_robust.report as report
+    from sweeps import aggregate as aggregate_cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "aggregate", interrupted)
+    (tmp_path / "run").mkdir()
+    try:
+        rc = aggregate_cli.main([str(tmp_path / "run"), "--no-transfer"])
+    except KeyboardInterrupt:
+        pytest.fail("ur-aggregate let Ctrl-C through (a traceback)")
+    assert rc == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("interrupted (SIGINT); ") and "anew" in err, err
