@@ -433,7 +433,9 @@ def run_local(run_dir: Path, args) -> int:
         try:
             failed |= aggregate(run_dir) != 0
         except KeyboardInterrupt:
-            console.out(f"interrupted (SIGINT) while aggregating; the sweep is over, ur-aggregate {run_dir} aggregates it")
+            console.out(
+                f"interrupted (SIGINT) while aggregating; the sweep is over, ur-aggregate {run_dir} aggregates it"
+            )
             return 130
     return 1 if failed else 0
 
