@@ -104,7 +104,8 @@ def main(argv=None) -> int:
         raise
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback from inside a bootstrap
         print(
-            f"interrupted (SIGINT); {out} may be part written: the same command writes it anew",
+            f"interrupted (SIGINT); {out} is as it was (a new aggregate replaces it only when complete): "
+            "the same command runs it again",
             file=sys.stderr,
         )
         return 130
