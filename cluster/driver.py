@@ -275,14 +275,14 @@ def run_sweep(run_dir: os.PathLike, verbosity: int = 1) -> dict:
         )
     results = tuner.fit()
     errors = [_last_line(r.error) for r in results if r.error]
-    lines = console.summary_lines(results, time.time() - t0)
+    seconds = time.time() - t0
     summary = {
         "trials": len(results),
         "done": sum(console.trial_state(r) == "done" for r in results),
         "errors": len(errors),
-        "seconds": round(time.time() - t0, 1),
+        "seconds": round(seconds, 1),
         "error_messages": errors[:10],
-        "lines": lines,
+        "lines": console.summary_lines(results, seconds),
     }
     write_json(summary, rd.status)
     return summary

@@ -110,9 +110,7 @@ def pilot_shares(path: Path) -> dict:
                         pts.setdefault(e, []).append(float(v))
         return sorted((e, sum(v) / len(v)) for e, v in pts.items() if v)
 
-    def robust_of(trials: list, fallback) -> Callable[[float, str], float]:
-        curves = {stage: curve(trials, stage) for stage in (OURS, AUTOATTACK)}
-
+    def priced(curves: dict, fallback) -> Callable[[float, str], float]:
         def robust(eps: float, stage: str) -> float:
             pts = curves.get(stage) or curves[OURS]
             for (e0, v0), (e1, v1) in zip(pts, pts[1:]):
@@ -124,7 +122,11 @@ def pilot_shares(path: Path) -> dict:
 
         return robust
 
-    return {k: (lambda trials: lambda c: robust_of(trials, prior(c)))(v) for k, v in rows.items()}
+    out = {}
+    for key, trials in rows.items():  # each row's curves read once; the prior is the trial's own
+        curves = {stage: curve(trials, stage) for stage in (OURS, AUTOATTACK)}
+        out[key] = lambda c, curves=curves: priced(curves, prior(c))
+    return out
 
 
 def breakdown(c: TrialConfig, robust: Optional[Callable[[float, str], float]] = None) -> dict:

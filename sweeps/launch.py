@@ -355,14 +355,18 @@ class _Interrupt:
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
 
+    def rearm_sigterm(self) -> None:
+        """After ``ray.init``, which puts its own ``sys.exit`` on SIGTERM."""
+        signal.signal(signal.SIGTERM, self._handle)
+
     def _handle(self, signum: int, frame) -> None:
         self.signals.append(signum)
         tune_stop = signal.getsignal(signal.SIGUSR1)  # Tune's run loop stops on SIGUSR1 (ray/tune/tune.py)
         if self.in_tune and len(self.signals) == 1 and callable(tune_stop):
             os.write(
                 2,
-                f"{signal.Signals(signum).name}: stopping the sweep and saving its state; the same "
-                f"command resumes it ({signal.Signals(signum).name} again: quit at once)\n".encode(),
+                f"{self.name}: stopping the sweep and saving its state; the same command resumes it "
+                f"({self.name} again: quit at once)\n".encode(),
             )
             tune_stop(signal.SIGUSR1, frame)
             return
@@ -370,10 +374,11 @@ class _Interrupt:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signals[0]).name if self.signals else ""
+        """The first signal's name; SIGINT for a KeyboardInterrupt that came without one of ours."""
+        return signal.Signals(self.signals[0] if self.signals else signal.SIGINT).name
 
     def exit_code(self) -> int:
-        return 128 + self.signals[0]
+        return 128 + signal.Signals[self.name].value
 
 
 def run_local(run_dir: Path, args) -> int:
@@ -395,7 +400,7 @@ def run_local(run_dir: Path, args) -> int:
                 for line in console.header(rd, tag):
                     console.out(line)
             init_ray(num_cpus=args.num_cpus or os.cpu_count(), verbosity=v)
-            signal.signal(signal.SIGTERM, stop._handle)  # ray.init put sys.exit there
+            stop.rearm_sigterm()
             logs = console.link_ray_logs(rd, tag)
             try:
                 stop.in_tune = True
@@ -405,9 +410,8 @@ def run_local(run_dir: Path, args) -> int:
                 ray.shutdown()
                 console.keep_ray_logs(rd, tag, logs)
     except KeyboardInterrupt:
-        name = stop.name or "SIGINT"
-        console.out(f"interrupted ({name}) after {time.time() - t0:.1f} s; {resume}")
-        return 128 + signal.Signals[name].value
+        console.out(f"interrupted ({stop.name}) after {time.time() - t0:.1f} s; {resume}")
+        return stop.exit_code()
     if stop.signals:
         planned = len(rd.read_plan().get("trial_ids", []))
         summary["lines"][0] = console.headline(summary, interrupted=stop.name, planned=planned)
