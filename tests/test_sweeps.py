@@ -69,6 +69,20 @@ def ranks_of(run: Path) -> list:
     return [pid for _, pid in sorted(found)]
 
 
+def sweep_progress(run: Path) -> int:
+    """Epochs checkpointed plus trials finished, over the run's planned trials (0 before its plan)."""
+    dirs = trial_dirs(run) if (run / "plan.json").exists() else []
+    return sum(ckpt_epoch(d) + (d / "result.json").exists() for d in dirs)
+
+
+def assert_ranks_gone(run: Path, what: str, within: float = 30) -> None:
+    """The DDP ranks of ``run`` exit within ``within`` s (after their driver was killed or stopped)."""
+    deadline = time.time() + within
+    while ranks_of(run) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not ranks_of(run), f"DDP ranks of {what} still running {within:g} s later"
+
+
 # ----------------------------------------------------------------------------- grid validation
 BAD_GRIDS = {
     "unknown top-level key": ("defenses: [at]\nepochz: 3\n", "epochz"),
@@ -413,10 +427,6 @@ def test_chaos_driver_sigkilled_at_seeded_random_moments_ends_bit_identical(tmp_
     total = 3 * (epochs + 1)  # 3 trials: epochs checkpointed, then finished
     moments = sorted(rng.sample(range(2, total - 3), 2)) + [rng.choice([total - 2, total - 1])]
 
-    def progress() -> int:
-        dirs = trial_dirs(run) if (run / "plan.json").exists() else []
-        return sum(ckpt_epoch(d) + (d / "result.json").exists() for d in dirs)
-
     kills = []  # per kill: when, and each trial's state at that moment
     for k, at in enumerate(moments):
         delay = rng.uniform(0.0, 2.0)
@@ -436,7 +446,7 @@ def test_chaos_driver_sigkilled_at_seeded_random_moments_ends_bit_identical(tmp_
                     time.sleep(0.1)
                 second = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=120)
                 assert second.returncode == 2 and "already being driven" in second.stderr, second.stderr
-            while progress() < at:
+            while sweep_progress(run) < at:
                 alive(f"progress {at}")
                 time.sleep(0.1)
             t_end = time.time() + delay
@@ -453,10 +463,7 @@ def test_chaos_driver_sigkilled_at_seeded_random_moments_ends_bit_identical(tmp_
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-        deadline = time.time() + 30
-        while ranks_of(run) and time.time() < deadline:
-            time.sleep(0.5)
-        assert not ranks_of(run), f"DDP ranks of killed launch {k} still running 30 s later"
+        assert_ranks_gone(run, f"killed launch {k}")
         kills.append({"at": at, "delay": round(delay, 1), "state": state, "finished": finished})
         print(f"kill {k + 1}: {delay:.1f} s after progress {at} of {total} in launch {k}; {state}")
     assert 0 < len(kills[-1]["finished"]) < 3, f"the last kill came before a finish or after all: {kills}"
@@ -497,10 +504,6 @@ def test_interrupted_local_sweep_says_so_exits_128_plus_signal_and_resumes(tmp_p
         "--name", "i",
     )  # fmt: skip
 
-    def progress() -> int:  # epochs checkpointed, trials finished: 2 x (3 + 1) in all
-        dirs = trial_dirs(run) if (run / "plan.json").exists() else []
-        return sum(ckpt_epoch(d) + (d / "result.json").exists() for d in dirs)
-
     for k, (sig, at) in enumerate([(signal.SIGINT, 1), (signal.SIGTERM, 3)]):
         log_path = tmp_path / f"launch{k}.log"
         with open(log_path, "w") as log:
@@ -508,12 +511,12 @@ def test_interrupted_local_sweep_says_so_exits_128_plus_signal_and_resumes(tmp_p
                 args, stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
             )
         try:
-            while progress() < at:
+            while sweep_progress(run) < at:  # epochs checkpointed, trials finished: 2 x (3 + 1) in all
                 assert proc.poll() is None, (
                     f"launch {k} ended before progress {at}:\n" + log_path.read_text()[-3000:]
                 )
                 time.sleep(0.1)
-            assert progress() < 7, "the sweep is too small for the interrupt"
+            assert sweep_progress(run) < 7, "the sweep is too small for the interrupt"
             os.kill(proc.pid, sig)  # the driver only, as `kill PID` or a terminal's Ctrl-C on it
             rc = proc.wait(120)
         finally:
@@ -535,10 +538,7 @@ def test_interrupted_local_sweep_says_so_exits_128_plus_signal_and_resumes(tmp_p
             env=ENV,
         )
         assert f"last driver exit: interrupted ({name}), " in status.stdout, status.stdout + status.stderr
-        deadline = time.time() + 30
-        while ranks_of(run) and time.time() < deadline:
-            time.sleep(0.5)
-        assert not ranks_of(run), f"DDP ranks of interrupted launch {k} still running 30 s later"
+        assert_ranks_gone(run, f"interrupted launch {k}")
 
     r = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
